@@ -1,0 +1,724 @@
+"""Generate the demo Code-Mode dataset: data/datasets/code_mode/{train,valid}.jsonl.
+
+    uv run python data/make_demo_data.py
+
+Deterministic (fixed seed, fixed iteration order): running it twice gives
+byte-identical files, so the dataset digest in a run's config fingerprint only
+changes when this script does.
+
+About 70% of the examples are tool calls in the execute_code wrapper (Qwen3
+XML form), 30% are direct answers. The system prompt and the tool API come
+from the demo eval suite, and every generated code block is checked with `ast`
+against that API (tool names, keyword parameters, result attributes): the
+seeds' "training distribution gap" was exactly training data that used result
+attributes the runtime does not have. The suite's prompts are held out: no
+training prompt equals one of them, and the direct-answer topics of the suite
+are not covered here.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import random
+from pathlib import Path
+from string import Template
+
+from jobs.suite import EvalSuite, load_suite
+
+ROOT = Path(__file__).resolve().parent
+SUITE = ROOT / "evals" / "code_mode.yaml"
+OUT = ROOT / "datasets" / "code_mode"
+SEED = 20260218
+N_SINGLE_PER_TOOL = 11
+N_MULTI = 40
+VALID_SHARE = 0.1
+
+WRAPPER = (
+    "<tool_call>\n<function=execute_code>\n<parameter=code>\n"
+    "$code\n</parameter>\n</function>\n</tool_call>"
+)
+
+# --- names the prompts talk about (none from the suite's "billing" project) --
+
+FILES = [
+    "src/app.py", "src/cli.py", "src/config.py", "src/models/user.py",
+    "src/models/order.py", "src/api/routes.py", "src/api/schemas.py",
+    "src/services/auth.py", "src/services/mailer.py", "src/db/session.py",
+    "src/db/migrations.py", "src/utils/strings.py", "src/utils/dates.py",
+    "src/orders/cart.py", "src/orders/checkout.py", "src/search/index.py",
+    "src/search/ranking.py", "src/workers/queue.py", "src/reports/export.py",
+    "src/auth/tokens.py",
+]  # fmt: skip
+DIRS = [
+    "src/", "src/api/", "src/models/", "src/services/", "src/orders/",
+    "src/search/", "src/utils/", "src/db/", "src/workers/", "src/auth/",
+]  # fmt: skip
+TESTS = [
+    "tests/", "tests/test_auth.py", "tests/test_cart.py", "tests/test_search.py",
+    "tests/unit/", "tests/api/", "tests/test_models.py", "tests/test_queue.py",
+    "tests/e2e/", "tests/test_config.py",
+]  # fmt: skip
+SYMBOLS = [
+    "UserService", "parse_config", "OrderRepository", "send_email", "CartItem",
+    "build_index", "SessionFactory", "TokenStore", "rank_results", "JobQueue",
+    "format_date", "Settings", "create_app", "Checkout",
+]  # fmt: skip
+COMPONENTS = [
+    ("UserCard", "src/components/user_card.py"),
+    ("NavBar", "src/components/nav_bar.py"),
+    ("OrderSummary", "src/components/order_summary.py"),
+    ("SearchBox", "src/components/search_box.py"),
+    ("PageLayout", "src/components/page_layout.py"),
+    ("CartPanel", "src/components/cart_panel.py"),
+]
+SERVICE_FILES = [
+    "src/services/registry.py", "src/services/container.py", "src/app_services.py",
+    "src/orders/services.py", "src/auth/services.py", "src/search/services.py",
+]  # fmt: skip
+ROUTE_FILES = ["src/web/routes.py", "src/api/routes.py", "src/web/admin_routes.py",
+               "src/orders/routes.py", "src/search/routes.py"]  # fmt: skip
+MIDDLEWARE_FILES = ["src/web/middleware.py", "src/api/middleware.py",
+                    "src/app.py", "src/auth/middleware.py"]  # fmt: skip
+VIEW_FILES = ["src/views/user_page.py", "src/views/order_page.py",
+              "src/views/dashboard.py", "src/views/search_page.py"]  # fmt: skip
+COMMANDS = [
+    "ls src", "python --version", "uv pip list", "wc -l src/app.py",
+    "grep -rn TODO src", "du -sh .venv", "uv lock --check", "make docs",
+]  # fmt: skip
+PATTERNS = [
+    ("print calls", 'm.Call(func=m.Name("print"))'),
+    ("function definitions", "m.FunctionDef()"),
+    ("class definitions", "m.ClassDef()"),
+    ("assert statements", "m.Assert()"),
+    ("calls to open", 'm.Call(func=m.Name("open"))'),
+    ("global statements", "m.Global()"),
+    ("lambda expressions", "m.Lambda()"),
+]
+IMPORTS = [
+    "import json", "from pathlib import Path", "from typing import Any",
+    "import logging", "from collections import defaultdict",
+    "from datetime import datetime", "import re",
+]  # fmt: skip
+RENAMES = [
+    ("get_user", "fetch_user"), ("calc_total", "compute_total"), ("tmp", "buffer"),
+    ("do_work", "process_job"), ("UserMgr", "UserManager"), ("cfg", "settings"),
+    ("make_conn", "connect"),
+]  # fmt: skip
+QUERIES = ["Config", "User", "parse", "Order", "handler", "Session", "Token", "index"]
+
+
+def _pick(rng: random.Random) -> dict[str, str]:
+    """One set of names for a template; every template uses a subset of them."""
+    component, component_file = rng.choice(COMPONENTS)
+    old, new = rng.choice(RENAMES)
+    pattern_text, pattern = rng.choice(PATTERNS)
+    return {
+        "file": rng.choice(FILES),
+        "path": rng.choice(FILES + DIRS),
+        "dir": rng.choice(DIRS),
+        "tests": rng.choice(TESTS),
+        "symbol": rng.choice(SYMBOLS),
+        "line": str(rng.randint(3, 240)),
+        "col": str(rng.randint(1, 40)),
+        "component": component,
+        "component_file": component_file,
+        "service_file": rng.choice(SERVICE_FILES),
+        "route_file": rng.choice(ROUTE_FILES),
+        "middleware_file": rng.choice(MIDDLEWARE_FILES),
+        "view_file": rng.choice(VIEW_FILES),
+        "command": rng.choice(COMMANDS),
+        "pattern_text": pattern_text,
+        "pattern": pattern.replace('"', '\\"'),
+        "import_stmt": rng.choice(IMPORTS),
+        "old": old,
+        "new": new,
+        "query": rng.choice(QUERIES),
+        "count": str(rng.choice([3, 5, 10, 20])),
+    }
+
+
+# --- tool examples: per tool, groups of (prompt templates, code templates) ---
+# Within a group every prompt fits every code block, so a prompt that names a
+# directory never gets code for a file and a question about counts gets code
+# that prints the count.
+
+Group = tuple[list[str], list[str]]
+
+
+def _domain(tool: str, target: str, prompts: list[str]) -> list[Group]:
+    """The validators share one result shape: valid, domain, issues."""
+    call = f'result = {tool}("{target}")'
+    return [
+        (prompts[:2], [f"{call}\nprint(result.valid)", f"{call}\nprint(result.domain, result.valid)"]),
+        (prompts[2:], [f"{call}\nif not result.valid:\n    for issue in result.issues:\n"
+                       "        print(issue)", f"{call}\nprint(result.issues)"]),
+    ]
+
+
+TOOLS: dict[str, list[Group]] = {
+    "read_file": [
+        (["Read $file.", "Open $file and show it to me.", "What is in $file?",
+          "Print the contents of $file.", "Show me $file."],
+         ['result = read_file("$file")\nprint(result.content)']),
+        (["How long is $file?", "How many lines does $file have?"],
+         ['result = read_file("$file")\nprint(result.line_count)']),
+    ],
+    "write_file": [
+        (["Create $file with a module docstring.", "Add a module docstring file at $file."],
+         ['result = write_file("$file", \'"""Module docstring."""\\n\')\n'
+          "print(result.success, result.bytes_written)"]),
+        (["Write an empty __init__.py into $dir", "Create an empty ${dir}__init__.py"],
+         ['result = write_file("${dir}__init__.py", "")\nprint(result.path, result.success)']),
+        (["Overwrite $file with a placeholder comment.", "Replace $file with a placeholder."],
+         ['result = write_file("$file", "# placeholder\\n")\nprint(result.bytes_written)']),
+    ],
+    "run_command": [
+        (["Run `$command`.", "Execute $command in the project root.",
+          "What does `$command` print?", "Please run $command for me."],
+         ['result = run_command("$command")\nprint(result.stdout)',
+          'result = run_command("$command")\nprint(result.exit_code)\nprint(result.stdout)',
+          'result = run_command("$command")\nif result.exit_code != 0:\n'
+          "    print(result.stderr)\nelse:\n    print(result.stdout)"]),
+    ],
+    "typecheck": [
+        (["Check $path for type errors.", "Run the type checker on $path",
+          "How many type errors are in $path?", "Run ty on $path"],
+         ['result = typecheck("$path")\nprint(result.error_count)',
+          'result = typecheck("$path")\nprint(f"{result.error_count} errors, '
+          '{result.warning_count} warnings")']),
+        (["Type-check $path and list the errors.", "Does $path pass type checking?",
+          "Show me the type errors in $path"],
+         ['result = typecheck("$path")\nif result.error_count:\n    for error in result.errors:\n'
+          '        print(error)\nelse:\n    print("No type errors")']),
+    ],
+    "ruff_check": [
+        (["Lint $path", "Run ruff on $path", "Are there lint violations in $path?",
+          "How many ruff violations does $path have?"],
+         ['result = ruff_check("$path")\nprint(result.violation_count)']),
+        (["Which lint problems in $path are fixable?", "How many lint issues can ruff fix in $path?"],
+         ['result = ruff_check("$path")\nprint(f"{result.violation_count} violations, '
+          '{result.fixable_count} fixable")']),
+        (["List the ruff violations in $path", "Show the lint errors of $path"],
+         ['result = ruff_check("$path")\nfor violation in result.violations:\n    print(violation)']),
+    ],
+    "pytest_run": [
+        (["Run the tests in $tests", "Run pytest on $tests", "Do the tests in $tests pass?",
+          "Execute the test suite $tests"],
+         ['result = pytest_run("$tests")\nprint(result.passed, result.failed)',
+          'result = pytest_run("$tests")\nif not result.success:\n'
+          '    print(f"{result.failed} failed, {result.errors} errors")\nelse:\n'
+          '    print(f"all {result.passed} passed")']),
+        (["How many tests fail in $tests?", "Count the failing tests in $tests"],
+         ['result = pytest_run("$tests")\nprint(result.failed)']),
+        (["Which tests are skipped in $tests?", "How slow are the tests in $tests?"],
+         ['result = pytest_run("$tests")\nprint(result.skipped, result.duration)']),
+    ],
+    "goto_definition": [
+        (["Where is $symbol defined? It is used in $file line $line.",
+          "Go to the definition of $symbol from $file:$line.",
+          "Jump to where $symbol comes from (see $file, line $line)."],
+         ['result = goto_definition(file_path="$file", line=$line, column=$col, '
+          'symbol="$symbol")\nprint(result.locations)',
+          'result = goto_definition(file_path="$file", line=$line, column=$col, '
+          'symbol="$symbol")\nif result.success:\n    for location in result.locations:\n'
+          "        print(location)"]),
+    ],
+    "find_references": [
+        (["Find all references to $symbol in $file.", "Who uses $symbol? It is in $file.",
+          "List the usages of $symbol ($file)."],
+         ['result = find_references(file_path="$file", line=$line, column=$col, '
+          'symbol="$symbol")\nfor ref in result.references:\n    print(ref)']),
+        (["How many places reference $symbol from $file?", "Count the references to $symbol in $file."],
+         ['result = find_references(file_path="$file", line=$line, column=$col, '
+          'symbol="$symbol")\nprint(result.reference_count)']),
+    ],
+    "hover": [
+        (["What is the type of $symbol on line $line of $file?",
+          "Show the docstring of $symbol in $file at line $line.",
+          "Hover over $symbol at $file:$line."],
+         ['result = hover(file_path="$file", line=$line, column=$col, symbol="$symbol")\n'
+          "print(result.content)",
+          'result = hover(file_path="$file", line=$line, column=$col, symbol="$symbol")\n'
+          "if result.success:\n    print(result.symbol, result.content)"]),
+    ],
+    "document_symbols": [
+        (["List the symbols in $file.", "What functions are defined in $file?",
+          "Give me an outline of $file."],
+         ['result = document_symbols("$file")\nfor symbol in result.symbols:\n    print(symbol)']),
+        (["How many symbols does $file define?", "Count the definitions in $file."],
+         ['result = document_symbols("$file")\nprint(result.symbol_count)']),
+    ],
+    "workspace_symbols": [
+        (["Search the workspace for symbols named $query.",
+          "Find every symbol matching '$query' in the project.",
+          "Which classes or functions contain $query in their name?"],
+         ['result = workspace_symbols("$query")\nfor symbol in result.symbols:\n    print(symbol)']),
+        (["How many symbols match $query?", "Count the workspace symbols called $query."],
+         ['result = workspace_symbols("$query")\nprint(result.symbol_count)']),
+    ],
+    "git_status": [
+        (["What is the git status?", "Is my working tree clean?", "Is the repo clean?"],
+         ['result = git_status(".")\nprint(result.clean)',
+          'result = git_status(".")\nprint(result.clean, result.file_count)']),
+        (["Show git status for $dir", "Which files are modified in $dir?"],
+         ['result = git_status("$dir")\nfor file in result.files:\n    print(file)']),
+        (["How many files have changes?", "Count the modified files."],
+         ['result = git_status(".")\nprint(result.file_count, result.files)']),
+    ],
+    "git_diff": [
+        (["Show the diff of $path", "What changed in $path?", "Summarize the unstaged changes in $path"],
+         ['result = git_diff("$path", staged=False)\nprint(result.files)',
+          'result = git_diff("$path", staged=False)\nprint(f"+{result.additions} '
+          '-{result.deletions} in {result.file_count} files")']),
+        (["Show me the staged diff.", "What is staged for the next commit?"],
+         ['result = git_diff(".", staged=True)\nprint(result.files)\n'
+          "print(result.additions, result.deletions)"]),
+        (["How many lines were deleted in my working tree?", "How big is my unstaged diff?"],
+         ['result = git_diff(".", staged=False)\nprint(result.additions, result.deletions)']),
+    ],
+    "git_log": [
+        (["Show the last $count commits.", "List the last $count commits."],
+         ['result = git_log(".", count=$count)\nfor commit in result.commits:\n    print(commit)']),
+        (["What were the recent commits in $path", "List the last $count commits for $path",
+          "Show the git history of $path"],
+         ['result = git_log("$path", count=$count)\nprint(result.commit_count)\n'
+          "print(result.commits)"]),
+    ],
+    "cst_find_pattern": [
+        (["Find all $pattern_text in $file.", "Search $file for $pattern_text."],
+         ['result = cst_find_pattern("$file", "$pattern")\nfor match in result.matches:\n'
+          "    print(match)"]),
+        (["How many $pattern_text are there in $file?", "Count the $pattern_text in $file."],
+         ['result = cst_find_pattern("$file", "$pattern")\nprint(result.match_count)']),
+    ],
+    "cst_rename": [
+        (["Rename $old to $new in $file.", "In $file, rename $old to $new.",
+          "Change the name $old to $new throughout $file."],
+         ['result = cst_rename("$file", "$old", "$new")\nprint(result.rename_count)',
+          'result = cst_rename("$file", "$old", "$new")\nif result.success:\n'
+          '    print(f"renamed {result.rename_count} occurrences")']),
+    ],
+    "cst_add_import": [
+        (["Add `$import_stmt` to $file.", "Make sure $file has '$import_stmt'.",
+          "Insert the import $import_stmt into $file."],
+         ['result = cst_add_import("$file", "$import_stmt")\nprint(result.import_added)',
+          'result = cst_add_import("$file", "$import_stmt")\nif result.success:\n'
+          "    print(result.modified_source)"]),
+    ],
+    "validate_component": _domain("validate_component", "$component_file", [
+        "Validate the $component component in $component_file.",
+        "Is the $component component in $component_file valid?",
+        "Check $component_file for component issues.",
+        "What is wrong with the $component component ($component_file)?",
+    ]),
+    "check_render_tree": [
+        (["How many components render in $component_file?",
+          "Count the components in the render tree of $component_file."],
+         ['result = check_render_tree("$component_file")\nprint(result.component_count)']),
+        (["Check the render tree of $component_file.",
+          "Inspect the $component render tree in $component_file."],
+         ['result = check_render_tree("$component_file")\nprint(result.valid)\n'
+          "print(result.issues)"]),
+    ],
+    "validate_escape_context": _domain("validate_escape_context", "$view_file", [
+        "Is the HTML in $view_file escaped correctly?",
+        "Check escaping in $view_file.",
+        "Look for unsafe interpolation in $view_file.",
+        "List the escaping problems in $view_file.",
+    ]),
+    "validate_service_registration": [
+        (["How many services does $service_file register?",
+          "Validate the service registrations in $service_file."],
+         ['result = validate_service_registration("$service_file")\n'
+          "print(result.registration_count, result.valid)"]),
+        (["Are the svcs services in $service_file registered properly?",
+          "List the registration problems in $service_file."],
+         ['result = validate_service_registration("$service_file")\n'
+          "for issue in result.issues:\n    print(issue)"]),
+    ],
+    "check_dependency_graph": [
+        (["Find layer violations in $service_file.",
+          "Which layers are violated in $service_file?"],
+         ['result = check_dependency_graph("$service_file")\nprint(result.layer_violations)']),
+        (["Check the dependency graph in $service_file.",
+          "Are there dependency cycles in $service_file?"],
+         ['result = check_dependency_graph("$service_file")\nprint(result.valid)\n'
+          "print(result.issues)"]),
+    ],
+    "validate_injection_site": _domain("validate_injection_site", "$view_file", [
+        "Validate dependency injection in $view_file.",
+        "Are the injected parameters in $view_file correct?",
+        "Check the injection sites in $view_file.",
+        "What injection problems does $view_file have?",
+    ]),
+    "validate_middleware_chain": _domain("validate_middleware_chain", "$middleware_file", [
+        "Validate the middleware chain in $middleware_file.",
+        "Is the middleware order in $middleware_file correct?",
+        "Check $middleware_file for middleware problems.",
+        "List the middleware issues in $middleware_file.",
+    ]),
+    "check_di_template_binding": _domain("check_di_template_binding", "$view_file", [
+        "Validate DI template binding for $view_file.",
+        "Do the templates in $view_file bind their services correctly?",
+        "Check the template bindings in $view_file.",
+        "What binding problems do the templates in $view_file have?",
+    ]),
+    "validate_route_pattern": _domain("validate_route_pattern", "$route_file", [
+        "Validate the URL patterns of $route_file.",
+        "Are the routes in $route_file valid?",
+        "Are there conflicting routes in $route_file?",
+        "List the route problems in $route_file.",
+    ]),
+}  # fmt: skip
+
+MULTI: list[tuple[list[str], str]] = [
+    (["Lint and type-check $path", "Run ruff and the type checker on $path"],
+     'lint = ruff_check("$path")\ntypes = typecheck("$path")\n'
+     "print(lint.violation_count, types.error_count)"),
+    (["Type-check $dir and then run the tests in $tests",
+      "Check types in $dir and run $tests"],
+     'types = typecheck("$dir")\ntests = pytest_run("$tests")\n'
+     "print(types.error_count)\nprint(tests.passed, tests.failed)"),
+    (["Show git status and the diff of $dir", "What is modified in $dir and what is the diff?"],
+     'status = git_status("$dir")\ndiff = git_diff("$dir", staged=False)\n'
+     "print(status.files)\nprint(diff.additions, diff.deletions)"),
+    (["Read $file and list its symbols.", "Show $file and outline its functions."],
+     'source = read_file("$file")\nsymbols = document_symbols("$file")\n'
+     "print(source.line_count)\nprint(symbols.symbols)"),
+    (["Validate $component_file and check its escaping.",
+      "Check the $component component in $component_file and its HTML escaping."],
+     'component = validate_component("$component_file")\n'
+     'escaping = validate_escape_context("$component_file")\n'
+     "print(component.valid, escaping.valid)\nprint(component.issues + escaping.issues)"),
+    (["Validate the services in $service_file and check their dependency graph.",
+      "Check registrations and dependency cycles in $service_file."],
+     'services = validate_service_registration("$service_file")\n'
+     'graph = check_dependency_graph("$service_file")\n'
+     "print(services.registration_count, graph.layer_violations)"),
+    (["Rename $old to $new in $file and then lint it.",
+      "In $file, rename $old to $new and run ruff."],
+     'renamed = cst_rename("$file", "$old", "$new")\nlint = ruff_check("$file")\n'
+     "print(renamed.rename_count, lint.violation_count)"),
+    (["Run the tests in $tests and show the last $count commits.",
+      "Run $tests and show recent git history."],
+     'tests = pytest_run("$tests")\nlog = git_log(".", count=$count)\n'
+     "print(tests.failed)\nprint(log.commits)"),
+]  # fmt: skip
+
+# --- direct answers: topics not asked by the suite ---------------------------
+
+DIRECT: list[tuple[list[str], str]] = [
+    (["What is a Python generator?", "Explain generators in Python.",
+      "How do generators work?"],
+     "A generator is a function that uses yield to produce values one at a time. "
+     "It keeps its state between calls, so it can stream large sequences lazily "
+     "without building a list in memory."),
+    (["What does the GIL do?", "Explain the global interpreter lock.",
+      "Why does CPython have a GIL?"],
+     "The global interpreter lock lets only one thread execute Python bytecode at a "
+     "time in CPython. It keeps memory management simple, but CPU-bound threads do "
+     "not run in parallel; use processes or native extensions for that."),
+    (["What is the difference between git merge and git cherry-pick?",
+      "When do I use cherry-pick instead of merge?"],
+     "git merge joins two histories with a merge commit and brings over every commit "
+     "of the other branch. git cherry-pick copies selected commits onto the current "
+     "branch as new commits."),
+    (["What is a Protocol in typing?", "Explain typing.Protocol.",
+      "How does structural typing work in Python?"],
+     "A Protocol describes the methods and attributes a type must have. Any class "
+     "with matching members satisfies it, without inheriting from it: this is "
+     "structural typing, checked by the type checker."),
+    (["What is a context manager?", "Explain the with statement.",
+      "How do context managers work in Python?"],
+     "A context manager defines __enter__ and __exit__, so a with block can set "
+     "something up and always clean it up, even when an exception is raised. Files "
+     "and locks are common examples."),
+    (["What does git stash do?", "Explain git stash.", "How do I use git stash?"],
+     "git stash saves your uncommitted changes on a stack and restores a clean "
+     "working tree. Later, git stash pop applies the saved changes again."),
+    (["What is the difference between is and == in Python?",
+      "When should I use is instead of ==?"],
+     "== compares values by calling __eq__, while is checks that two names refer to "
+     "the same object. Use is for None and other singletons, == for everything else."),
+    (["What is a virtual environment?", "Why use a virtualenv?",
+      "Explain Python virtual environments."],
+     "A virtual environment is an isolated directory with its own interpreter and "
+     "installed packages, so each project can pin its own dependency versions "
+     "without touching the system Python."),
+    (["What are type hints for?", "Why add type annotations to Python code?",
+      "Do type hints change how Python runs?"],
+     "Type hints document the expected types of arguments and return values. Python "
+     "does not enforce them at run time; a type checker reads them to find bugs "
+     "before the code runs."),
+    (["What is a fixture in pytest?", "Explain pytest fixtures.",
+      "How do pytest fixtures work?"],
+     "A pytest fixture is a function that prepares something a test needs, such as "
+     "a temporary directory or a database. Tests request it by naming it as an "
+     "argument, and pytest handles setup and teardown."),
+    (["What does pytest.mark.parametrize do?", "How do I parametrize a test?",
+      "Explain parametrized tests."],
+     "pytest.mark.parametrize runs the same test function once for each set of "
+     "arguments you list, so one test covers many inputs and each case is reported "
+     "separately."),
+    (["What is the difference between a shallow and a deep copy?",
+      "Explain copy versus deepcopy."],
+     "A shallow copy creates a new container that still holds the same inner "
+     "objects. A deep copy recursively copies the inner objects too, so changing "
+     "them does not affect the original."),
+    (["What is a lambda in Python?", "Explain lambda functions.",
+      "When should I use a lambda?"],
+     "A lambda is a small anonymous function written as a single expression, for "
+     "example lambda x: x * 2. It is handy as a key or callback; use def for "
+     "anything longer."),
+    (["What is __init__.py for?", "Why do packages have an __init__.py file?",
+      "Explain the role of __init__.py."],
+     "__init__.py marks a directory as a regular package and runs when the package "
+     "is imported. It can be empty or expose the package's public names."),
+    (["What does git reset --hard do?", "Explain git reset --hard.",
+      "Is git reset --hard dangerous?"],
+     "git reset --hard moves the branch to the given commit and discards all "
+     "changes in the index and working tree. Uncommitted work is lost, so stash or "
+     "commit first."),
+    (["What is a list comprehension?", "Explain list comprehensions.",
+      "How do I write a list comprehension?"],
+     "A list comprehension builds a list from an iterable in one expression, for "
+     "example [x * x for x in items if x > 0]. It is shorter and usually faster "
+     "than an explicit loop with append."),
+    (["What does *args mean?", "Explain *args and **kwargs.",
+      "How do *args and **kwargs work?"],
+     "*args collects extra positional arguments into a tuple and **kwargs collects "
+     "extra keyword arguments into a dict. They let a function accept a variable "
+     "number of arguments."),
+    (["What is ruff?", "Why use ruff instead of flake8?", "Explain what ruff does."],
+     "Ruff is a fast Python linter and formatter written in Rust. It implements "
+     "rules from flake8, isort, pyupgrade and more, and can fix many violations "
+     "automatically."),
+    (["What is an abstract base class?", "Explain abc.ABC.",
+      "When do I need an abstract base class?"],
+     "An abstract base class declares methods with @abstractmethod that subclasses "
+     "must implement. Python refuses to instantiate a class that still has abstract "
+     "methods."),
+    (["What is the difference between Optional[int] and int | None?",
+      "Is Optional the same as a union with None?"],
+     "They mean the same thing: the value is an int or None. The int | None syntax "
+     "is newer (Python 3.10) and is the preferred spelling today."),
+    (["What is a git branch?", "Explain branches in git.", "How do git branches work?"],
+     "A git branch is a movable pointer to a commit. New commits advance the "
+     "current branch, so you can develop features separately and merge them later."),
+    (["What is duck typing?", "Explain duck typing in Python."],
+     "Duck typing means code cares about what an object can do, not its class: if "
+     "it has the methods you call, it works. Protocols let a type checker verify "
+     "this."),
+    (["What does async def do?", "Explain async and await.",
+      "How does asyncio work?"],
+     "async def defines a coroutine. await pauses it until the awaited operation "
+     "finishes, letting the event loop run other coroutines meanwhile, which suits "
+     "I/O-bound work."),
+    (["What is a mock in testing?", "Explain unittest.mock.",
+      "When should I mock a dependency?"],
+     "A mock is a stand-in object that records how it is called and returns canned "
+     "values. Mock slow or external dependencies such as network calls so tests stay "
+     "fast and deterministic."),
+    (["What is the difference between a module and a package?",
+      "Explain modules and packages."],
+     "A module is a single .py file. A package is a directory of modules, usually "
+     "with an __init__.py, that you import with dotted names."),
+    (["What does git bisect do?", "How do I find which commit introduced a bug?"],
+     "git bisect performs a binary search over the history: you mark a good and a "
+     "bad commit, test the commits it checks out, and it finds the first bad one."),
+    (["What is a generic type?", "Explain TypeVar.", "How do generics work in Python?"],
+     "A generic type is parameterized by another type, like list[int]. A TypeVar "
+     "lets you write functions and classes that keep the relation between input "
+     "and output types."),
+    (["What is the difference between a process and a thread?",
+      "Should I use threads or processes in Python?"],
+     "Processes have separate memory and run Python code in parallel; threads share "
+     "memory and, because of the GIL, mostly help with I/O-bound work."),
+    (["What is an f-string?", "Explain f-strings.", "How do I format strings in Python?"],
+     "An f-string is a string literal prefixed with f whose {expressions} are "
+     "evaluated and formatted inline, for example f\"{name} has {count} items\"."),
+    (["What does __repr__ do?", "What is the difference between __str__ and __repr__?"],
+     "__repr__ returns an unambiguous developer-facing representation, ideally valid "
+     "Python; __str__ returns a readable one for users. print uses __str__ and "
+     "falls back to __repr__."),
+    (["What is semantic versioning?", "Explain semver."],
+     "Semantic versioning numbers releases MAJOR.MINOR.PATCH: breaking changes bump "
+     "MAJOR, new backwards-compatible features bump MINOR, and bug fixes bump PATCH."),
+    (["What is a pull request?", "Explain pull requests."],
+     "A pull request asks to merge one branch into another. It shows the diff, runs "
+     "CI and collects review comments before the change lands."),
+    (["What is dependency injection?", "Explain dependency injection.",
+      "Why use dependency injection?"],
+     "Dependency injection means an object receives its collaborators from outside "
+     "instead of creating them. It makes code easier to test and to reconfigure."),
+    (["What does the walrus operator do?", "Explain :=."],
+     "The walrus operator := assigns a value inside an expression, for example "
+     "while (line := f.readline()): ... It avoids computing a value twice."),
+    (["What is a set in Python?", "When should I use a set?"],
+     "A set is an unordered collection of unique hashable items with fast membership "
+     "tests. Use it to remove duplicates or to check whether an item is present."),
+    (["What is the difference between git fetch and git pull?",
+      "Explain git fetch versus git pull."],
+     "git fetch downloads new commits from the remote without changing your branch. "
+     "git pull does a fetch and then merges or rebases them into the current branch."),
+    (["What is Literal in typing?", "Explain typing.Literal."],
+     "Literal restricts a value to specific constants, for example Literal[\"r\", "
+     "\"w\"]. The type checker then rejects any other value."),
+    (["What is a property in Python?", "Explain the @property decorator."],
+     "@property turns a method into a read-only attribute computed on access. A "
+     "setter can be added to validate assignments."),
+    (["What is an enum?", "Explain enum.Enum."],
+     "An Enum defines a fixed set of named constants. Members compare by identity "
+     "and can be iterated, which makes states and options explicit."),
+    (["What does pip freeze do?", "What is a lock file?"],
+     "A lock file records the exact version of every installed dependency, so the "
+     "same environment can be recreated later; pip freeze prints such a list."),
+    (["What is a closure?", "Explain closures in Python."],
+     "A closure is an inner function that remembers variables from the enclosing "
+     "function's scope, even after that function has returned."),
+    (["What is code coverage?", "Explain test coverage."],
+     "Code coverage measures which lines or branches run during the tests. High "
+     "coverage does not prove correctness, but low coverage shows untested code."),
+    (["What is a CST?", "What is the difference between an AST and a CST?"],
+     "An abstract syntax tree keeps only the structure of the code, while a concrete "
+     "syntax tree also keeps whitespace and comments, so tools like LibCST can "
+     "rewrite code without losing formatting."),
+    (["What is the difference between git tag and git branch?", "Explain git tags."],
+     "A tag is a fixed name for one commit, typically a release. A branch moves as "
+     "you commit, a tag stays where it was created."),
+    (["What does the LSP do?", "Explain the language server protocol."],
+     "The language server protocol lets an editor ask a separate server for "
+     "definitions, references, hovers and diagnostics, so one server serves many "
+     "editors."),
+    (["What is a race condition?", "Explain race conditions."],
+     "A race condition happens when the result depends on the timing of concurrent "
+     "operations on shared state. Locks or message passing prevent it."),
+    (["What is a docstring?", "How should I write docstrings?"],
+     "A docstring is a string literal at the start of a module, class or function "
+     "that documents it. Tools and help() read it at run time."),
+    (["What does Final mean in typing?", "Explain typing.Final."],
+     "Final marks a name that must not be reassigned or overridden. The type checker "
+     "reports any later assignment."),
+]  # fmt: skip
+
+
+def _placeholders(template: str) -> set[str]:
+    return {m.group("named") or m.group("braced") for m in Template.pattern.finditer(template)} - {
+        None
+    }
+
+
+def _check_groups() -> None:
+    """A prompt must name what its code acts on (a column number it may leave out)."""
+    groups = [g for groups in TOOLS.values() for g in groups]
+    groups += [(prompts, [code]) for prompts, code in MULTI]
+    for prompts, codes in groups:
+        for prompt in prompts:
+            for code in codes:
+                missing = _placeholders(code) - _placeholders(prompt) - {"col", "line", "count", "pattern"}
+                assert not missing, f"{prompt!r} does not mention {missing} used by {code!r}"
+
+
+def _code_block(code: str) -> str:
+    return Template(WRAPPER).substitute(code=code)
+
+
+def _check_code(code: str, suite: EvalSuite) -> None:
+    """Every call, keyword and result attribute must exist in the suite's tool API."""
+    api = {tool.name: tool for tool in suite.tools}
+    tree = ast.parse(code)
+    results: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
+            func = node.value.func
+            if isinstance(func, ast.Name) and func.id in api:
+                for target in node.targets:
+                    if isinstance(target, ast.Name):
+                        results[target.id] = func.id
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            name = node.func.id
+            if name in api:
+                tool = api[name]
+                for kw in node.keywords:
+                    assert kw.arg in tool.parameters, f"{name}() has no parameter {kw.arg}"
+                assert len(node.args) + len(node.keywords) <= len(tool.parameters), code
+            else:
+                assert name in {"print", "len"}, f"unknown function {name} in:\n{code}"
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            tool_name = results.get(node.value.id)
+            if tool_name is not None:
+                assert node.attr in api[tool_name].returns, (
+                    f"{tool_name} result has no attribute {node.attr}"
+                )
+
+
+def _chat(system: str, prompt: str, answer: str) -> dict[str, list[dict[str, str]]]:
+    return {
+        "messages": [
+            {"role": "system", "content": system},
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": answer},
+        ]
+    }
+
+
+def make_examples(suite: EvalSuite, rng: random.Random) -> list[dict]:
+    held_out = {p.prompt.strip().lower() for p in suite.prompts}
+    seen: set[str] = set()
+    examples: list[dict] = []
+
+    def add(prompt_template: str, answer: str, names: dict[str, str]) -> bool:
+        prompt = Template(prompt_template).substitute(names)
+        key = prompt.strip().lower()
+        if key in seen or key in held_out:
+            return False
+        seen.add(key)
+        examples.append(_chat(suite.system_prompt, prompt, answer))
+        return True
+
+    def add_tool_example(groups: list[Group]) -> None:
+        for _ in range(200):  # retry until a prompt not seen before comes up
+            prompts, codes = rng.choice(groups)
+            names = _pick(rng)
+            code = Template(rng.choice(codes)).substitute(names)
+            _check_code(code, suite)
+            if add(rng.choice(prompts), _code_block(code), names):
+                return
+        raise RuntimeError(f"cannot find a new prompt among {groups}")
+
+    for tool_name in suite.tool_names:
+        for _ in range(N_SINGLE_PER_TOOL):
+            add_tool_example(TOOLS[tool_name])
+    for i in range(N_MULTI):
+        prompts, code = MULTI[i % len(MULTI)]
+        add_tool_example([(prompts, [code])])
+    for questions, answer in DIRECT:
+        for question in questions:
+            assert add(question, answer, {}), question
+    return examples
+
+
+def main() -> None:
+    suite = load_suite(SUITE)
+    assert set(TOOLS) == set(suite.tool_names), "every tool of the API needs templates"
+    _check_groups()
+    rng = random.Random(SEED)
+    examples = make_examples(suite, rng)
+    rng.shuffle(examples)
+    n_valid = round(len(examples) * VALID_SHARE)
+    splits = {"valid": examples[:n_valid], "train": examples[n_valid:]}
+    OUT.mkdir(parents=True, exist_ok=True)
+    for name, rows in splits.items():
+        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        (OUT / f"{name}.jsonl").write_text(text, encoding="utf-8", newline="\n")
+    n_tool = sum("<tool_call>" in e["messages"][-1]["content"] for e in examples)
+    print(
+        f"wrote {len(splits['train'])} train + {len(splits['valid'])} valid examples "
+        f"to {OUT} ({n_tool / len(examples):.0%} tool calls)"
+    )
+
+
+if __name__ == "__main__":
+    main()

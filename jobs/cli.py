@@ -1,0 +1,421 @@
+"""`farm`: the command line of lorafarm."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from jobs import settings
+from jobs.problems import InputError
+
+app = typer.Typer(
+    help="lorafarm: LoRA fine-tuning on a farm of Macs, ranked by format adherence across seeds.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+EXIT_INVALID = 2
+
+
+def _redis():  # type: ignore[no-untyped-def]
+    from redis import Redis
+
+    url = settings.redis_url()
+    if url is None:
+        err.print("[red]REDIS_URL is not set[/] (use `farm up` to run an embedded Redis)")
+        raise typer.Exit(1)
+    return Redis.from_url(url)
+
+
+def _report_problems(problems: list) -> None:  # type: ignore[type-arg]
+    for problem in problems:
+        err.print(str(problem), markup=False, highlight=False)
+
+
+# --- submitting and following work --------------------------------------------
+
+
+@app.command()
+def submit(
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC.yaml", help="Experiment spec")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and plan only")] = False,
+) -> None:
+    """Validate an experiment spec, run the preflight checks, then enqueue it."""
+    from jobs.checks import preflight
+    from jobs.dag import plan_run
+    from jobs.db import migrate
+    from jobs.spec import config_fingerprint, load_spec
+    from jobs.submit import submit_experiment
+
+    try:
+        spec = load_spec(spec_path)
+    except InputError as exc:
+        _report_problems(exc.problems)
+        raise typer.Exit(EXIT_INVALID) from None
+    findings = preflight(spec, spec_path)
+    errors = [f for f in findings if f.severity == "error"]
+    for finding in findings:
+        err.print(finding.render(), markup=False, highlight=False)
+    if errors:
+        raise typer.Exit(EXIT_INVALID)
+    stages = plan_run(spec)
+    if dry_run:
+        console.print(
+            f"{spec.name}: {len(spec.seeds)} runs × {len(stages)} stages, "
+            f"fingerprint {config_fingerprint(spec)} (dry run, nothing queued)"
+        )
+        for stage in stages:
+            console.print(f"  {stage.key}" + (f"  ← {stage.parent}" if stage.parent else ""))
+        return
+    migrate()
+    experiment_id = submit_experiment(spec, _redis(), spec_path.read_text(), findings)
+    print(experiment_id)
+
+
+@app.command()
+def status(
+    experiment_id: Annotated[int | None, typer.Argument(metavar="[ID]")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Experiments and their runs, or one experiment's stages."""
+    from jobs.db import migrate, session_scope
+    from jobs.status import experiment_view, list_experiments
+
+    migrate()
+    with session_scope() as session:
+        if experiment_id is None:
+            rows = list_experiments(session)
+            if as_json:
+                print(json.dumps(rows, indent=2))
+                return
+            table = Table("id", "name", "status", "runs", "by status", "created")
+            for r in rows:
+                by = ", ".join(f"{k} {v}" for k, v in sorted(r["run_status"].items()))
+                table.add_row(
+                    str(r["id"]), r["name"], r["status"], str(r["runs"]), by, r["created_at"]
+                )
+            console.print(table)
+            return
+        view = experiment_view(session, experiment_id)
+    if view is None:
+        err.print(f"no experiment {experiment_id}")
+        raise typer.Exit(1)
+    if as_json:
+        print(json.dumps(view.as_dict(), indent=2, default=str))
+        return
+    console.print(
+        f"[bold]{view.name}[/] (#{view.id}) {view.status} — fingerprint {view.fingerprint}"
+    )
+    for d in view.diagnostics:
+        console.print(f"  [yellow]{d['severity']}[/] {d['pattern']}: {d['message']}")
+    for run in view.runs:
+        console.print(f"run {run.id} seed {run.seed}: {run.status} on {run.host or '-'}")
+        for s in run.stages:
+            progress = f"{s.progress}/{s.total}" if s.total else ""
+            score = f"adherence {s.adherence:.3f}" if s.adherence is not None else ""
+            console.print(f"  {s.kind:9} {s.variant:14} {s.status:10} {progress:>11} {score}")
+            if s.status == "failed" and s.error:
+                console.print("    " + s.error.strip().splitlines()[-1], markup=False)
+        for d in run.diagnostics:
+            console.print(f"  [yellow]{d['severity']}[/] {d['pattern']}: {d['message']}")
+
+
+@app.command()
+def cancel(experiment_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
+    """Stop an experiment: running stages are killed, the rest marked cancelled."""
+    from sqlmodel import select
+
+    from jobs.db import Run, Stage, migrate, session_scope
+    from jobs.queue import cancel_stages
+
+    migrate()
+    with session_scope() as session:
+        run_ids = [
+            r.id for r in session.exec(select(Run).where(Run.experiment_id == experiment_id))
+        ]
+        if not run_ids:
+            err.print(f"no experiment {experiment_id}")
+            raise typer.Exit(1)
+        stages = session.exec(select(Stage).where(Stage.run_id.in_(run_ids))).all()  # type: ignore[union-attr]
+        count = cancel_stages(session, stages, _redis())
+    console.print(f"cancelled {count} stages of experiment {experiment_id}")
+
+
+@app.command()
+def leaderboard(
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    limit: Annotated[int, typer.Option(help="Rows to show")] = 50,
+    base_model: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Configurations ranked by mean format adherence across seeds, then worst seed."""
+    from jobs.db import migrate, session_scope
+    from jobs.leaderboard import leaderboard as query
+
+    migrate()
+    with session_scope() as session:
+        rows = query(session, limit=limit, base_model=base_model)
+    if as_json:
+        print(json.dumps([r.as_dict() for r in rows], indent=2))
+        return
+    print_leaderboard(rows)
+
+
+def print_leaderboard(rows: list) -> None:  # type: ignore[type-arg]
+    table = Table(title="leaderboard — format adherence across seeds")
+    for column in (
+        "config",
+        "variant",
+        "seeds",
+        "mean",
+        "std",
+        "worst",
+        "best",
+        "lock",
+        "val loss",
+        "labels",
+        "s/prompt",
+        "tok/s",
+        "size MB",
+    ):
+        table.add_column(
+            column, justify="left" if column in ("config", "variant", "labels") else "right"
+        )
+    for r in rows:
+        labels = " ".join(
+            f"{k}:{v:.0%}" for k, v in sorted(r.label_mix.items(), key=lambda x: -x[1])[:3]
+        )
+        table.add_row(
+            f"{r.name} {r.fingerprint[:8]}",
+            r.variant,
+            str(r.seeds),
+            f"{r.mean:.3f}",
+            f"{r.std:.3f}",
+            f"{r.worst:.3f}",
+            f"{r.best:.3f}",
+            f"{r.lock_rate:.0%}",
+            "-" if r.val_loss is None else f"{r.val_loss:.3f}",
+            labels,
+            "-" if r.latency_s is None else f"{r.latency_s:.3f}",
+            "-" if r.tokens_per_sec is None else f"{r.tokens_per_sec:.0f}",
+            "-" if r.size_bytes is None else f"{r.size_bytes / 1e6:.1f}",
+        )
+    console.print(table)
+
+
+# --- the scorer and checks on their own ----------------------------------------
+
+
+@app.command()
+def score(
+    responses: Annotated[Path, typer.Argument(metavar="RESPONSES.jsonl")],
+    suite: Annotated[
+        Path | None, typer.Option(help="Eval suite whose tool API names the tools")
+    ] = None,
+) -> None:
+    """Score responses: one {"id","label","score"} line per input line."""
+    from jobs.scorer import DEFAULT_TOOL_NAMES, score_record
+    from jobs.suite import load_suite
+
+    tool_names, fmt = DEFAULT_TOOL_NAMES, "code_mode"
+    if suite is not None:
+        try:
+            loaded = load_suite(suite)
+        except InputError as exc:
+            _report_problems(exc.problems)
+            raise typer.Exit(EXIT_INVALID) from None
+        tool_names, fmt = frozenset(loaded.tool_names), loaded.format
+    if not responses.exists():
+        err.print(f"{responses}: no such file")
+        raise typer.Exit(EXIT_INVALID)
+    problems = []
+    out = []
+    with open(responses) as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                out.append(score_record(json.loads(line), tool_names, fmt=fmt))
+            except (ValueError, TypeError, AttributeError) as exc:
+                problems.append(f"{responses}:{number}: {exc}")
+    if problems:
+        for p in problems:
+            err.print(p, markup=False, highlight=False)
+        raise typer.Exit(EXIT_INVALID)
+    for record in out:
+        print(json.dumps(record))
+
+
+@app.command()
+def check(spec_path: Annotated[Path, typer.Argument(metavar="SPEC.yaml")]) -> None:
+    """Preflight checks only: tokenizer, chat template, eos, dataset, suite, quantization."""
+    from jobs.checks import preflight
+    from jobs.spec import load_spec
+
+    try:
+        spec = load_spec(spec_path)
+    except InputError as exc:
+        _report_problems(exc.problems)
+        raise typer.Exit(EXIT_INVALID) from None
+    findings = preflight(spec, spec_path)
+    for finding in findings:
+        print(finding.render())
+    errors = sum(f.severity == "error" for f in findings)
+    warnings = sum(f.severity == "warning" for f in findings)
+    print(f"{spec_path}: {errors} errors, {warnings} warnings")
+    if errors:
+        raise typer.Exit(EXIT_INVALID)
+
+
+@app.command("make-tiny-model")
+def make_tiny_model_cmd(
+    out_dir: Annotated[Path, typer.Argument(metavar="DIR")],
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Build the tiny local Qwen3-architecture model used by tests and the demo."""
+    from jobs.tiny_model import make_tiny_model
+
+    path = make_tiny_model(out_dir, seed=seed)
+    console.print(f"tiny model written to {path}")
+
+
+# --- running the farm -----------------------------------------------------------
+
+
+@app.command()
+def worker(
+    name: Annotated[str | None, typer.Option(help="Worker name (default: host-pid)")] = None,
+    memory_gb: Annotated[
+        float | None, typer.Option("--memory-gb", help="Memory this worker offers")
+    ] = None,
+    burst: Annotated[bool, typer.Option(help="Exit when the queues are empty")] = False,
+) -> None:
+    """Run a worker: pulls stages from Redis (REDIS_URL) and runs them with mlx-lm."""
+    from worker.main import default_memory_gb, run_worker
+
+    url = settings.redis_url()
+    if url is None:
+        err.print("[red]REDIS_URL is not set[/]: a worker needs the coordinator's Redis")
+        raise typer.Exit(1)
+    name = name or f"{os.uname().nodename.split('.')[0]}-{os.getpid()}"
+    run_worker(name, memory_gb or default_memory_gb(), url, burst=burst)
+
+
+@app.command()
+def web(
+    port: Annotated[int, typer.Option()] = 8501,
+    address: Annotated[str, typer.Option(help="Address to bind")] = "127.0.0.1",
+) -> None:
+    """Run the web UI alone (the LAN coordinator)."""
+    from jobs.stack import PROJECT_ROOT
+
+    warn_if_exposed(address)
+    os.execv(
+        sys.executable,
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(PROJECT_ROOT / "web" / "app.py"),
+            "--server.port",
+            str(port),
+            "--server.address",
+            address,
+            "--server.headless",
+            "true",
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+    )
+
+
+def warn_if_exposed(address: str) -> None:
+    from jobs.access import is_loopback, password_configured
+
+    if not is_loopback(address) and not password_configured():
+        err.print(
+            f"[yellow]warning:[/] the UI binds to {address} without a password; "
+            "anyone on the network can submit and cancel. Set FARM_UI_PASSWORD."
+        )
+
+
+@app.command()
+def up(
+    demo: Annotated[
+        bool, typer.Option("--demo", help="Build the tiny model and submit the demo")
+    ] = False,
+    workers: Annotated[int, typer.Option(help="Local workers to start")] = 1,
+    port: Annotated[int, typer.Option(help="Web UI port")] = 8501,
+    address: Annotated[str, typer.Option(help="Address the UI binds to")] = "127.0.0.1",
+) -> None:
+    """The whole farm on this machine: Redis, SQLite, workers and the web UI. Ctrl-C stops all."""
+    from jobs.stack import farm_stack
+
+    warn_if_exposed(address)
+    with farm_stack(workers=workers, web_port=port, web_address=address) as stack:
+        os.environ["REDIS_URL"] = stack.redis_url
+        console.print(
+            f"lorafarm is up: [bold]{stack.web_url}[/]  (FARM_HOME {settings.farm_home()})"
+        )
+        if demo:
+            experiment_id = submit_demo(stack.redis_url)
+            console.print(f"demo experiment {experiment_id} submitted")
+        try:
+            while stack.alive():
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            console.print("stopping…")
+
+
+def submit_demo(redis_url: str, seeds: list[int] | None = None) -> int:
+    """Build the tiny model if needed and submit the demo spec."""
+    from redis import Redis
+
+    from jobs.demo import demo_spec
+    from jobs.submit import submit_experiment
+
+    spec, text = demo_spec(seeds)
+    return submit_experiment(spec, Redis.from_url(redis_url), text)
+
+
+@app.command()
+def demo(
+    headless: Annotated[bool, typer.Option("--headless", help="No web UI")] = False,
+    workers: Annotated[int, typer.Option()] = 2,
+    port: Annotated[int, typer.Option()] = 8501,
+) -> None:
+    """Submit the demo experiment on the tiny local model, wait, print the leaderboard."""
+    from jobs.demo import run_demo
+
+    ok = run_demo(workers=workers, web_port=None if headless else port, console=console)
+    raise typer.Exit(0 if ok else 1)
+
+
+@app.command()
+def bench(
+    out: Annotated[Path | None, typer.Option(help="Write the JSON here too")] = None,
+    only: Annotated[str | None, typer.Option(help="overhead, eval, dispatch or pages")] = None,
+) -> None:
+    """Benchmarks: farm overhead vs bare mlx_lm lora, batched vs HTTP eval, dispatch latency."""
+    from jobs.bench import run_benchmarks
+
+    results = run_benchmarks(only=only, console=console)
+    text = json.dumps(results, indent=2)
+    print(text)
+    if out:
+        out.write_text(text)
+
+
+if __name__ == "__main__":
+    app()

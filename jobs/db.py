@@ -1,0 +1,255 @@
+"""The farm's tables and database sessions.
+
+The database is the source of truth for what happened: every experiment, run,
+stage, metric, eval row, artifact and worker. SQLite under FARM_HOME is the
+embedded default (WAL + busy timeout so several workers and the UI can write at
+once); PostgreSQL when DATABASE_URL says so. The schema is owned by the Alembic
+migrations in `jobs/migrations`; `migrate()` brings a database up to date.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, Text, event
+from sqlalchemy.engine import Engine
+from sqlmodel import Field, Session, SQLModel, create_engine
+
+from jobs import settings
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Experiment(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True)
+    fingerprint: str = Field(index=True)
+    base_model: str = Field(index=True)
+    dataset: str = Field(index=True)
+    suite: str = Field(index=True)
+    spec_yaml: str = Field(sa_column=Column(Text, nullable=False))
+    spec: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class Run(SQLModel, table=True):
+    """One experiment × one seed."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    experiment_id: int = Field(foreign_key="experiment.id", index=True)
+    seed: int
+    fingerprint: str = Field(index=True)
+    status: str = Field(default="queued", index=True)
+    host: str | None = None  # the worker holding this run's artifacts
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    finished_at: datetime | None = None
+
+
+class Stage(SQLModel, table=True):
+    """One node of a run's DAG: train, fuse, quantize or eval of one variant."""
+
+    __table_args__ = (Index("ix_stage_kind_status", "kind", "status"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id", index=True)
+    kind: str  # train | fuse | quantize | eval
+    variant: str = ""  # adapter | fused | q4 | ckpt-0000100 | best | base
+    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    depends_on: int | None = Field(default=None, foreign_key="stage.id")
+    status: str = Field(default="waiting", index=True)
+    worker: str | None = None
+    rq_job_id: str | None = Field(default=None, index=True)
+    queue: str | None = None
+    enqueued_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    progress: int | None = None  # iterations (train) or prompts (eval) done
+    total: int | None = None
+    # Summary of a finished stage, written once, so the leaderboard aggregates
+    # over stages instead of millions of eval rows.
+    adherence: float | None = None
+    n_prompts: int | None = None
+    label_counts: dict[str, int] | None = Field(default=None, sa_column=Column(JSON))
+    hit_max_share: float | None = None
+    latency_s: float | None = None  # mean seconds per prompt
+    tokens_per_sec: float | None = None
+    peak_memory_gb: float | None = None
+    size_bytes: int | None = None
+    val_loss: float | None = None  # final val loss (train stage)
+
+
+class Metric(SQLModel, table=True):
+    """A training report as mlx-lm's callback delivered it."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    stage_id: int = Field(foreign_key="stage.id", index=True)
+    run_id: int = Field(foreign_key="run.id", index=True)
+    iteration: int
+    train_loss: float | None = None
+    val_loss: float | None = None
+    learning_rate: float | None = None
+    tokens_per_sec: float | None = None
+    iterations_per_sec: float | None = None
+    peak_memory_gb: float | None = None
+    trained_tokens: int | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class EvalResult(SQLModel, table=True):
+    """One suite prompt answered by one variant of one run."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    stage_id: int = Field(foreign_key="stage.id", index=True)
+    run_id: int = Field(foreign_key="run.id", index=True)
+    prompt_id: str
+    category: str = ""
+    expect: str
+    prompt: str = Field(sa_column=Column(Text, nullable=False))
+    response: str = Field(sa_column=Column(Text, nullable=False))
+    label: str
+    score: float
+    thought: bool = False
+    tokens: int = 0
+    latency_s: float = 0.0
+    hit_max_tokens: bool = False
+
+
+class Artifact(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id", index=True)
+    stage_id: int | None = Field(default=None, foreign_key="stage.id")
+    kind: str  # adapter | checkpoint | fused | quantized | log
+    variant: str = ""
+    iteration: int | None = None
+    path: str
+    host: str
+    bytes: int = 0
+    sha256: str = ""
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class WorkerRow(SQLModel, table=True):
+    __tablename__ = "worker"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True)
+    host: str
+    memory_gb: float
+    chip: str = ""
+    mlx_version: str = ""
+    platform: str = ""
+    queues: str = ""
+    status: str = "idle"
+    current_stage_id: int | None = None
+    jobs_done: int = 0
+    started_at: datetime = Field(default_factory=utcnow)
+    last_heartbeat: datetime = Field(default_factory=utcnow)
+
+
+class Diagnostic(SQLModel, table=True):
+    """A preflight finding or a failure pattern detected on a run."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    experiment_id: int | None = Field(default=None, foreign_key="experiment.id", index=True)
+    run_id: int | None = Field(default=None, foreign_key="run.id", index=True)
+    fingerprint: str | None = Field(default=None, index=True)
+    scope: str = "run"  # preflight | run | config
+    pattern: str
+    severity: str = "warning"  # error | warning | info
+    message: str = Field(sa_column=Column(Text, nullable=False))
+    evidence: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+# --- engines and sessions -------------------------------------------------
+
+_engines: dict[str, Engine] = {}
+_lock = threading.Lock()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets readers (the UI) and one writer work at once; the busy timeout
+    # makes concurrent writers (several workers) wait instead of failing.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def normalize_url(url: str) -> str:
+    # Users write postgresql://…; SQLAlchemy's default driver for that is
+    # psycopg2, which we do not ship. psycopg 3 is the one installed.
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def get_engine(url: str | None = None) -> Engine:
+    url = normalize_url(url or settings.database_url())
+    with _lock:
+        engine = _engines.get(url)
+        if engine is None:
+            if url.startswith("sqlite"):
+                path = url.removeprefix("sqlite:///")
+                if path and path != ":memory:":
+                    Path(path).parent.mkdir(parents=True, exist_ok=True)
+                engine = create_engine(
+                    url, connect_args={"timeout": 30, "check_same_thread": False}
+                )
+                event.listen(engine, "connect", _sqlite_pragmas)
+            else:
+                engine = create_engine(url, pool_pre_ping=True)
+            _engines[url] = engine
+        return engine
+
+
+def dispose_engines() -> None:
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+
+
+@contextmanager
+def session_scope(url: str | None = None) -> Iterator[Session]:
+    """A session that commits on success and rolls back on error."""
+    with Session(get_engine(url), expire_on_commit=False) as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+def migrate(url: str | None = None) -> None:
+    """Bring the database schema up to the newest Alembic revision."""
+    from alembic import command
+    from alembic.config import Config
+
+    url = normalize_url(url or settings.database_url())
+    get_engine(url)  # creates the SQLite folder
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    config.attributes["configure_logger"] = False
+    command.upgrade(config, "head")
+
+
+def forget_engines_after_fork() -> None:
+    """In a forked child, drop the parent's pooled connections without closing
+    them (closing would end the parent's sessions), so the child opens its own."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose(close=False)
+        _engines.clear()

@@ -1,0 +1,206 @@
+"""The leaderboard: configurations ranked by format adherence across seeds.
+
+One row per config fingerprint × variant. Aggregation runs in SQL over the
+per-stage summaries that each eval stage writes once (adherence, label counts,
+latency…), so the query cost grows with runs, not with eval rows. Validation
+loss is shown for contrast and never used as the rank key: the seeds record a
+run whose val loss improved while adherence collapsed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sqlalchemy import and_, case, func, select
+from sqlalchemy.orm import aliased
+from sqlmodel import Session
+
+from jobs.db import Experiment, Run, Stage
+
+LOCK_THRESHOLD = 0.8
+
+SORT_KEYS = ("mean", "worst", "best", "std", "lock_rate", "seeds", "val_loss", "tokens_per_sec")
+
+
+@dataclass
+class LeaderboardRow:
+    fingerprint: str
+    variant: str
+    name: str
+    base_model: str
+    dataset: str
+    suite: str
+    seeds: int
+    mean: float
+    std: float
+    worst: float
+    best: float
+    lock_rate: float
+    val_loss: float | None
+    latency_s: float | None
+    tokens_per_sec: float | None
+    peak_memory_gb: float | None
+    size_bytes: float | None
+    hit_max_share: float | None
+    label_mix: dict[str, float] = field(default_factory=dict)
+    seed_scores: list[tuple[int, float]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def population_std(mean: float, mean_of_squares: float) -> float:
+    # SQLite has no stddev(); E[x²] − E[x]² is computed in SQL, the root here.
+    return math.sqrt(max(mean_of_squares - mean * mean, 0.0))
+
+
+def label_shares(counts: list[dict[str, int] | None]) -> dict[str, float]:
+    total: Counter[str] = Counter()
+    for c in counts:
+        total.update(c or {})
+    n = sum(total.values())
+    return {label: total[label] / n for label in sorted(total)} if n else {}
+
+
+def _aggregate_query(
+    base_model: str | None, dataset: str | None, suite: str | None, variant: str | None
+):  # type: ignore[no-untyped-def]
+    train = aliased(Stage)
+    val_loss = (
+        select(train.val_loss)
+        .where(train.run_id == Run.id, train.kind == "train")
+        .limit(1)
+        .scalar_subquery()
+    )
+    adherence = Stage.adherence
+    conditions = [Stage.kind == "eval", Stage.status == "done", adherence.is_not(None)]
+    if base_model:
+        conditions.append(Experiment.base_model == base_model)
+    if dataset:
+        conditions.append(Experiment.dataset == dataset)
+    if suite:
+        conditions.append(Experiment.suite == suite)
+    if variant:
+        conditions.append(Stage.variant == variant)
+    mean = func.avg(adherence).label("mean")
+    worst = func.min(adherence).label("worst")
+    return (
+        select(
+            Run.fingerprint,
+            Stage.variant,
+            func.min(Experiment.name).label("name"),
+            func.min(Experiment.base_model).label("base_model"),
+            func.min(Experiment.dataset).label("dataset"),
+            func.min(Experiment.suite).label("suite"),
+            func.count(func.distinct(Run.seed)).label("seeds"),
+            mean,
+            func.avg(adherence * adherence).label("mean_sq"),
+            worst,
+            func.max(adherence).label("best"),
+            func.avg(case((adherence >= LOCK_THRESHOLD, 1.0), else_=0.0)).label("lock_rate"),
+            func.avg(val_loss).label("val_loss"),
+            func.avg(Stage.latency_s).label("latency_s"),
+            func.avg(Stage.tokens_per_sec).label("tokens_per_sec"),
+            func.max(Stage.peak_memory_gb).label("peak_memory_gb"),
+            func.avg(Stage.size_bytes).label("size_bytes"),
+            func.avg(Stage.hit_max_share).label("hit_max_share"),
+        )
+        .select_from(Stage)
+        .join(Run, Run.id == Stage.run_id)
+        .join(Experiment, Experiment.id == Run.experiment_id)
+        .where(and_(*conditions))
+        .group_by(Run.fingerprint, Stage.variant)
+    )
+
+
+def leaderboard(
+    session: Session,
+    *,
+    base_model: str | None = None,
+    dataset: str | None = None,
+    suite: str | None = None,
+    variant: str | None = None,
+    sort: str = "mean",
+    descending: bool = True,
+    limit: int = 100,
+    offset: int = 0,
+    with_details: bool = True,
+) -> list[LeaderboardRow]:
+    """Ranked rows; default order mean adherence, then worst seed."""
+    if sort not in SORT_KEYS:
+        raise ValueError(f"sort must be one of {', '.join(SORT_KEYS)}")
+    query = _aggregate_query(base_model, dataset, suite, variant).subquery()
+    key = query.c[sort] if sort != "std" else (query.c.mean_sq - query.c.mean * query.c.mean)
+    order = [key.desc() if descending else key.asc()]
+    if sort == "mean":
+        order.append(query.c.worst.desc() if descending else query.c.worst.asc())
+    order += [query.c.fingerprint, query.c.variant]
+    ordered = select(query).order_by(*order).limit(limit).offset(offset)
+    rows = [
+        LeaderboardRow(
+            fingerprint=r.fingerprint,
+            variant=r.variant,
+            name=r.name,
+            base_model=r.base_model,
+            dataset=r.dataset,
+            suite=r.suite,
+            seeds=int(r.seeds),
+            mean=float(r.mean),
+            std=population_std(float(r.mean), float(r.mean_sq)),
+            worst=float(r.worst),
+            best=float(r.best),
+            lock_rate=float(r.lock_rate),
+            val_loss=_float(r.val_loss),
+            latency_s=_float(r.latency_s),
+            tokens_per_sec=_float(r.tokens_per_sec),
+            peak_memory_gb=_float(r.peak_memory_gb),
+            size_bytes=_float(r.size_bytes),
+            hit_max_share=_float(r.hit_max_share),
+        )
+        for r in session.execute(ordered)
+    ]
+    if with_details and rows:
+        _attach_details(session, rows)
+    return rows
+
+
+def count_rows(session: Session, **filters: str | None) -> int:
+    query = _aggregate_query(
+        filters.get("base_model"),
+        filters.get("dataset"),
+        filters.get("suite"),
+        filters.get("variant"),
+    ).subquery()
+    return int(session.execute(select(func.count()).select_from(query)).scalar_one())
+
+
+def _attach_details(session: Session, rows: list[LeaderboardRow]) -> None:
+    """Per-seed scores and label mix, for just the rows on this page."""
+    fingerprints = {r.fingerprint for r in rows}
+    query = (
+        select(Run.fingerprint, Stage.variant, Run.seed, Stage.adherence, Stage.label_counts)
+        .join(Run, Run.id == Stage.run_id)
+        .where(
+            Stage.kind == "eval",
+            Stage.status == "done",
+            Stage.adherence.is_not(None),  # type: ignore[union-attr]
+            Run.fingerprint.in_(fingerprints),  # type: ignore[attr-defined]
+        )
+        .order_by(Run.seed)
+    )
+    scores: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    labels: dict[tuple[str, str], list[dict[str, int] | None]] = {}
+    for fp, variant, seed, adherence, counts in session.execute(query):
+        scores.setdefault((fp, variant), []).append((int(seed), float(adherence)))
+        labels.setdefault((fp, variant), []).append(counts)
+    for row in rows:
+        key = (row.fingerprint, row.variant)
+        row.seed_scores = scores.get(key, [])
+        row.label_mix = label_shares(labels.get(key, []))
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)

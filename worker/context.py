@@ -1,0 +1,120 @@
+"""What a stage's child process knows about its stage, and how it records artifacts."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jobs import settings
+from jobs.db import Artifact, Experiment, Run, Stage, session_scope
+
+
+@dataclass(frozen=True)
+class StageContext:
+    stage_id: int
+    run_id: int
+    kind: str
+    variant: str
+    params: dict[str, Any]
+    seed: int
+    spec: dict[str, Any]
+    run_dir: Path
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.run_dir / "adapter"
+
+    @property
+    def fused_dir(self) -> Path:
+        return self.run_dir / "fused"
+
+    def quantized_dir(self, variant: str) -> Path:
+        return self.run_dir / variant
+
+
+def load_context(stage_id: int) -> StageContext:
+    with session_scope() as session:
+        stage = session.get(Stage, stage_id)
+        if stage is None:
+            raise SystemExit(f"stage {stage_id} not found in {settings.database_url()}")
+        run = session.get(Run, stage.run_id)
+        assert run is not None
+        experiment = session.get(Experiment, run.experiment_id)
+        assert experiment is not None
+        return StageContext(
+            stage_id=stage_id,
+            run_id=run.id or 0,
+            kind=stage.kind,
+            variant=stage.variant,
+            params=dict(stage.params),
+            seed=run.seed,
+            spec=dict(experiment.spec),
+            run_dir=settings.artifacts_root() / f"run-{run.id}",
+        )
+
+
+def update_stage(stage_id: int, **values: Any) -> None:
+    with session_scope() as session:
+        stage = session.get(Stage, stage_id)
+        assert stage is not None
+        for key, value in values.items():
+            setattr(stage, key, value)
+        session.add(stage)
+
+
+def path_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def sha256_of(path: Path) -> str:
+    """sha256 of a file, or of a folder's files in name order."""
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def record_artifact(
+    ctx: StageContext, kind: str, path: Path, variant: str = "", iteration: int | None = None
+) -> Artifact:
+    artifact = Artifact(
+        run_id=ctx.run_id,
+        stage_id=ctx.stage_id,
+        kind=kind,
+        variant=variant,
+        iteration=iteration,
+        path=str(path),
+        host=os.environ.get("FARM_WORKER_NAME") or socket.gethostname(),
+        bytes=path_bytes(path),
+        sha256=sha256_of(path),
+    )
+    with session_scope() as session:
+        session.add(artifact)
+    return artifact
+
+
+def exit_with_parent() -> None:
+    """Die if the work horse that started us goes away (it could be SIGKILLed
+    alone, outside its process group), so no MLX process outlives its job."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(3)
+            time.sleep(1.0)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()

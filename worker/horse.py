@@ -1,0 +1,35 @@
+"""`python -m worker.horse`: a spawned RQ work horse (macOS, or FARM_SPAWN_HORSE=1).
+
+RQ's own SpawnWorker passes the Redis connection arguments, password included,
+on the horse's command line; this one takes everything from its environment.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from redis import Redis
+from rq import Queue, Worker
+from rq.executions import Execution
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+
+def main() -> None:
+    redis = Redis.from_url(os.environ["REDIS_URL"])
+    worker = Worker.find_by_key(
+        os.environ["FARM_HORSE_WORKER_KEY"], connection=redis, serializer=JSONSerializer
+    )
+    if worker is None:
+        sys.exit(1)
+    job = Job.fetch(os.environ["FARM_HORSE_JOB"], connection=redis, serializer=JSONSerializer)
+    queue = Queue(os.environ["FARM_HORSE_QUEUE"], connection=redis, serializer=JSONSerializer)
+    worker.execution = Execution.fetch(os.environ["RQ_EXECUTION_ID"], job.id, connection=redis)
+    os.setpgrp()  # a stop command kills this group: the horse and its MLX child
+    worker._is_horse = True
+    worker.main_work_horse(job, queue)
+
+
+if __name__ == "__main__":
+    main()
