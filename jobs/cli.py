@@ -52,7 +52,7 @@ def submit(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and plan only")] = False,
 ) -> None:
     """Validate an experiment spec, run the preflight checks, then enqueue it."""
-    from jobs.checks import preflight
+    from jobs.checks import ensure_quant_twin, preflight
     from jobs.dag import plan_run
     from jobs.db import migrate
     from jobs.spec import config_fingerprint, load_spec
@@ -69,8 +69,11 @@ def submit(
         err.print(finding.render(), markup=False, highlight=False)
     if errors:
         raise typer.Exit(EXIT_INVALID)
-    stages = plan_run(spec)
     if dry_run:
+        spec, twin = ensure_quant_twin(spec)
+        if twin:
+            err.print(twin.render(), markup=False, highlight=False)
+        stages = plan_run(spec)
         console.print(
             f"{spec.name}: {len(spec.seeds)} runs × {len(stages)} stages, "
             f"fingerprint {config_fingerprint(spec)} (dry run, nothing queued)"

@@ -15,6 +15,8 @@ from typing import Any
 
 from jobs.spec import ExperimentSpec
 
+HOLD = "after_checkpoints"  # stage params flag: enqueue once checkpoint evals are done
+
 
 @dataclass(frozen=True)
 class PlannedStage:
@@ -36,24 +38,32 @@ def checkpoint_variant(iteration: int) -> str:
 
 
 def plan_run(spec: ExperimentSpec) -> list[PlannedStage]:
-    """Every stage of one run of `spec`, parents before children."""
+    """Every stage of one run of `spec`, parents before children.
+
+    The diagram in the module docstring; with `eval.checkpoints` also a `best`
+    eval, and with `fuse.from: best` the fuse (and all below it) waits for it."""
     variants = set(spec.eval.variants)
     stages = [PlannedStage("train", "train", "adapter")]
     if "base" in variants:
         stages.append(PlannedStage("eval:base", "eval", "base", "train"))
     if "adapter" in variants:
         stages.append(PlannedStage("eval:adapter", "eval", "adapter", "train"))
+    from_best = spec.fuse is not None and spec.fuse.from_ == "best" and spec.eval.checkpoints
     if spec.eval.checkpoints:
         for iteration in checkpoint_iterations(spec.train.iters, spec.train.save_every):
             variant = checkpoint_variant(iteration)
             stages.append(
                 PlannedStage(f"eval:{variant}", "eval", variant, "train", {"iteration": iteration})
             )
+        # `best` is the checkpoint with the highest adherence: known only once
+        # every checkpoint is evaluated, so it waits for them (HOLD).
+        stages.append(PlannedStage("eval:best", "eval", "best", "train", {HOLD: True}))
     wants_fused = "fused" in variants or (bool(spec.quantize) and "quantized" in variants)
     if spec.fuse is not None and (wants_fused or spec.quantize):
-        stages.append(
-            PlannedStage("fuse", "fuse", "fused", "train", {"dequantize": spec.fuse.dequantize})
-        )
+        params: dict[str, Any] = {"dequantize": spec.fuse.dequantize}
+        if from_best:
+            params[HOLD] = True
+        stages.append(PlannedStage("fuse", "fuse", "fused", "train", params))
         if "fused" in variants:
             stages.append(PlannedStage("eval:fused", "eval", "fused", "fuse"))
         for q in spec.quantize:

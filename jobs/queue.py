@@ -14,7 +14,7 @@ Routing rules:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from redis import Redis
@@ -26,7 +26,8 @@ from rq.serializers import JSONSerializer
 from sqlmodel import Session, select
 
 from jobs import settings
-from jobs.db import Run, Stage, session_scope, utcnow
+from jobs.dag import HOLD
+from jobs.db import Experiment, Run, Stage, session_scope, utcnow
 
 MEMORY_TIERS_GB = (0, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512)
 STAGE_FUNCTION = "worker.stage_job.run_stage"
@@ -101,53 +102,96 @@ def enqueue_run(session: Session, run: Run, redis: Redis, spec: dict[str, Any]) 
     session.add(train)
 
 
+def pinned_queue_name(worker_name: str, min_memory_gb: float) -> str:
+    """Where a run's later stages go: its trainer's own queue, or anywhere
+    suitable when artifacts live in a shared folder."""
+    if settings.shared_artifacts() is not None:
+        return tier_queue_name(min_memory_gb)
+    return worker_queue_name(worker_name)
+
+
 def enqueue_downstream(parent_stage_id: int, worker_name: str, redis: Redis) -> list[int]:
     """Enqueue everything below a finished train stage, pinned to its worker.
 
-    Returns the stage ids enqueued."""
+    Stages held for the best checkpoint (and everything below them) stay
+    waiting; `release_after_checkpoints` enqueues them later. Returns the
+    stage ids enqueued."""
     with session_scope() as session:
         parent = session.get(Stage, parent_stage_id)
         assert parent is not None
+        queue_name = pinned_queue_name(worker_name, float(parent.params.get("min_memory_gb", 0)))
         run_stages = session.exec(select(Stage).where(Stage.run_id == parent.run_id)).all()
-        by_parent: dict[int, list[Stage]] = {}
-        for stage in run_stages:
-            if stage.depends_on is not None:
-                by_parent.setdefault(stage.depends_on, []).append(stage)
-        min_memory = float(parent.params.get("min_memory_gb", 0))
-        if settings.shared_artifacts() is not None:
-            queue_name = tier_queue_name(min_memory)
-        else:
-            queue_name = worker_queue_name(worker_name)
-        queue = _queue(queue_name, redis)
-        enqueued: list[int] = []
-        # Breadth-first from the train stage; RQ holds grandchildren back
-        # until their own parent job has finished.
-        frontier = [(child, None) for child in by_parent.get(parent.id or -1, [])]
-        while frontier:
-            stage, depends_on = frontier.pop(0)
-            if stage.status != "waiting":
-                continue
-            queue.enqueue_call(
-                STAGE_FUNCTION,
-                args=(stage.id,),
-                job_id=stage_job_id(stage.id or 0),
-                timeout=DOWNSTREAM_TIMEOUT_S,
-                depends_on=depends_on,
-                result_ttl=86400,
-                failure_ttl=7 * 86400,
-                **_callbacks(),
-            )
-            stage.status, stage.queue, stage.rq_job_id = (
-                "queued",
-                queue_name,
-                stage_job_id(stage.id or 0),
-            )
-            stage.enqueued_at = utcnow()
+        roots = [s for s in run_stages if s.depends_on == parent.id and not s.params.get(HOLD)]
+        return enqueue_subtrees(session, run_stages, roots, queue_name, redis)
+
+
+def enqueue_subtrees(
+    session: Session,
+    run_stages: Sequence[Stage],
+    roots: Sequence[Stage],
+    queue_name: str,
+    redis: Redis,
+) -> list[int]:
+    """Enqueue `roots` (whose parents are done) and every waiting stage below
+    them; RQ dependencies hold each child back until its parent job finishes."""
+    by_parent: dict[int, list[Stage]] = {}
+    for stage in run_stages:
+        if stage.depends_on is not None:
+            by_parent.setdefault(stage.depends_on, []).append(stage)
+    queue = _queue(queue_name, redis)
+    enqueued: list[int] = []
+    frontier: list[tuple[Stage, str | None]] = [(root, None) for root in roots]
+    while frontier:
+        stage, depends_on = frontier.pop(0)
+        if stage.status != "waiting":
+            continue
+        job_id = stage_job_id(stage.id or 0)
+        queue.enqueue_call(
+            STAGE_FUNCTION,
+            args=(stage.id,),
+            job_id=job_id,
+            timeout=DOWNSTREAM_TIMEOUT_S,
+            depends_on=depends_on,
+            result_ttl=86400,
+            failure_ttl=7 * 86400,
+            **_callbacks(),
+        )
+        stage.status, stage.queue, stage.rq_job_id = "queued", queue_name, job_id
+        stage.enqueued_at = utcnow()
+        session.add(stage)
+        enqueued.append(stage.id or 0)
+        for child in by_parent.get(stage.id or -1, []):
+            if not child.params.get(HOLD):
+                frontier.append((child, job_id))
+    return enqueued
+
+
+def release_after_checkpoints(session: Session, run_id: int, redis: Redis | None) -> list[int]:
+    """Once every checkpoint eval of a run has finished, point the held stages
+    at the checkpoint with the best adherence and enqueue them; with no scored
+    checkpoint they are skipped. Returns the stage ids enqueued."""
+    from jobs.checkpoints import checkpoint_evals_finished, select_best_checkpoint
+
+    run_stages = session.exec(select(Stage).where(Stage.run_id == run_id)).all()
+    held = [s for s in run_stages if s.params.get(HOLD) and s.status == "waiting"]
+    if not held or not checkpoint_evals_finished(session, run_id):
+        return []
+    run = session.get(Run, run_id)
+    experiment = session.get(Experiment, run.experiment_id) if run else None
+    assert run is not None and experiment is not None
+    best = select_best_checkpoint(session, run_id, experiment.spec)
+    if best is None or redis is None:
+        for stage in held:
+            stage.status, stage.finished_at = "skipped", utcnow()
+            stage.error = "skipped: no checkpoint was scored"
             session.add(stage)
-            enqueued.append(stage.id or 0)
-            for child in by_parent.get(stage.id or -1, []):
-                frontier.append((child, stage_job_id(stage.id or 0)))
-        return enqueued
+            skip_descendants(session, stage, redis, "skipped: no checkpoint was scored")
+        return []
+    train = next(s for s in run_stages if s.kind == "train")
+    queue_name = pinned_queue_name(
+        run.host or train.worker or "", float(train.params.get("min_memory_gb", 0))
+    )
+    return enqueue_subtrees(session, run_stages, held, queue_name, redis)
 
 
 def descendants(stages: Iterable[Stage], stage_id: int) -> list[Stage]:

@@ -9,7 +9,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 from sqlmodel import Session, select
 
-from jobs.checks import Finding
+from jobs.checks import Finding, ensure_quant_twin
 from jobs.dag import plan_run
 from jobs.db import Diagnostic, Experiment, Run, Stage, session_scope
 from jobs.queue import enqueue_run, stage_job_id
@@ -64,6 +64,9 @@ def submit_experiment(
     Redis is checked before anything is written, and a failure while enqueuing
     rolls back the rows and removes the jobs already enqueued."""
     redis.ping()
+    # Below 5 bits a fused adapter can lose its signal: keep a ≥ 5-bit twin to compare.
+    spec, twin = ensure_quant_twin(spec)
+    findings = [*findings, twin] if twin else list(findings)
     enqueued: list[str] = []
     try:
         with session_scope() as session:

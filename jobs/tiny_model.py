@@ -63,7 +63,9 @@ DIMS = {
 # than the usual 0.02 so that a frozen random head can still express confident
 # next-token distributions once LoRA has moved the hidden states.
 EMBED_STD = 0.25
-LINEAR_STD = 0.02
+OUT_SCALE = 0.1
+TIE_EMBEDDINGS = True
+HEAD_STD = 0.25
 
 QWEN_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
@@ -296,7 +298,7 @@ def _model_config(vocab_size: int, eos_id: int, pad_id: int | None) -> dict:
         "rms_norm_eps": 1e-6,
         "rope_theta": 1000000.0,
         "max_position_embeddings": 4096,
-        "tie_word_embeddings": True,
+        "tie_word_embeddings": TIE_EMBEDDINGS,
         "bos_token_id": None,
         "eos_token_id": eos_id,
         "pad_token_id": pad_id,
@@ -320,9 +322,19 @@ def _write_weights(out_dir: Path, config: dict, seed: int) -> None:
         if name.endswith("norm.weight"):
             weights[name] = mx.ones(shape, dtype=mx.float32)
         else:
-            std = EMBED_STD if "embed_tokens" in name else LINEAR_STD
+            std = _init_std(name, shape)
             weights[name] = std * mx.random.normal(shape, dtype=mx.float32, key=key)
     mx.save_safetensors(str(out_dir / "model.safetensors"), weights, metadata={"format": "mlx"})
+
+
+def _init_std(name: str, shape: tuple[int, ...]) -> float:
+    module = name.split(".")[-2]
+    if module == "embed_tokens":
+        return EMBED_STD
+    if module == "lm_head":
+        return HEAD_STD
+    fan_in = shape[-1] ** -0.5
+    return fan_in * OUT_SCALE if module in ("o_proj", "down_proj") else fan_in
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -118,3 +118,16 @@ def exit_with_parent() -> None:
             time.sleep(1.0)
 
     threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+def checkpoint_adapter(ctx: StageContext, iteration: int, workdir: Path) -> Path:
+    """An adapter folder for one saved checkpoint: the run's adapter config next
+    to a link to `{iteration:07d}_adapters.safetensors`."""
+    checkpoint = ctx.adapter_dir / f"{iteration:07d}_adapters.safetensors"
+    folder = workdir / f"checkpoint-{iteration:07d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "adapter_config.json").write_bytes(
+        (ctx.adapter_dir / "adapter_config.json").read_bytes()
+    )
+    (folder / "adapters.safetensors").symlink_to(checkpoint)
+    return folder

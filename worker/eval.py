@@ -21,7 +21,7 @@ from mlx_lm.utils import load
 from jobs.db import EvalResult, session_scope
 from jobs.scorer import score_response
 from jobs.suite import EvalSuite, SuitePrompt, load_suite
-from worker.context import StageContext, path_bytes, update_stage
+from worker.context import StageContext, checkpoint_adapter, path_bytes, update_stage
 
 
 @dataclass(frozen=True)
@@ -91,17 +91,9 @@ def variant_model(ctx: StageContext, workdir: Path) -> tuple[str, str | None]:
         return base, None
     if variant == "adapter":
         return base, str(ctx.adapter_dir)
-    if variant.startswith("ckpt-"):
-        # A checkpoint is just weights; give it the adapter's config in a folder of its own.
-        iteration = int(ctx.params["iteration"])
-        checkpoint = ctx.adapter_dir / f"{iteration:07d}_adapters.safetensors"
-        folder = workdir / variant
-        folder.mkdir(parents=True)
-        (folder / "adapter_config.json").write_bytes(
-            (ctx.adapter_dir / "adapter_config.json").read_bytes()
-        )
-        (folder / "adapters.safetensors").symlink_to(checkpoint)
-        return base, str(folder)
+    if variant.startswith("ckpt-") or variant == "best":
+        # `best` carries the iteration chosen by adherence once checkpoints are scored.
+        return base, str(checkpoint_adapter(ctx, int(ctx.params["iteration"]), workdir))
     if variant == "fused":
         return str(ctx.fused_dir), None
     return str(ctx.quantized_dir(variant)), None

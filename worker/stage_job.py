@@ -22,7 +22,8 @@ from sqlmodel import select
 
 from jobs import settings
 from jobs.db import Run, Stage, WorkerRow, forget_engines_after_fork, session_scope, utcnow
-from jobs.queue import FINISHED, skip_descendants, update_run_status
+from jobs.diagnostics import record_config_diagnostics, record_run_diagnostics
+from jobs.queue import FINISHED, release_after_checkpoints, skip_descendants, update_run_status
 
 LOG_TAIL_CHARS = 4000
 
@@ -43,7 +44,7 @@ def run_stage(stage_id: int) -> dict[str, Any]:
     log_path = settings.farm_home() / "logs" / f"stage-{stage_id}.log"
     returncode = run_child(stage_id, log_path)
     if returncode == 0:
-        return finish_stage(stage_id, worker_name)
+        return finish_stage(stage_id, worker_name, job.connection if job else None)
     error = describe_exit(returncode) + "\n" + log_tail(log_path)
     fail_stage(stage_id, error, job.connection if job else None)
     raise StageFailed(error)
@@ -118,15 +119,18 @@ def log_tail(log_path: Path) -> str:
     return data[-LOG_TAIL_CHARS:].decode("utf-8", errors="replace")
 
 
-def finish_stage(stage_id: int, worker_name: str) -> dict[str, Any]:
+def finish_stage(stage_id: int, worker_name: str, redis: Any = None) -> dict[str, Any]:
     with session_scope() as session:
         stage = session.get(Stage, stage_id)
         assert stage is not None
         if stage.status == "running":
             stage.status, stage.finished_at = "done", utcnow()
             session.add(stage)
-        update_run_status(session, stage.run_id)
         _count_job(session, worker_name)
+    after_stage(stage_id, redis)
+    with session_scope() as session:
+        stage = session.get(Stage, stage_id)
+        assert stage is not None
         return {
             "stage_id": stage_id,
             "kind": stage.kind,
@@ -139,13 +143,33 @@ def fail_stage(stage_id: int, error: str, redis: Any) -> None:
     with session_scope() as session:
         stage = session.get(Stage, stage_id)
         assert stage is not None
-        if stage.status not in FINISHED or stage.status == "running":
+        if stage.status not in FINISHED:
             stage.status, stage.finished_at, stage.error = "failed", utcnow(), error
             session.add(stage)
         skip_descendants(session, stage, redis, f"skipped: {stage.kind} {stage.variant} failed")
-        update_run_status(session, stage.run_id)
-        worker_name = stage.worker or ""
-        _count_job(session, worker_name)
+        _count_job(session, stage.worker or "")
+    after_stage(stage_id, redis)
+
+
+def after_stage(stage_id: int, redis: Any) -> None:
+    """Bookkeeping once a stage has ended: release what waited for the best
+    checkpoint, update the run's status, and diagnose the run's results."""
+    with session_scope() as session:
+        stage = session.get(Stage, stage_id)
+        assert stage is not None
+        if stage.kind == "eval" and stage.variant.startswith("ckpt-"):
+            release_after_checkpoints(session, stage.run_id, redis)
+        status = update_run_status(session, stage.run_id)
+    if stage.kind != "eval" and status not in FINISHED:
+        return
+    try:
+        with session_scope() as session:
+            record_run_diagnostics(session, stage.run_id)
+            run = session.get(Run, stage.run_id)
+            if status in FINISHED and run is not None:
+                record_config_diagnostics(session, run.fingerprint)
+    except Exception as exc:  # a diagnostics bug must never fail a finished stage
+        print(f"diagnostics for run {stage.run_id} failed: {exc!r}", file=sys.stderr)
 
 
 def _set_worker_stage(session: Any, worker_name: str, stage_id: int | None) -> None:

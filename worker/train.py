@@ -18,6 +18,7 @@ from mlx_lm.utils import load
 
 from jobs.db import Artifact, Metric, Stage, session_scope
 from worker.context import StageContext, record_artifact, update_stage
+from worker.preflight import check_before_training
 
 
 def training_args(train: dict[str, Any], model: str, data: str, adapter_dir: Path, seed: int):
@@ -94,6 +95,9 @@ class ProgressToDatabase(TrainingCallback):
 
 
 def run_train(ctx: StageContext) -> None:
+    # A Hugging Face model not on the submitting machine is checked here,
+    # before any training time is spent (tokenizer, chat template, eos).
+    check_before_training(ctx)
     spec = ctx.spec
     train = spec["train"]
     args = training_args(train, spec["base_model"], spec["dataset"], ctx.adapter_dir, ctx.seed)

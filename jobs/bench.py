@@ -1,0 +1,375 @@
+"""`farm bench`: the farm's speed targets, measured.
+
+- overhead: one training config through the farm and as a bare `mlx_lm lora`
+  command, tokens/s of each as mlx-lm itself reports them (target ≥ 0.97×).
+- eval: the demo suite on one model through the farm's batched eval and
+  through a one-prompt-at-a-time loop over HTTP to `mlx_lm server`, the way
+  eval harnesses commonly do it; same prompts, greedy (target ≥ 4× faster).
+- dispatch: submit → stage started on an idle worker, p50 and p95, before any
+  model is loaded.
+- pages: leaderboard and runs page queries at 100,000 runs (see bench_pages).
+
+Everything runs in a temporary FARM_HOME on the tiny local model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+from sqlmodel import select
+
+from jobs import db
+from jobs.services import free_port
+from jobs.stack import DATA_DIR
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# mlx-lm's training report row: iter, train loss (and trend arrow), tok/s, tokens.
+REPORT_ROW = re.compile(r"^\s*(\d+)\s+([\d.]+)\s*[▼▲=]?\s+([\d.]+)\s+([\d.]+k?)\s*$")
+
+BENCH_TRAIN = {
+    "iters": 60,
+    "batch_size": 4,
+    "learning_rate": 1.0e-3,
+    "num_layers": -1,
+    "steps_per_report": 10,
+    "steps_per_eval": 1000,
+    "val_batches": 1,
+    "save_every": 1000,
+    "max_seq_length": 512,
+    "lora": {"rank": 8, "scale": 20.0, "dropout": 0.0},
+}
+
+
+def bench_spec(model: Path, seeds: list[int]) -> dict[str, Any]:
+    return {
+        "name": "bench",
+        "base_model": str(model),
+        "dataset": str(DATA_DIR / "datasets" / "code_mode"),
+        "seeds": seeds,
+        "train": BENCH_TRAIN,
+        "fuse": None,
+        "eval": {"suite": str(DATA_DIR / "evals" / "code_mode.yaml"), "variants": ["adapter"]},
+    }
+
+
+def tokens_per_sec_from_log(text: str) -> list[float]:
+    """mlx-lm's own tok/s figures from its training report."""
+    values = []
+    for line in ANSI.sub("", text).splitlines():
+        match = REPORT_ROW.match(line)
+        if match:
+            values.append(float(match.group(3)))
+    return values
+
+
+def steady(values: list[float]) -> float:
+    # The first report includes graph compilation and warm-up; leave it out.
+    return statistics.mean(values[1:] if len(values) > 1 else values)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+# --- overhead -------------------------------------------------------------------
+
+
+def bare_mlx_lm_lora(model: Path, workdir: Path) -> list[float]:
+    config = {
+        **{k: v for k, v in BENCH_TRAIN.items() if k != "lora"},
+        "lora_parameters": BENCH_TRAIN["lora"],
+        "model": str(model),
+        "train": True,
+        "data": str(DATA_DIR / "datasets" / "code_mode"),
+        "seed": 1,
+        "adapter_path": str(workdir / "bare-adapter"),
+    }
+    path = workdir / "bare.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = subprocess.run(
+        [sys.executable, "-m", "mlx_lm", "lora", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return tokens_per_sec_from_log(out.stdout + out.stderr)
+
+
+def farm_train(model: Path, redis_url: str, seed: int) -> list[float]:
+    from redis import Redis
+
+    from jobs.db import Metric, Stage, session_scope
+    from jobs.spec import parse_spec
+    from jobs.submit import submit_experiment
+
+    text = yaml.safe_dump(bench_spec(model, [seed]))
+    experiment_id = submit_experiment(
+        parse_spec(text, source="bench"), Redis.from_url(redis_url), text
+    )
+    stage_id = _train_stage(experiment_id)
+    while True:
+        with session_scope() as session:
+            stage = session.get(Stage, stage_id)
+            assert stage is not None
+            if stage.status in ("done", "failed"):
+                if stage.status == "failed":
+                    raise RuntimeError(f"bench training failed: {stage.error}")
+                rows = session.exec(
+                    select(Metric)
+                    .where(Metric.stage_id == stage_id, Metric.tokens_per_sec.is_not(None))  # type: ignore[union-attr]
+                    .order_by(Metric.iteration)
+                ).all()
+                return [float(r.tokens_per_sec or 0) for r in rows]
+        time.sleep(0.5)
+
+
+def _train_stage(experiment_id: int) -> int:
+    from jobs.db import Run, Stage, session_scope
+
+    with session_scope() as session:
+        run = session.exec(select(Run).where(Run.experiment_id == experiment_id)).first()
+        assert run is not None
+        stage = session.exec(
+            select(Stage).where(Stage.run_id == run.id, Stage.kind == "train")
+        ).one()
+        return stage.id or 0
+
+
+def bench_overhead(model: Path, redis_url: str, workdir: Path, rounds: int = 2) -> dict[str, Any]:
+    bare, farm = [], []
+    for round_ in range(rounds):  # interleaved, so drift on a busy machine hits both
+        bare.append(steady(bare_mlx_lm_lora(model, workdir / f"bare-{round_}")))
+        farm.append(steady(farm_train(model, redis_url, seed=1)))
+    bare_tps, farm_tps = statistics.mean(bare), statistics.mean(farm)
+    return {
+        "bare_tokens_per_sec": bare_tps,
+        "farm_tokens_per_sec": farm_tps,
+        "ratio": farm_tps / bare_tps,
+        "target": 0.97,
+        "rounds": rounds,
+    }
+
+
+# --- eval -----------------------------------------------------------------------
+
+
+def bench_eval(model: Path, workdir: Path) -> dict[str, Any]:
+    from mlx_lm.utils import load
+
+    from jobs.suite import load_suite
+    from worker.eval import cut_at_stop, generate_suite, render_prompt
+
+    suite = load_suite(DATA_DIR / "evals" / "code_mode.yaml")
+    max_tokens = suite.generation.max_tokens
+    loaded, tokenizer = load(str(model))
+    prompts = list(suite.prompts)
+    tic = time.perf_counter()
+    batched, _ = generate_suite(loaded, tokenizer, suite, prompts, max_tokens)
+    batched_s = time.perf_counter() - tic
+    texts = [tokenizer.decode(render_prompt(tokenizer, suite, p)) for p in prompts]
+    del loaded
+
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlx_lm",
+            "server",
+            "--model",
+            str(model),
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+            "--temp",
+            "0.0",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/v1/models", server)
+        tic = time.perf_counter()
+        served = []
+        for text in texts:
+            body = {
+                "prompt": text,
+                "max_tokens": max_tokens,
+                "temperature": 0.0,
+                "stop": list(suite.generation.stop),
+            }
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/v1/completions",
+                data=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(request, timeout=600) as response:
+                served.append(json.load(response)["choices"][0]["text"])
+        http_s = time.perf_counter() - tic
+    finally:
+        server.terminate()
+        server.wait()
+    same = sum(
+        cut_at_stop(a.text, suite.generation.stop).strip()
+        == cut_at_stop(b, suite.generation.stop).strip()
+        for a, b in zip(batched, served, strict=True)
+    )
+    return {
+        "prompts": len(prompts),
+        "batched_s": batched_s,
+        "http_one_by_one_s": http_s,
+        "speedup": http_s / batched_s,
+        "target": 4.0,
+        "same_outputs": same,
+        "tokens_generated": sum(g.tokens for g in batched),
+    }
+
+
+def _wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("mlx_lm server exited")
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError("mlx_lm server did not start")
+
+
+# --- dispatch -------------------------------------------------------------------
+
+
+def bench_dispatch(model: Path, redis_url: str, n: int = 20) -> dict[str, Any]:
+    from redis import Redis
+
+    from jobs.db import Stage, session_scope
+    from jobs.queue import cancel_stages
+    from jobs.spec import parse_spec
+    from jobs.submit import submit_experiment
+
+    redis = Redis.from_url(redis_url)
+    text = yaml.safe_dump(bench_spec(model, [1]) | {"train": {**BENCH_TRAIN, "iters": 100_000}})
+    spec = parse_spec(text, source="bench")
+    latencies = []
+    for _ in range(n):
+        time.sleep(0.5)  # let the worker go idle again
+        tic = time.perf_counter()
+        experiment_id = submit_experiment(spec, redis, text)
+        stage_id = _train_stage(experiment_id)
+        while True:
+            with session_scope() as session:
+                stage = session.get(Stage, stage_id)
+                assert stage is not None
+                if stage.started_at is not None:
+                    latencies.append(
+                        (stage.started_at - stage.enqueued_at).total_seconds()
+                        if stage.enqueued_at
+                        else time.perf_counter() - tic
+                    )
+                    cancel_stages(session, [stage], redis)
+                    break
+            time.sleep(0.01)
+    return {
+        "samples": n,
+        "p50_s": percentile(latencies, 0.5),
+        "p95_s": percentile(latencies, 0.95),
+        "max_s": max(latencies),
+    }
+
+
+# --- all ------------------------------------------------------------------------
+
+
+def run_benchmarks(only: str | None = None, console: Console | None = None) -> dict[str, Any]:
+    from jobs.stack import farm_stack, wait_for_workers
+    from jobs.tiny_model import make_tiny_model
+
+    console = console or Console(stderr=True)
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="farm-bench-") as tmp:
+        workdir = Path(tmp)
+        saved = {k: os.environ.get(k) for k in ("FARM_HOME", "DATABASE_URL", "REDIS_URL")}
+        os.environ["FARM_HOME"] = str(workdir / "home")
+        os.environ["DATABASE_URL"] = f"sqlite:///{workdir / 'home' / 'farm.db'}"
+        os.environ.pop("REDIS_URL", None)
+        db.dispose_engines()
+        try:
+            model = make_tiny_model(workdir / "tiny")
+            if only in (None, "overhead", "dispatch"):
+                with farm_stack(workers=1) as stack:
+                    wait_for_workers(stack.redis_url, 1)
+                    if only in (None, "overhead"):
+                        with console.status("overhead: farm vs bare mlx_lm lora"):
+                            results["overhead"] = bench_overhead(model, stack.redis_url, workdir)
+                    if only in (None, "dispatch"):
+                        with console.status("dispatch latency"):
+                            results["dispatch"] = bench_dispatch(model, stack.redis_url)
+            if only in (None, "eval"):
+                with console.status("eval: batched vs one-by-one over HTTP"):
+                    results["eval"] = bench_eval(model, workdir)
+            if only in (None, "pages"):
+                from jobs.bench_pages import bench_pages
+
+                with console.status("pages at 100,000 runs"):
+                    results["pages"] = bench_pages()
+        finally:
+            db.dispose_engines()
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+    print_results(results, console)
+    return results
+
+
+def print_results(results: dict[str, Any], console: Console) -> None:
+    table = Table("benchmark", "measured", "target")
+    if "overhead" in results:
+        o = results["overhead"]
+        table.add_row(
+            "training tok/s, farm / bare mlx_lm lora",
+            f"{o['farm_tokens_per_sec']:.0f} / {o['bare_tokens_per_sec']:.0f} = {o['ratio']:.3f}×",
+            "≥ 0.97×",
+        )
+    if "eval" in results:
+        e = results["eval"]
+        table.add_row(
+            f"eval of {e['prompts']} prompts, batched vs HTTP one-by-one",
+            f"{e['batched_s']:.2f} s vs {e['http_one_by_one_s']:.2f} s = {e['speedup']:.1f}×"
+            f" ({e['same_outputs']}/{e['prompts']} identical)",
+            "≥ 4×",
+        )
+    if "dispatch" in results:
+        d = results["dispatch"]
+        table.add_row(
+            "dispatch submit → started",
+            f"p50 {d['p50_s'] * 1000:.0f} ms, p95 {d['p95_s'] * 1000:.0f} ms",
+            "",
+        )
+    for name, value in results.get("pages", {}).items():
+        if isinstance(value, int | float):
+            table.add_row(f"pages: {name}", f"{value:.3f}", "< 1 s" if name.endswith("_s") else "")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    run_benchmarks(sys.argv[1] if len(sys.argv) > 1 else None)

@@ -1,0 +1,163 @@
+"""What every page shares: the database and Redis connections, formatting, links.
+
+No farm logic lives here or in the pages; they call `jobs`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import streamlit as st
+from redis import Redis
+from sqlmodel import Session
+
+from jobs import settings
+from jobs.access import check_password, configured_password
+from jobs.db import migrate, session_scope
+
+RUN_PAGE = "views/run.py"
+SUBMIT_PAGE = "views/submit.py"
+RUNS_PAGE = "views/runs.py"
+LEADERBOARD_PAGE = "views/leaderboard.py"
+
+
+@st.cache_resource(show_spinner=False)
+def _migrated(url: str) -> bool:
+    migrate(url)
+    return True
+
+
+def ensure_database() -> None:
+    """Bring the schema up to date once per process and database."""
+    _migrated(settings.database_url())
+
+
+@contextmanager
+def db() -> Iterator[Session]:
+    ensure_database()
+    with session_scope() as session:
+        yield session
+
+
+@st.cache_resource(show_spinner=False)
+def _redis(url: str) -> Redis:
+    return Redis.from_url(url, socket_connect_timeout=3, socket_timeout=10)
+
+
+def redis() -> Redis | None:
+    """The farm's Redis (REDIS_URL), or None when the UI runs without one."""
+    url = settings.redis_url()
+    return _redis(url) if url else None
+
+
+def require_redis() -> Redis | None:
+    client = redis()
+    if client is None:
+        st.warning("REDIS_URL is not set: this UI can show results but not queue or stop work.")
+    return client
+
+
+# --- access -------------------------------------------------------------------
+
+
+def _secrets() -> dict[str, Any]:
+    try:
+        return {k: st.secrets[k] for k in st.secrets}
+    except Exception:  # no secrets.toml: Streamlit raises rather than return nothing
+        return {}
+
+
+def password() -> str | None:
+    return configured_password(_secrets())
+
+
+def signed_in() -> bool:
+    return password() is None or bool(st.session_state.get("signed_in"))
+
+
+def sign_in_page() -> None:
+    st.title("lorafarm")
+    with st.form("sign_in"):
+        given = st.text_input("Password", type="password", key="password")
+        if st.form_submit_button("Sign in"):
+            expected = password()
+            if expected is not None and check_password(given, expected):
+                st.session_state["signed_in"] = True
+                st.rerun()
+            st.error("Wrong password.")
+
+
+# --- formatting -----------------------------------------------------------------
+
+# Material icons ship with Streamlit, so they render everywhere (emoji need a font).
+ICONS = {
+    "leaderboard": ":material/leaderboard:",
+    "runs": ":material/directions_run:",
+    "submit": ":material/science:",
+    "run": ":material/query_stats:",
+    "workers": ":material/dns:",
+    "clone": ":material/content_copy:",
+    "lock": ":material/lock:",
+}
+STATUS_STYLE = {  # status → (badge colour, icon)
+    "waiting": ("gray", ":material/hourglass_empty:"),
+    "queued": ("gray", ":material/schedule:"),
+    "running": ("blue", ":material/play_circle:"),
+    "done": ("green", ":material/check_circle:"),
+    "failed": ("red", ":material/error:"),
+    "skipped": ("orange", ":material/skip_next:"),
+    "cancelled": ("orange", ":material/cancel:"),
+    "empty": ("gray", ":material/radio_button_unchecked:"),
+}
+
+
+def status_icon(status: str) -> str:
+    return STATUS_STYLE.get(status, ("gray", ":material/help:"))[1]
+
+
+def badge(status: str, text: str | None = None) -> str:
+    """Markdown for a coloured status badge: `:green-badge[:material/check_circle: done]`."""
+    colour, icon = STATUS_STYLE.get(status, ("gray", ":material/help:"))
+    return f":{colour}-badge[{icon} {text if text is not None else status}]"
+
+
+def pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1%}"
+
+
+def number(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def run_link(run_id: int, label: str | None = None, icon: str | None = None) -> None:
+    st.page_link(
+        RUN_PAGE, label=label or f"run {run_id}", icon=icon, query_params={"run": str(run_id)}
+    )
+
+
+def query_int(name: str) -> int | None:
+    value = st.query_params.get(name)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def page_count(total: int, per_page: int) -> int:
+    return max((total + per_page - 1) // per_page, 1)
+
+
+def page_offset(key: str, per_page: int) -> int:
+    """The offset of the page a pagination widget is on, before the widget is drawn."""
+    return ((st.session_state.get(key) or 1) - 1) * per_page
+
+
+def paginate(total: int, per_page: int, key: str) -> int:
+    """A pagination widget when there is more than one page; returns the offset."""
+    pages = page_count(total, per_page)
+    if pages == 1:
+        return 0
+    page = st.pagination(pages, key=key)
+    return (page - 1) * per_page

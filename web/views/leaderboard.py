@@ -1,0 +1,180 @@
+"""Leaderboard: configurations ranked by format adherence across seeds."""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from jobs import compare, leaderboard_view
+from jobs.forms import display_path
+from jobs.runs_view import count_experiments
+from web import ui
+
+PER_PAGE = 25
+ALL = "all"
+
+st.title("Leaderboard")
+st.caption(
+    "One row per configuration (config fingerprint × variant), seeds pooled across "
+    "experiments. Ranked by mean format adherence, then the worst seed — validation loss "
+    "is shown, never the rank key."
+)
+
+with ui.db() as session:
+    choices = leaderboard_view.filter_choices(session)
+bar = st.columns([2, 2, 2, 1, 2, 1])
+picked = {}
+for column, name in zip(bar[:3], leaderboard_view.FILTERS, strict=True):
+    value = column.selectbox(
+        name.replace("_", " "),
+        [ALL, *choices[name]],
+        key=f"lb_{name}",
+        format_func=lambda v: v if v == ALL else display_path(v),
+    )
+    picked[name] = None if value == ALL else value
+variant = bar[3].text_input("variant", key="lb_variant", placeholder="e.g. q4")
+sort = bar[4].selectbox(
+    "sort by",
+    list(leaderboard_view.SORT_LABELS),
+    format_func=leaderboard_view.SORT_LABELS.get,
+    key="lb_sort",
+)
+descending = bar[5].toggle("descending", value=sort not in ("std", "val_loss"), key="lb_desc")
+filters = {**picked, "variant": variant.strip() or None}
+
+offset = ui.page_offset("lb_page", PER_PAGE)
+with ui.db() as session:
+    page = leaderboard_view.leaderboard_page(
+        session, sort=sort, descending=descending, limit=PER_PAGE, offset=offset, **filters
+    )
+rows, total = page.rows, page.total
+if not rows and offset:  # the filters left fewer pages than the one we were on
+    st.session_state["lb_page"] = 1
+    st.rerun()
+
+if not rows:
+    with ui.db() as session:
+        experiments = count_experiments(session)
+    if experiments:
+        st.info(
+            f"No finished evals yet ({experiments} experiments submitted). Rows appear as soon "
+            "as a run's first eval stage finishes."
+        )
+        st.page_link(ui.RUNS_PAGE, label="Watch the runs", icon=ui.ICONS["runs"])
+    else:
+        st.info("Nothing ranked yet: submit an experiment first.")
+        st.page_link(ui.SUBMIT_PAGE, label="Submit an experiment", icon=ui.ICONS["submit"])
+    st.stop()
+
+st.caption(f"Rows {offset + 1}–{offset + len(rows)} of {total}. Select rows to compare them.")
+ui.paginate(total, PER_PAGE, key="lb_page")
+table = pd.DataFrame(leaderboard_view.table_rows(rows))
+percent = "percent"
+event = st.dataframe(
+    table,
+    key="lb_table",
+    on_select="rerun",
+    selection_mode="multi-row",
+    hide_index=True,
+    column_config={
+        "config": st.column_config.TextColumn("config", help="name · config fingerprint"),
+        "seeds": st.column_config.NumberColumn("seeds", help="seeds with this variant evaluated"),
+        "mean": st.column_config.ProgressColumn(
+            "mean adherence", min_value=0, max_value=1, format=percent
+        ),
+        "std": st.column_config.NumberColumn("std", format="%.3f"),
+        "worst": st.column_config.NumberColumn("worst seed", format=percent),
+        "best": st.column_config.NumberColumn("best seed", format=percent),
+        "lock_rate": st.column_config.NumberColumn(
+            "lock rate", format=percent, help="share of seeds scoring ≥ 80%"
+        ),
+        "per_seed": st.column_config.BarChartColumn(
+            "per seed", y_min=0, y_max=1, help="adherence of each seed"
+        ),
+        "label_mix": st.column_config.TextColumn("label mix", width="medium"),
+        "val_loss": st.column_config.NumberColumn(
+            "val loss", format="%.3f", help="mean final validation loss (not the rank key)"
+        ),
+        "latency_s": st.column_config.NumberColumn("s/prompt", format="%.3f"),
+        "tokens_per_sec": st.column_config.NumberColumn("tok/s", format="%.0f"),
+        "peak_memory_gb": st.column_config.NumberColumn("peak GB", format="%.2f"),
+        "size_mb": st.column_config.NumberColumn("size MB", format="%.1f"),
+        "hit_max": st.column_config.NumberColumn(
+            "hit max_tokens", format=percent, help="generations that ran to max_tokens"
+        ),
+        "base_model": st.column_config.TextColumn("base model", width="small"),
+    },
+)
+
+selected = [rows[i] for i in event.selection.rows if i < len(rows)]
+
+left, right = st.columns(2)
+with left:
+    st.subheader("Adherence per seed")
+    points = pd.DataFrame(leaderboard_view.seed_points(rows))
+    order = [leaderboard_view.row_label(r) for r in rows]
+    strip = (
+        alt.Chart(points)
+        .mark_circle(size=90, opacity=0.75)
+        .encode(
+            x=alt.X("adherence:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
+            y=alt.Y("config:N", sort=order, title=None),
+            color=alt.Color("seed:N", legend=None),
+            tooltip=["config", "seed", alt.Tooltip("adherence:Q", format=".1%")],
+        )
+        .properties(height=max(22 * len(rows), 120))
+    )
+    st.altair_chart(strip, width="stretch")
+with right:
+    st.subheader("Final val loss vs adherence")
+    scatter = pd.DataFrame(leaderboard_view.scatter_points(rows))
+    if scatter.empty:
+        st.caption("No validation loss recorded for these rows.")
+    else:
+        chart = (
+            alt.Chart(scatter)
+            .mark_point(size=90, filled=True)
+            .encode(
+                x=alt.X("val_loss:Q", title="final val loss", scale=alt.Scale(zero=False)),
+                y=alt.Y("adherence:Q", title="mean adherence", axis=alt.Axis(format="%")),
+                color=alt.Color("variant:N"),
+                tooltip=[
+                    "config",
+                    "seeds",
+                    alt.Tooltip("adherence:Q", format=".1%"),
+                    alt.Tooltip("worst:Q", format=".1%"),
+                    "val_loss",
+                ],  # fmt: skip
+            )
+            .properties(height=max(22 * len(rows), 260))
+        )
+        st.altair_chart(chart, width="stretch")
+
+st.subheader("Compare configurations")
+if len(selected) < 2:
+    st.caption("Select two or more rows in the table to compare their configs and label mixes.")
+    st.stop()
+only_differences = st.toggle("Only fields that differ", key="lb_only_diff")
+with ui.db() as session:
+    diff = pd.DataFrame(leaderboard_view.compare_rows(session, selected, only_differences))
+styled = diff.style.apply(
+    lambda row: ["background-color: #ffe8a3" if row["differs"] else "" for _ in row], axis=1
+)
+st.dataframe(styled, hide_index=True, column_config={"differs": None})
+st.caption(f"{int(diff['differs'].sum())} of {len(diff)} fields differ (highlighted).")
+mix = pd.DataFrame(
+    compare.label_mix_long([(leaderboard_view.row_label(r), r.label_mix) for r in selected])
+)
+if not mix.empty:
+    bars = (
+        alt.Chart(mix)
+        .mark_bar()
+        .encode(
+            x=alt.X("share:Q", stack="normalize", axis=alt.Axis(format="%"), title="label mix"),
+            y=alt.Y("config:N", title=None),
+            color=alt.Color("label:N"),
+            tooltip=["config", "label", alt.Tooltip("share:Q", format=".1%")],
+        )
+    )
+    st.altair_chart(bars, width="stretch")

@@ -1,0 +1,253 @@
+"""Run detail: curves, stage timeline, artifacts, eval rows, variants side by side."""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from jobs import control, run_detail
+from web import ui
+
+EVAL_ROWS_PER_PAGE = 25
+
+run_id = ui.query_int("run")
+if run_id is None:
+    st.title("Run detail")
+    picked = st.number_input("Run id", min_value=1, step=1, value=None, key="pick_run")
+    if picked is not None:
+        st.query_params["run"] = str(int(picked))
+        st.rerun()
+    st.info("Open a run from the Runs page or the leaderboard, or type its id.")
+    st.stop()
+
+with ui.db() as session:
+    header = run_detail.run_header(session, run_id)
+if header is None:
+    st.title("Run detail")
+    st.error(f"No run {run_id}.")
+    st.stop()
+
+st.title(f"{header.name} · seed {header.seed}")
+st.caption(
+    f"run {header.id} of experiment {header.experiment_id} · "
+    f"{ui.badge(header.status)} · artifacts on "
+    f"{header.host or '–'} · fingerprint `{header.fingerprint}`"
+)
+st.markdown(
+    f"**model** `{header.base_model}` · **dataset** `{header.dataset}` · **suite** `{header.suite}`"
+)
+
+
+def run_action(what: str) -> None:
+    client = ui.redis()
+    if client is None:
+        st.session_state["run_message"] = ("error", "REDIS_URL is not set")
+        return
+    try:
+        with ui.db() as session:
+            if what == "cancel":
+                count = control.cancel_run(session, header.id, client)
+            else:
+                count = len(control.retry_run(session, header.id, client))
+        st.session_state["run_message"] = ("success", f"{what}: {count} stages")
+    except Exception as exc:  # RetryError, Redis down: show it
+        st.session_state["run_message"] = ("error", f"{what}: {exc}")
+
+
+actions = st.columns([2, 1, 1, 4])
+with actions[0]:
+    st.page_link(
+        ui.SUBMIT_PAGE,
+        label="Clone this run",
+        icon=ui.ICONS["clone"],
+        query_params={"clone": str(header.id)},
+    )
+if header.status in ("queued", "running"):
+    actions[1].button("Cancel run", on_click=run_action, args=("cancel",))
+if header.status in ("failed", "cancelled"):
+    actions[2].button("Retry run", on_click=run_action, args=("retry",))
+message = st.session_state.pop("run_message", None)
+if message:
+    (st.success if message[0] == "success" else st.error)(message[1])
+
+siblings = [s for s in header.sibling_runs if s[0] != header.id][:11]
+if siblings:
+    links = st.columns(12)
+    links[0].caption("Other seeds")
+    for column, (rid, seed, status) in zip(links[1:], siblings, strict=False):
+        with column:
+            ui.run_link(rid, f"seed {seed}", icon=ui.status_icon(status))
+for d in header.diagnostics:
+    show = {"error": st.error, "warning": st.warning}.get(d["severity"], st.info)
+    show(f"**{d['pattern']}** ({d['scope']}): {d['message']}")
+
+with ui.db() as session:
+    metrics = run_detail.training_metrics(session, header.id)
+    timeline = run_detail.stage_timeline(session, header.id)
+    files = run_detail.artifacts(session, header.id)
+    summaries = run_detail.variant_summaries(session, header.id)
+    variants, matrix = run_detail.variant_matrix(session, header.id)
+
+# --- training -----------------------------------------------------------------------
+st.header("Training")
+if not metrics:
+    st.info("No training reports yet.")
+else:
+    left, right = st.columns(2)
+    losses = pd.DataFrame(run_detail.loss_series(metrics))
+    with left:
+        st.markdown("**Loss**")
+        if not losses.empty:
+            chart = (
+                alt.Chart(losses)
+                .mark_line(point=True)
+                .encode(
+                    x=alt.X("iteration:Q", title="iteration"),
+                    y=alt.Y("value:Q", title="loss", scale=alt.Scale(zero=False)),
+                    color=alt.Color("loss:N", title=None),
+                    tooltip=["iteration", "loss", alt.Tooltip("value:Q", format=".4f")],
+                )
+            )
+            st.altair_chart(chart, width="stretch")
+    speed = pd.DataFrame(run_detail.throughput_series(metrics))
+    with right:
+        st.markdown("**Tokens/s and peak memory**")
+        if not speed.empty:
+            chart = (
+                alt.Chart(speed)
+                .mark_line(point=True)
+                .encode(
+                    x=alt.X("iteration:Q"),
+                    y=alt.Y("value:Q", title=None),
+                    color=alt.Color("measure:N", title=None, legend=None),
+                    row=alt.Row("measure:N", title=None),
+                    tooltip=["iteration", "measure", alt.Tooltip("value:Q", format=".2f")],
+                )
+                .properties(height=110)
+                .resolve_scale(y="independent")
+            )
+            st.altair_chart(chart, width="stretch")
+
+# --- stages ---------------------------------------------------------------------------
+st.header("Stages")
+timed = pd.DataFrame([t for t in timeline if t["started_at"] is not None])
+if not timed.empty:
+    timed["finished_at"] = timed["finished_at"].fillna(pd.Timestamp.now(tz="UTC"))
+    gantt = (
+        alt.Chart(timed)
+        .mark_bar()
+        .encode(
+            x=alt.X("started_at:T", title=None),
+            x2="finished_at:T",
+            y=alt.Y("stage:N", sort=None, title=None),
+            color=alt.Color("status:N"),
+            tooltip=["stage", "status", "worker", alt.Tooltip("seconds:Q", format=".1f")],
+        )
+        .properties(height=28 * len(timed) + 30)
+    )
+    st.altair_chart(gantt, width="stretch")
+st.dataframe(
+    pd.DataFrame(timeline).drop(columns=["id", "kind", "variant", "error_full"]),
+    hide_index=True,
+    column_config={
+        "adherence": st.column_config.ProgressColumn(
+            "adherence", min_value=0, max_value=1, format="percent"
+        ),  # fmt: skip
+        "seconds": st.column_config.NumberColumn("seconds", format="%.1f"),
+        "enqueued_at": st.column_config.DatetimeColumn("enqueued", format="HH:mm:ss"),
+        "started_at": st.column_config.DatetimeColumn("started", format="HH:mm:ss"),
+        "finished_at": st.column_config.DatetimeColumn("finished", format="HH:mm:ss"),
+    },
+)
+for t in timeline:
+    if t["error_full"] and t["status"] == "failed":
+        with st.expander(f"{t['stage']} failed: {t['error'][:120]}", icon=":material/error:"):
+            st.code(t["error_full"])
+
+st.header("Artifacts")
+if files:
+    st.dataframe(
+        pd.DataFrame(files),
+        hide_index=True,
+        column_config={"size_mb": st.column_config.NumberColumn("size (MB)", format="%.2f")},
+    )
+else:
+    st.caption("No artifacts yet.")
+
+# --- variants ---------------------------------------------------------------------------
+st.header("Variants side by side")
+done = [s for s in summaries if s["adherence"] is not None]
+if not done:
+    st.caption("No finished evals yet.")
+else:
+    table = pd.DataFrame(done)
+    table["label_mix"] = table["label_mix"].map(
+        lambda mix: ", ".join(f"{k} {v:.0%}" for k, v in sorted(mix.items(), key=lambda x: -x[1]))
+    )
+    st.dataframe(
+        table,
+        hide_index=True,
+        column_config={
+            "adherence": st.column_config.ProgressColumn(
+                "adherence", min_value=0, max_value=1, format="percent"
+            ),
+            "hit_max_tokens": st.column_config.NumberColumn("hit max_tokens", format="percent"),
+            "latency_s": st.column_config.NumberColumn("s/prompt", format="%.3f"),
+            "tokens_per_sec": st.column_config.NumberColumn("tok/s", format="%.0f"),
+            "peak_memory_gb": st.column_config.NumberColumn("peak GB", format="%.2f"),
+            "size_mb": st.column_config.NumberColumn("size MB", format="%.1f"),
+        },
+    )
+    if matrix:
+        st.markdown("**Label per prompt and variant**")
+        st.dataframe(
+            pd.DataFrame(matrix, columns=["prompt", "category", "expect", *variants]),
+            hide_index=True,
+        )
+
+# --- eval rows ---------------------------------------------------------------------------
+st.header("Eval responses")
+with ui.db() as session:
+    evaluated = run_detail.eval_variants(session, header.id)
+if not evaluated:
+    st.caption("No eval stage in this run.")
+    st.stop()
+filters = st.columns([1, 2, 2])
+variant = filters[0].selectbox("Variant", evaluated, key="eval_variant")
+with ui.db() as session:
+    labels, categories = run_detail.eval_filter_options(session, header.id, variant)
+chosen_labels = filters[1].multiselect("Label", labels, key="eval_labels")
+chosen_categories = filters[2].multiselect("Category", categories, key="eval_categories")
+with ui.db() as session:
+    total = run_detail.count_eval_rows(
+        session, header.id, variant, chosen_labels, chosen_categories
+    )
+offset = ui.paginate(total, EVAL_ROWS_PER_PAGE, key="eval_page")
+with ui.db() as session:
+    rows = run_detail.eval_rows(
+        session, header.id, variant, chosen_labels, chosen_categories,
+        limit=EVAL_ROWS_PER_PAGE, offset=offset,
+    )  # fmt: skip
+st.caption(f"{total} responses match")
+if rows:
+    st.dataframe(
+        pd.DataFrame(rows).drop(columns=["response"]),
+        hide_index=True,
+        column_config={
+            "prompt": st.column_config.TextColumn("prompt", width="large"),
+            "latency_s": st.column_config.NumberColumn("latency s", format="%.3f"),
+        },
+    )
+    for row in rows:
+        status = "done" if row["score"] >= 1 else ("skipped" if row["score"] > 0 else "failed")
+        title = f"{row['prompt_id']} · {row['label']} · {row['prompt'][:80]}"
+        with st.expander(title, icon=ui.status_icon(status)):
+            st.markdown(f"**Prompt** ({row['category']}, expects {row['expect']})")
+            st.text(row["prompt"])
+            st.markdown(
+                f"**Response** — {row['tokens']} tokens"
+                + (" · hit max_tokens" if row["hit_max_tokens"] else "")
+                + (" · thought first" if row["thought"] else "")
+            )
+            st.code(row["response"] or "(empty)", language=None)
