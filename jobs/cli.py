@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -366,6 +367,7 @@ def up(
     from jobs.stack import farm_stack
 
     warn_if_exposed(address)
+    stop_on_sigterm()
     with farm_stack(workers=workers, web_port=port, web_address=address) as stack:
         os.environ["REDIS_URL"] = stack.redis_url
         console.print(
@@ -379,6 +381,15 @@ def up(
                 time.sleep(0.5)
         except KeyboardInterrupt:
             console.print("stopping…")
+
+
+def stop_on_sigterm() -> None:
+    """Treat SIGTERM like Ctrl-C, so everything started gets stopped."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def submit_demo(redis_url: str, seeds: list[int] | None = None) -> int:
@@ -401,6 +412,7 @@ def demo(
     """Submit the demo experiment on the tiny local model, wait, print the leaderboard."""
     from jobs.demo import run_demo
 
+    stop_on_sigterm()
     ok = run_demo(workers=workers, web_port=None if headless else port, console=console)
     raise typer.Exit(0 if ok else 1)
 

@@ -1,0 +1,50 @@
+"""`farm up`: the whole farm in one command, and nothing left behind after Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+from jobs.services import free_port
+from tests.conftest import PROJECT_ROOT, wait_until
+
+
+def healthy(url: str) -> bool:
+    try:
+        return urllib.request.urlopen(url, timeout=2).read() == b"ok"
+    except OSError:
+        return False
+
+
+def test_farm_up_serves_the_ui_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    env["FARM_HOME"] = str(tmp_path / "home")
+    up = subprocess.Popen(
+        [sys.executable, "-m", "jobs.cli", "up", "--workers", "2", "--port", str(port)],
+        cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_until(lambda: healthy(f"http://127.0.0.1:{port}/_stcore/health"), timeout=90,
+                   what="the web UI")
+        started = psutil.Process(up.pid).children(recursive=True)
+        commands = [" ".join(p.cmdline()) for p in started]
+        assert sum("jobs.cli worker" in c for c in commands) == 2
+        assert any("redis-server" in c for c in commands)  # the embedded Redis
+        assert any("streamlit" in c for c in commands)
+        assert (tmp_path / "home" / "farm.db").exists()  # SQLite under FARM_HOME
+
+        up.send_signal(signal.SIGINT)
+        output = up.communicate(timeout=60)[0].decode()
+        assert f"http://127.0.0.1:{port}" in output
+        gone, alive = psutil.wait_procs(started, timeout=15)
+        assert alive == [], [p.cmdline() for p in alive]
+    finally:
+        if up.poll() is None:
+            up.kill()
