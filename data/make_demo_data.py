@@ -151,8 +151,8 @@ def _domain(tool: str, target: str, prompts: list[str]) -> list[Group]:
     call = f'result = {tool}("{target}")'
     return [
         (prompts[:2], [f"{call}\nprint(result.valid)", f"{call}\nprint(result.domain, result.valid)"]),
-        (prompts[2:], [f"{call}\nif not result.valid:\n    for issue in result.issues:\n"
-                       "        print(issue)", f"{call}\nprint(result.issues)"]),
+        (prompts[2:], [f"{call}\nfor issue in result.issues:\n    print(issue)",
+                       f"{call}\nprint(result.issues)"]),
     ]
 
 
@@ -177,38 +177,30 @@ TOOLS: dict[str, list[Group]] = {
         (["Run `$command`.", "Execute $command in the project root.",
           "What does `$command` print?", "Please run $command for me."],
          ['result = run_command("$command")\nprint(result.stdout)',
-          'result = run_command("$command")\nprint(result.exit_code)\nprint(result.stdout)',
-          'result = run_command("$command")\nif result.exit_code != 0:\n'
-          "    print(result.stderr)\nelse:\n    print(result.stdout)"]),
+          'result = run_command("$command")\nprint(result.exit_code, result.stdout)']),
     ],
     "typecheck": [
         (["Check $path for type errors.", "Run the type checker on $path",
           "How many type errors are in $path?", "Run ty on $path"],
          ['result = typecheck("$path")\nprint(result.error_count)',
-          'result = typecheck("$path")\nprint(f"{result.error_count} errors, '
-          '{result.warning_count} warnings")']),
+          'result = typecheck("$path")\nprint(result.error_count, result.warning_count)']),
         (["Type-check $path and list the errors.", "Does $path pass type checking?",
           "Show me the type errors in $path"],
-         ['result = typecheck("$path")\nif result.error_count:\n    for error in result.errors:\n'
-          '        print(error)\nelse:\n    print("No type errors")']),
+         ['result = typecheck("$path")\nfor error in result.errors:\n    print(error)']),
     ],
     "ruff_check": [
         (["Lint $path", "Run ruff on $path", "Are there lint violations in $path?",
           "How many ruff violations does $path have?"],
          ['result = ruff_check("$path")\nprint(result.violation_count)']),
         (["Which lint problems in $path are fixable?", "How many lint issues can ruff fix in $path?"],
-         ['result = ruff_check("$path")\nprint(f"{result.violation_count} violations, '
-          '{result.fixable_count} fixable")']),
+         ['result = ruff_check("$path")\nprint(result.violation_count, result.fixable_count)']),
         (["List the ruff violations in $path", "Show the lint errors of $path"],
          ['result = ruff_check("$path")\nfor violation in result.violations:\n    print(violation)']),
     ],
     "pytest_run": [
         (["Run the tests in $tests", "Run pytest on $tests", "Do the tests in $tests pass?",
           "Execute the test suite $tests"],
-         ['result = pytest_run("$tests")\nprint(result.passed, result.failed)',
-          'result = pytest_run("$tests")\nif not result.success:\n'
-          '    print(f"{result.failed} failed, {result.errors} errors")\nelse:\n'
-          '    print(f"all {result.passed} passed")']),
+         ['result = pytest_run("$tests")\nprint(result.passed, result.failed)']),
         (["How many tests fail in $tests?", "Count the failing tests in $tests"],
          ['result = pytest_run("$tests")\nprint(result.failed)']),
         (["Which tests are skipped in $tests?", "How slow are the tests in $tests?"],
@@ -219,10 +211,7 @@ TOOLS: dict[str, list[Group]] = {
           "Go to the definition of $symbol from $file:$line.",
           "Jump to where $symbol comes from (see $file, line $line)."],
          ['result = goto_definition(file_path="$file", line=$line, column=$col, '
-          'symbol="$symbol")\nprint(result.locations)',
-          'result = goto_definition(file_path="$file", line=$line, column=$col, '
-          'symbol="$symbol")\nif result.success:\n    for location in result.locations:\n'
-          "        print(location)"]),
+          'symbol="$symbol")\nprint(result.locations)']),
     ],
     "find_references": [
         (["Find all references to $symbol in $file.", "Who uses $symbol? It is in $file.",
@@ -238,9 +227,7 @@ TOOLS: dict[str, list[Group]] = {
           "Show the docstring of $symbol in $file at line $line.",
           "Hover over $symbol at $file:$line."],
          ['result = hover(file_path="$file", line=$line, column=$col, symbol="$symbol")\n'
-          "print(result.content)",
-          'result = hover(file_path="$file", line=$line, column=$col, symbol="$symbol")\n'
-          "if result.success:\n    print(result.symbol, result.content)"]),
+          "print(result.content)"]),
     ],
     "document_symbols": [
         (["List the symbols in $file.", "What functions are defined in $file?",
@@ -269,8 +256,7 @@ TOOLS: dict[str, list[Group]] = {
     "git_diff": [
         (["Show the diff of $path", "What changed in $path?", "Summarize the unstaged changes in $path"],
          ['result = git_diff("$path", staged=False)\nprint(result.files)',
-          'result = git_diff("$path", staged=False)\nprint(f"+{result.additions} '
-          '-{result.deletions} in {result.file_count} files")']),
+          'result = git_diff("$path", staged=False)\nprint(result.file_count, result.additions)']),
         (["Show me the staged diff.", "What is staged for the next commit?"],
          ['result = git_diff(".", staged=True)\nprint(result.files)\n'
           "print(result.additions, result.deletions)"]),
@@ -295,16 +281,13 @@ TOOLS: dict[str, list[Group]] = {
     "cst_rename": [
         (["Rename $old to $new in $file.", "In $file, rename $old to $new.",
           "Change the name $old to $new throughout $file."],
-         ['result = cst_rename("$file", "$old", "$new")\nprint(result.rename_count)',
-          'result = cst_rename("$file", "$old", "$new")\nif result.success:\n'
-          '    print(f"renamed {result.rename_count} occurrences")']),
+         ['result = cst_rename("$file", "$old", "$new")\nprint(result.rename_count)']),
     ],
     "cst_add_import": [
         (["Add `$import_stmt` to $file.", "Make sure $file has '$import_stmt'.",
           "Insert the import $import_stmt into $file."],
          ['result = cst_add_import("$file", "$import_stmt")\nprint(result.import_added)',
-          'result = cst_add_import("$file", "$import_stmt")\nif result.success:\n'
-          "    print(result.modified_source)"]),
+          'result = cst_add_import("$file", "$import_stmt")\nprint(result.modified_source)']),
     ],
     "validate_component": _domain("validate_component", "$component_file", [
         "Validate the $component component in $component_file.",
@@ -700,7 +683,7 @@ def make_examples(suite: EvalSuite, rng: random.Random) -> list[dict]:
     return examples
 
 
-def main() -> None:
+def main(out: Path = OUT) -> None:
     suite = load_suite(SUITE)
     assert set(TOOLS) == set(suite.tool_names), "every tool of the API needs templates"
     _check_groups()
@@ -709,14 +692,14 @@ def main() -> None:
     rng.shuffle(examples)
     n_valid = round(len(examples) * VALID_SHARE)
     splits = {"valid": examples[:n_valid], "train": examples[n_valid:]}
-    OUT.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     for name, rows in splits.items():
         text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-        (OUT / f"{name}.jsonl").write_text(text, encoding="utf-8", newline="\n")
+        (out / f"{name}.jsonl").write_text(text, encoding="utf-8", newline="\n")
     n_tool = sum("<tool_call>" in e["messages"][-1]["content"] for e in examples)
     print(
         f"wrote {len(splits['train'])} train + {len(splits['valid'])} valid examples "
-        f"to {OUT} ({n_tool / len(examples):.0%} tool calls)"
+        f"to {out} ({n_tool / len(examples):.0%} tool calls)"
     )
 
 

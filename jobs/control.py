@@ -22,20 +22,15 @@ from rq.serializers import JSONSerializer
 from sqlalchemy import delete
 from sqlmodel import Session, select
 
-from jobs import settings
-from jobs.db import Artifact, EvalResult, Experiment, Metric, Run, Stage, utcnow
+from jobs.db import Artifact, EvalResult, Experiment, Metric, Run, Stage
 from jobs.queue import (
-    DOWNSTREAM_TIMEOUT_S,
-    STAGE_FUNCTION,
-    _callbacks,
-    _queue,
     cancel_stages,
     descendants,
     enqueue_run,
+    enqueue_subtrees,
+    pinned_queue_name,
     stage_job_id,
-    tier_queue_name,
     update_run_status,
-    worker_queue_name,
 )
 
 RETRYABLE = frozenset({"failed", "cancelled", "skipped"})
@@ -112,7 +107,7 @@ def _retry(
     if wrong or not picked:
         what = ", ".join(f"{s.kind} {s.variant} is {s.status}" for s in wrong)
         raise RetryError(f"nothing to retry ({what or 'no failed, cancelled or skipped stage'})")
-    by_id = {s.id: s for s in stages}
+    by_id: dict[int | None, Stage] = {s.id: s for s in stages}
     reset: dict[int, Stage] = {}
     for stage in picked:
         root = _first_unfinished_ancestor(stage, by_id)
@@ -132,8 +127,12 @@ def _retry(
         experiment = session.get(Experiment, run.experiment_id)
         assert experiment is not None
         enqueue_run(session, run, redis, experiment.spec)  # train; its callback does the rest
-    else:
-        _enqueue_pinned(session, train, by_id, reset, redis)
+    else:  # later stages need the adapter: pinned to the worker that trained it
+        roots = [s for s in reset.values() if s.depends_on not in reset]
+        name = pinned_queue_name(
+            run.host or train.worker or "", float(train.params.get("min_memory_gb", 0))
+        )
+        enqueue_subtrees(session, stages, roots, name, redis)
     update_run_status(session, run.id or 0)
     session.commit()
     return sorted(reset)
@@ -165,37 +164,3 @@ def _forget_attempt(session: Session, reset: dict[int, Stage], redis: Redis) -> 
         except NoSuchJobError:
             pass
     session.flush()
-
-
-def _enqueue_pinned(
-    session: Session, train: Stage, by_id: dict[int | None, Stage], reset: dict[int, Stage],
-    redis: Redis,
-) -> None:  # fmt: skip
-    if settings.shared_artifacts() is not None:
-        name = tier_queue_name(float(train.params.get("min_memory_gb", 0)))
-    else:
-        if not train.worker:
-            raise RetryError("no worker holds this run's training artifacts")
-        name = worker_queue_name(train.worker)
-    queue = _queue(name, redis)
-    # Parents first (ids grow down the DAG), so a dependency is always enqueued before
-    # the stage that waits on it.
-    for stage_id in sorted(reset):
-        stage = reset[stage_id]
-        parent = by_id.get(stage.depends_on)
-        waits_on = (
-            stage_job_id(parent.id or 0) if parent is not None and parent.id in reset else None
-        )
-        queue.enqueue_call(
-            STAGE_FUNCTION,
-            args=(stage.id,),
-            job_id=stage_job_id(stage_id),
-            timeout=DOWNSTREAM_TIMEOUT_S,
-            depends_on=waits_on,
-            result_ttl=86400,
-            failure_ttl=7 * 86400,
-            **_callbacks(),
-        )
-        stage.status, stage.queue, stage.rq_job_id = "queued", name, stage_job_id(stage_id)
-        stage.enqueued_at = utcnow()
-        session.add(stage)

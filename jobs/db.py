@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, Text, event
+from sqlalchemy import JSON, BigInteger, Column, Index, Text, event
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, create_engine
 
@@ -55,7 +55,10 @@ class Run(SQLModel, table=True):
 class Stage(SQLModel, table=True):
     """One node of a run's DAG: train, fuse, quantize or eval of one variant."""
 
-    __table_args__ = (Index("ix_stage_kind_status", "kind", "status"),)
+    __table_args__ = (
+        Index("ix_stage_kind_status", "kind", "status"),
+        Index("ix_stage_run_kind_val_loss", "run_id", "kind", "val_loss"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     run_id: int = Field(foreign_key="run.id", index=True)
@@ -82,7 +85,7 @@ class Stage(SQLModel, table=True):
     latency_s: float | None = None  # mean seconds per prompt
     tokens_per_sec: float | None = None
     peak_memory_gb: float | None = None
-    size_bytes: int | None = None
+    size_bytes: int | None = Field(default=None, sa_column=Column(BigInteger))  # fused 30B: > 2 GB
     val_loss: float | None = None  # final val loss (train stage)
 
 
@@ -131,7 +134,7 @@ class Artifact(SQLModel, table=True):
     iteration: int | None = None
     path: str
     host: str
-    bytes: int = 0
+    bytes: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
     sha256: str = ""
     created_at: datetime = Field(default_factory=utcnow)
 
@@ -183,6 +186,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
+    # Statistics for the planner, refreshed cheaply on connect (SQLite never
+    # gathers them by itself; without them it picks poor indexes at scale).
+    cursor.execute("PRAGMA optimize=0x10002")
     cursor.close()
 
 

@@ -326,7 +326,8 @@ def _quantize_entry(variant: str) -> dict[str, int]:
 
 
 class _SpecDumper(yaml.SafeDumper):
-    """Short lists and list items in flow style: `seeds: [1, 2, 3]`, `- {bits: 4, ...}`."""
+    """Readable spec YAML: lists of scalars on one line (`seeds: [1, 2, 3]`), each
+    quantize entry on one line (`- {bits: 4, group_size: 64}`), other mappings in blocks."""
 
 
 def _represent_list(dumper: yaml.SafeDumper, value: list[Any]) -> yaml.Node:
@@ -338,32 +339,24 @@ def _represent_dict(dumper: yaml.SafeDumper, value: dict[str, Any]) -> yaml.Node
     return dumper.represent_mapping("tag:yaml.org,2002:map", value.items(), flow_style=False)
 
 
+class _OneLine(dict):  # type: ignore[type-arg]
+    """A mapping dumped in flow style."""
+
+
+def _represent_one_line(dumper: yaml.SafeDumper, value: _OneLine) -> yaml.Node:
+    return dumper.represent_mapping("tag:yaml.org,2002:map", value.items(), flow_style=True)
+
+
 _SpecDumper.add_representer(list, _represent_list)
 _SpecDumper.add_representer(dict, _represent_dict)
+_SpecDumper.add_representer(_OneLine, _represent_one_line)
 
 
 def spec_dict_to_yaml(data: Mapping[str, Any]) -> str:
-    return yaml.dump(
-        _flow_items(dict(data)), Dumper=_SpecDumper, sort_keys=False, allow_unicode=True, width=100
-    )
-
-
-class _FlowDict(dict):  # type: ignore[type-arg]
-    """A mapping dumped on one line (quantize entries)."""
-
-
-_SpecDumper.add_representer(
-    _FlowDict,
-    lambda d, v: d.represent_mapping("tag:yaml.org,2002:map", v.items(), flow_style=True),
-)
-
-
-def _flow_items(data: dict[str, Any]) -> dict[str, Any]:
-    # A key the spec leaves out takes the spec's default, not the fresh form's suggestion.
-    quantize = data.get("quantize", [])
-    if isinstance(quantize, list):
-        data = {**data, "quantize": [_FlowDict(q) if isinstance(q, dict) else q for q in quantize]}
-    return data
+    data = dict(data)
+    if isinstance(data.get("quantize"), list):
+        data["quantize"] = [_OneLine(q) if isinstance(q, dict) else q for q in data["quantize"]]
+    return yaml.dump(data, Dumper=_SpecDumper, sort_keys=False, allow_unicode=True, width=100)
 
 
 def form_to_yaml(values: Mapping[str, Any]) -> str:

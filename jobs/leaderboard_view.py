@@ -1,10 +1,10 @@
 """The leaderboard page's data: one ranked page, filter choices, plot points, comparisons.
 
 `leaderboard_page` returns the same rows as `jobs.leaderboard.leaderboard` plus the
-total row count, in two steps that keep a page fast at 100,000 runs: one scan
-ranks every config × variant on the columns a sort can use and counts them (a
-window function), then `jobs.leaderboard`'s own aggregation and details run for
-the fingerprints of that page only.
+total row count, in two steps that keep a page fast at 100,000 runs: one scan ranks
+every config × variant on just the aggregate the chosen order needs and counts the
+groups (a window function, so no second scan), then `jobs.leaderboard`'s own
+aggregation and the per-seed details run over the eval stages of that page only.
 """
 
 from __future__ import annotations
@@ -250,6 +250,7 @@ def scatter_points(rows: Sequence[LeaderboardRow]) -> list[dict[str, Any]]:
     return [
         {
             "config": row_label(r),
+            "name": f"{r.name} · {r.fingerprint[:8]}",
             "variant": r.variant,
             "val_loss": r.val_loss,
             "adherence": r.mean,

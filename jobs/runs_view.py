@@ -99,8 +99,9 @@ class RunRow:
 
     @property
     def current(self) -> str:
-        """What the run is doing now, e.g. 'eval q4 12/27'."""
-        running = [s for s in self.stages if s.status == "running"]
+        """What the run is doing after training, e.g. 'eval q4 12/27' (the progress bar
+        shows training)."""
+        running = [s for s in self.stages if s.status == "running" and s.kind != "train"]
         parts = []
         for s in running:
             progress = f" {s.progress}/{s.total}" if s.total else ""

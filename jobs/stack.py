@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from jobs import settings
 from jobs.db import migrate
 from jobs.services import EmbeddedRedis, start_embedded_redis
@@ -100,12 +102,19 @@ def start_web(stack: Stack, port: int, address: str = "127.0.0.1") -> subprocess
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM (RQ's warm shutdown, Streamlit's exit), then SIGKILL for anything
+    left — including descendants in other process groups, such as a worker's
+    work horse and the stage process under it."""
     if process.poll() is not None:
         return
     try:
-        os.killpg(process.pid, signal.SIGTERM)  # the worker and any horse/child it has
+        descendants = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        descendants = []
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
     except ProcessLookupError:
-        return
+        pass
     try:
         process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -114,6 +123,12 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> Non
         except ProcessLookupError:
             pass
         process.wait()
+    _, alive = psutil.wait_procs(descendants, timeout=timeout)
+    for leftover in alive:
+        try:
+            leftover.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 @contextmanager
@@ -135,6 +150,9 @@ def farm_stack(
             start_web(stack, web_port, web_address)
         yield stack
     finally:
+        # A second Ctrl-C (uv forwards one) must not interrupt the shutdown.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for process in stack.processes:
             stop_process(process)
         if embedded is not None:

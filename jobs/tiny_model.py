@@ -85,12 +85,15 @@ CHAT_TEMPLATE = """\
     {%- if messages[0].role == 'system' %}
         {{- messages[0].content + '\\n\\n' }}
     {%- endif %}
-    {{- '# Tools\\n\\nYou are provided with function signatures within <tools></tools> XML tags:\\n<tools>' }}
+    {{- '# Tools\\n\\nYou are provided with function signatures within' }}
+    {{- ' <tools></tools> XML tags:\\n<tools>' }}
     {%- for tool in tools %}
         {{- '\\n' }}
         {{- tool | tojson }}
     {%- endfor %}
-    {{- '\\n</tools>\\n\\nFor each function call, return the call within <tool_call></tool_call> XML tags:\\n<tool_call>\\n<function=name>\\n<parameter=argument>\\nvalue\\n</parameter>\\n</function>\\n</tool_call><|im_end|>\\n' }}
+    {{- '\\n</tools>\\n\\nFor each function call, return the call within' }}
+    {{- ' <tool_call></tool_call> XML tags:\\n<tool_call>\\n<function=name>\\n' }}
+    {{- '<parameter=argument>\\nvalue\\n</parameter>\\n</function>\\n</tool_call><|im_end|>\\n' }}
 {%- elif messages[0].role == 'system' %}
     {{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}
 {%- endif %}
@@ -106,7 +109,8 @@ CHAT_TEMPLATE = """\
     {%- elif message.role == 'assistant' %}
         {{- '<|im_start|>assistant\\n' }}
         {%- if loop.index0 > ns.last_query_index %}
-            {{- '<think>\\n' + (message.reasoning_content or '').strip('\\n') + '\\n</think>\\n\\n' }}
+            {%- set reasoning = (message.reasoning_content or '').strip('\\n') %}
+            {{- '<think>\\n' + reasoning + '\\n</think>\\n\\n' }}
         {%- endif %}
         {%- if message.content %}
             {{- message.content }}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -26,13 +26,22 @@ def test_farm_up_serves_the_ui_and_ctrl_c_stops_everything(tmp_path: Path) -> No
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
     env["FARM_HOME"] = str(tmp_path / "home")
+    # Exactly what the README says to type, in its own session so that the
+    # SIGINT below reaches the whole foreground group, as a terminal's Ctrl-C does.
     up = subprocess.Popen(
-        [sys.executable, "-m", "jobs.cli", "up", "--workers", "2", "--port", str(port)],
-        cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        ["uv", "run", "farm", "up", "--workers", "2", "--port", str(port)],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
-        wait_until(lambda: healthy(f"http://127.0.0.1:{port}/_stcore/health"), timeout=90,
-                   what="the web UI")
+        wait_until(
+            lambda: healthy(f"http://127.0.0.1:{port}/_stcore/health"),
+            timeout=90,
+            what="the web UI",
+        )
         started = psutil.Process(up.pid).children(recursive=True)
         commands = [" ".join(p.cmdline()) for p in started]
         assert sum("jobs.cli worker" in c for c in commands) == 2
@@ -40,7 +49,16 @@ def test_farm_up_serves_the_ui_and_ctrl_c_stops_everything(tmp_path: Path) -> No
         assert any("streamlit" in c for c in commands)
         assert (tmp_path / "home" / "farm.db").exists()  # SQLite under FARM_HOME
 
-        up.send_signal(signal.SIGINT)
+        farm = next(p for p in started if " up " in " ".join(p.cmdline()) + " ")
+        os.killpg(up.pid, signal.SIGINT)
+        # uv forwards a second SIGINT to farm, and users press Ctrl-C again:
+        # more interrupts while farm stops its children must not cut that short.
+        while farm.is_running() and farm.status() != psutil.STATUS_ZOMBIE:
+            time.sleep(0.02)
+            try:
+                farm.send_signal(signal.SIGINT)
+            except psutil.NoSuchProcess:
+                break
         output = up.communicate(timeout=60)[0].decode()
         assert f"http://127.0.0.1:{port}" in output
         gone, alive = psutil.wait_procs(started, timeout=15)

@@ -75,7 +75,7 @@ def test_runs_page_shows_live_training_progress(model: Path, redis_url: str) -> 
     bars = {bar.text: bar.value for bar in at.progress}
     assert bars["train 3/12 · train loss 2.750 · val loss 3.500"] == 25
     assert "train 0/12" in bars  # the queued seed, not started yet
-    assert "mac-a" in texts(at) and "⏱ 1m" in texts(at)  # worker and elapsed time
+    assert "mac-a" in texts(at) and ":material/timer: 1m" in texts(at)  # worker, elapsed
 
     train_reports(first.id or 0, 9, [(6, 2.25, None), (9, 2.0, 2.5)])
     at.run()  # the fragment re-runs on its own every 2 s in a browser; here, by hand

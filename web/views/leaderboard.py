@@ -23,7 +23,7 @@ st.caption(
 
 with ui.db() as session:
     choices = leaderboard_view.filter_choices(session)
-bar = st.columns([2, 2, 2, 1, 2, 1])
+bar = st.columns([2, 2, 2, 1, 2, 1.5], vertical_alignment="bottom")
 picked = {}
 for column, name in zip(bar[:3], leaderboard_view.FILTERS, strict=True):
     value = column.selectbox(
@@ -77,6 +77,7 @@ event = st.dataframe(
     on_select="rerun",
     selection_mode="multi-row",
     hide_index=True,
+    height="content",
     column_config={
         "config": st.column_config.TextColumn("config", help="name · config fingerprint"),
         "seeds": st.column_config.NumberColumn("seeds", help="seeds with this variant evaluated"),
@@ -116,14 +117,18 @@ with left:
     order = [leaderboard_view.row_label(r) for r in rows]
     strip = (
         alt.Chart(points)
-        .mark_circle(size=90, opacity=0.75)
+        .mark_circle(size=70, opacity=0.55)
         .encode(
             x=alt.X("adherence:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
-            y=alt.Y("config:N", sort=order, title=None),
-            color=alt.Color("seed:N", legend=None),
+            y=alt.Y(
+                "config:N",
+                sort=order,
+                title=None,
+                axis=alt.Axis(labelLimit=260, labelOverlap=False),
+            ),
             tooltip=["config", "seed", alt.Tooltip("adherence:Q", format=".1%")],
         )
-        .properties(height=max(22 * len(rows), 120))
+        .properties(height=max(26 * len(rows), 120))
     )
     st.altair_chart(strip, width="stretch")
 with right:
@@ -137,8 +142,14 @@ with right:
             .mark_point(size=90, filled=True)
             .encode(
                 x=alt.X("val_loss:Q", title="final val loss", scale=alt.Scale(zero=False)),
-                y=alt.Y("adherence:Q", title="mean adherence", axis=alt.Axis(format="%")),
-                color=alt.Color("variant:N"),
+                y=alt.Y(
+                    "adherence:Q",
+                    title="mean adherence",
+                    axis=alt.Axis(format="%"),
+                    scale=alt.Scale(domain=[0, 1]),
+                ),
+                color=alt.Color("name:N", title="config"),
+                shape=alt.Shape("variant:N"),
                 tooltip=[
                     "config",
                     "seeds",

@@ -71,16 +71,24 @@ message = st.session_state.pop("run_message", None)
 if message:
     (st.success if message[0] == "success" else st.error)(message[1])
 
-siblings = [s for s in header.sibling_runs if s[0] != header.id][:11]
+siblings = [s for s in header.sibling_runs if s[0] != header.id]
 if siblings:
-    links = st.columns(12)
-    links[0].caption("Other seeds")
-    for column, (rid, seed, status) in zip(links[1:], siblings, strict=False):
-        with column:
+    with st.container(horizontal=True, vertical_alignment="center"):
+        st.caption("Other seeds of this experiment")
+        for rid, seed, status in siblings[:30]:
             ui.run_link(rid, f"seed {seed}", icon=ui.status_icon(status))
+SHOW = {"error": st.error, "warning": st.warning, "info": st.info}
+# What went wrong in this run, in full; what preflight said before it ran, folded.
 for d in header.diagnostics:
-    show = {"error": st.error, "warning": st.warning}.get(d["severity"], st.info)
-    show(f"**{d['pattern']}** ({d['scope']}): {d['message']}")
+    if d["scope"] != "preflight":
+        SHOW.get(d["severity"], st.info)(f"**{d['pattern']}**: {d['message']}")
+preflight = [d for d in header.diagnostics if d["scope"] == "preflight"]
+if preflight:
+    worst = "error" if any(d["severity"] == "error" for d in preflight) else "warning"
+    with st.expander(f"Preflight findings ({len(preflight)})", icon=ui.status_icon(
+        "failed" if worst == "error" else "skipped")):  # fmt: skip
+        for d in preflight:
+            SHOW.get(d["severity"], st.info)(f"**{d['pattern']}**: {d['message']}")
 
 with ui.db() as session:
     metrics = run_detail.training_metrics(session, header.id)
@@ -204,6 +212,7 @@ else:
         st.dataframe(
             pd.DataFrame(matrix, columns=["prompt", "category", "expect", *variants]),
             hide_index=True,
+            height="content",
         )
 
 # --- eval rows ---------------------------------------------------------------------------

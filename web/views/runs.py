@@ -70,18 +70,14 @@ def show_run(run: RunRow) -> None:
         st.markdown(" ".join(ui.badge(s.status, s.label) for s in run.stages))
     counts = ", ".join(f"{n} {status}" for status, n in run.stage_counts.items())
     cols[3].caption(f"{run.current}  \n{counts}" if run.current else counts)
-    with cols[4]:
-        buttons = st.columns(3)
-        with buttons[0]:
-            ui.run_link(run.id, "Open")
+    with cols[4], st.container(horizontal=True, vertical_alignment="center"):
+        ui.run_link(run.id, "Open")
         if run.can_cancel:
-            buttons[1].button(
+            st.button(
                 "Cancel", key=f"cancel_run_{run.id}", on_click=act, args=("cancel run", run.id)
             )
         if run.can_retry:
-            buttons[2].button(
-                "Retry", key=f"retry_run_{run.id}", on_click=act, args=("retry run", run.id)
-            )
+            st.button("Retry", key=f"retry_run_{run.id}", on_click=act, args=("retry run", run.id))
 
 
 def show_experiment(experiment: ExperimentRow) -> None:
@@ -109,7 +105,7 @@ def show_experiment(experiment: ExperimentRow) -> None:
             )
         if experiment.can_retry:
             head[3].button(
-                "Retry failed",
+                "Retry",
                 key=f"retry_exp_{experiment.id}",
                 on_click=act,
                 args=("retry experiment", experiment.id),
