@@ -164,18 +164,27 @@ def leaderboard(
 ) -> None:
     """Configurations ranked by mean format adherence across seeds, then worst seed."""
     from jobs.db import migrate, session_scope
+    from jobs.diagnostics import badges
     from jobs.leaderboard import leaderboard as query
 
     migrate()
     with session_scope() as session:
         rows = query(session, limit=limit, base_model=base_model)
+        flags = badges(session, [r.fingerprint for r in rows])
     if as_json:
-        print(json.dumps([r.as_dict() for r in rows], indent=2))
+        out = [
+            r.as_dict()
+            | {"badges": [b.__dict__ for b in flags.get((r.fingerprint, r.variant), [])]}
+            for r in rows
+        ]
+        print(json.dumps(out, indent=2))
         return
-    print_leaderboard(rows)
+    print_leaderboard(rows, flags)
 
 
-def print_leaderboard(rows: list) -> None:  # type: ignore[type-arg]
+def print_leaderboard(rows: list, flags: dict | None = None) -> None:  # type: ignore[type-arg]
+    """The leaderboard as a table; `flags` are the failure patterns detected per row."""
+    flags = flags or {}
     table = Table(title="leaderboard — format adherence across seeds")
     for column in (
         "config",
@@ -213,6 +222,7 @@ def print_leaderboard(rows: list) -> None:  # type: ignore[type-arg]
             "-" if r.latency_s is None else f"{r.latency_s:.3f}",
             "-" if r.tokens_per_sec is None else f"{r.tokens_per_sec:.0f}",
             "-" if r.size_bytes is None else f"{r.size_bytes / 1e6:.1f}",
+            ", ".join(b.pattern for b in flags.get((r.fingerprint, r.variant), [])),
         )
     console.print(table)
 
@@ -396,11 +406,13 @@ def submit_demo(redis_url: str, seeds: list[int] | None = None) -> int:
     """Build the tiny model if needed and submit the demo spec."""
     from redis import Redis
 
-    from jobs.demo import demo_spec
+    from jobs.checks import preflight
+    from jobs.demo import DEMO_SPEC, demo_spec
     from jobs.submit import submit_experiment
 
     spec, text = demo_spec(seeds)
-    return submit_experiment(spec, Redis.from_url(redis_url), text)
+    findings = preflight(spec, DEMO_SPEC)
+    return submit_experiment(spec, Redis.from_url(redis_url), text, findings)
 
 
 @app.command()

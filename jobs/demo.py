@@ -90,6 +90,7 @@ def follow(experiment_id: int, console: Console, poll_s: float = 1.0) -> Experim
 def run_demo(workers: int = 2, web_port: int | None = None, console: Console | None = None) -> bool:
     from redis import Redis
 
+    from jobs.checks import preflight
     from jobs.cli import print_leaderboard
     from jobs.db import Diagnostic
     from jobs.leaderboard import leaderboard
@@ -103,7 +104,8 @@ def run_demo(workers: int = 2, web_port: int | None = None, console: Console | N
         if stack.web_url:
             console.print(f"web UI: {stack.web_url}")
         wait_for_workers(stack.redis_url, workers)
-        experiment_id = submit_experiment(spec, Redis.from_url(stack.redis_url), text)
+        findings = preflight(spec, DEMO_SPEC)
+        experiment_id = submit_experiment(spec, Redis.from_url(stack.redis_url), text, findings)
         console.print(
             f"demo experiment {experiment_id}: {len(spec.seeds)} seeds on {workers} workers"
         )

@@ -8,9 +8,7 @@ Create Date: 2026-11-21 11:05:03.856694
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-import sqlmodel
 from alembic import op
-
 
 revision: str = "0002"
 down_revision: str | None = "0001"
