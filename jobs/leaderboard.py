@@ -65,7 +65,7 @@ def label_shares(counts: list[dict[str, int] | None]) -> dict[str, float]:
     return {label: total[label] / n for label in sorted(total)} if n else {}
 
 
-def _aggregate_query(
+def aggregate_query(
     base_model: str | None, dataset: str | None, suite: str | None, variant: str | None
 ):  # type: ignore[no-untyped-def]
     train = aliased(Stage)
@@ -132,7 +132,7 @@ def leaderboard(
     """Ranked rows; default order mean adherence, then worst seed."""
     if sort not in SORT_KEYS:
         raise ValueError(f"sort must be one of {', '.join(SORT_KEYS)}")
-    query = _aggregate_query(base_model, dataset, suite, variant).subquery()
+    query = aggregate_query(base_model, dataset, suite, variant).subquery()
     key = query.c[sort] if sort != "std" else (query.c.mean_sq - query.c.mean * query.c.mean)
     order = [key.desc() if descending else key.asc()]
     if sort == "mean":
@@ -153,12 +153,12 @@ def leaderboard(
             worst=float(r.worst),
             best=float(r.best),
             lock_rate=float(r.lock_rate),
-            val_loss=_float(r.val_loss),
-            latency_s=_float(r.latency_s),
-            tokens_per_sec=_float(r.tokens_per_sec),
-            peak_memory_gb=_float(r.peak_memory_gb),
-            size_bytes=_float(r.size_bytes),
-            hit_max_share=_float(r.hit_max_share),
+            val_loss=optional_float(r.val_loss),
+            latency_s=optional_float(r.latency_s),
+            tokens_per_sec=optional_float(r.tokens_per_sec),
+            peak_memory_gb=optional_float(r.peak_memory_gb),
+            size_bytes=optional_float(r.size_bytes),
+            hit_max_share=optional_float(r.hit_max_share),
         )
         for r in session.execute(ordered)
     ]
@@ -168,7 +168,7 @@ def leaderboard(
 
 
 def count_rows(session: Session, **filters: str | None) -> int:
-    query = _aggregate_query(
+    query = aggregate_query(
         filters.get("base_model"),
         filters.get("dataset"),
         filters.get("suite"),
@@ -202,5 +202,5 @@ def _attach_details(session: Session, rows: list[LeaderboardRow]) -> None:
         row.label_mix = label_shares(labels.get(key, []))
 
 
-def _float(value: Any) -> float | None:
+def optional_float(value: Any) -> float | None:
     return None if value is None else float(value)

@@ -23,10 +23,10 @@ from jobs.leaderboard import (
     LOCK_THRESHOLD,
     SORT_KEYS,
     LeaderboardRow,
-    _aggregate_query,
-    _float,
+    aggregate_query,
     count_rows,
     label_shares,
+    optional_float,
     population_std,
 )
 
@@ -161,16 +161,17 @@ def _full_rows(
         listed: Any = select(Stage.id).where(Stage.run_id.in_(runs))  # type: ignore[attr-defined]
     else:
         listed = stage_ids
-    query = _aggregate_query(**filters).where(Stage.id.in_(listed))  # type: ignore[union-attr]
+    query = aggregate_query(**filters).where(Stage.id.in_(listed))  # type: ignore[union-attr]
     rows = [
         LeaderboardRow(
             fingerprint=r.fingerprint, variant=r.variant, name=r.name, base_model=r.base_model,
             dataset=r.dataset, suite=r.suite, seeds=int(r.seeds), mean=float(r.mean),
             std=population_std(float(r.mean), float(r.mean_sq)), worst=float(r.worst),
-            best=float(r.best), lock_rate=float(r.lock_rate), val_loss=_float(r.val_loss),
-            latency_s=_float(r.latency_s), tokens_per_sec=_float(r.tokens_per_sec),
-            peak_memory_gb=_float(r.peak_memory_gb), size_bytes=_float(r.size_bytes),
-            hit_max_share=_float(r.hit_max_share),
+            best=float(r.best), lock_rate=float(r.lock_rate), val_loss=optional_float(r.val_loss),
+            latency_s=optional_float(r.latency_s), tokens_per_sec=optional_float(r.tokens_per_sec),
+            peak_memory_gb=optional_float(r.peak_memory_gb),
+            size_bytes=optional_float(r.size_bytes),
+            hit_max_share=optional_float(r.hit_max_share),
         )
         for r in session.execute(query)
         if (r.fingerprint, r.variant) in wanted
