@@ -17,6 +17,10 @@ from rich.table import Table
 from jobs import settings
 from jobs.problems import InputError
 
+# The tokenizer checks import transformers, which announces at import time that
+# PyTorch is absent; MLX needs no PyTorch, so that notice is only noise here.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
 app = typer.Typer(
     help="lorafarm: LoRA fine-tuning on a farm of Macs, ranked by format adherence across seeds.",
     no_args_is_help=True,
@@ -185,13 +189,13 @@ def leaderboard(
 def print_leaderboard(rows: list, flags: dict | None = None) -> None:  # type: ignore[type-arg]
     """The leaderboard as a table; `flags` are the failure patterns detected per row."""
     flags = flags or {}
+    out = console if console.is_terminal else Console(width=220)
     table = Table(title="leaderboard — format adherence across seeds")
     for column in (
         "config",
         "variant",
         "seeds",
-        "mean",
-        "std",
+        "mean ± std",
         "worst",
         "best",
         "lock",
@@ -199,32 +203,29 @@ def print_leaderboard(rows: list, flags: dict | None = None) -> None:  # type: i
         "labels",
         "s/prompt",
         "tok/s",
-        "size MB",
+        "MB",
+        "flags",
     ):
-        table.add_column(
-            column, justify="left" if column in ("config", "variant", "labels") else "right"
-        )
+        left = column in ("config", "variant", "labels", "flags")
+        table.add_column(column, justify="left" if left else "right", no_wrap=column != "flags")
     for r in rows:
-        labels = " ".join(
-            f"{k}:{v:.0%}" for k, v in sorted(r.label_mix.items(), key=lambda x: -x[1])[:3]
-        )
+        top = sorted(r.label_mix.items(), key=lambda x: -x[1])[:2]
         table.add_row(
-            f"{r.name} {r.fingerprint[:8]}",
+            f"{r.name} {r.fingerprint[:6]}",
             r.variant,
             str(r.seeds),
-            f"{r.mean:.3f}",
-            f"{r.std:.3f}",
-            f"{r.worst:.3f}",
-            f"{r.best:.3f}",
+            f"{r.mean:.2f} ± {r.std:.2f}",
+            f"{r.worst:.2f}",
+            f"{r.best:.2f}",
             f"{r.lock_rate:.0%}",
             "-" if r.val_loss is None else f"{r.val_loss:.3f}",
-            labels,
-            "-" if r.latency_s is None else f"{r.latency_s:.3f}",
+            " ".join(f"{k} {v:.0%}" for k, v in top),
+            "-" if r.latency_s is None else f"{r.latency_s:.2f}",
             "-" if r.tokens_per_sec is None else f"{r.tokens_per_sec:.0f}",
             "-" if r.size_bytes is None else f"{r.size_bytes / 1e6:.1f}",
             ", ".join(b.pattern for b in flags.get((r.fingerprint, r.variant), [])),
         )
-    console.print(table)
+    out.print(table)
 
 
 # --- the scorer and checks on their own ----------------------------------------

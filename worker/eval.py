@@ -115,6 +115,12 @@ def run_eval(ctx: StageContext) -> None:
         tic = time.perf_counter()
         generated, stats = generate_suite(model, tokenizer, suite, prompts, max_tokens)
         elapsed = time.perf_counter() - tic
+        # What this variant costs on disk: the adapter (a checkpoint's weights
+        # through its link), or the whole model folder for fused and quantized.
+        if adapter_path:
+            size: int | None = path_bytes(Path(adapter_path) / "adapters.safetensors")
+        else:
+            size = path_bytes(Path(model_path)) if Path(model_path).exists() else None
 
     tool_names = suite.tool_names
     rows = []
@@ -144,7 +150,6 @@ def run_eval(ctx: StageContext) -> None:
 
     labels = Counter(r.label for r in rows)
     n = max(len(rows), 1)
-    size = path_bytes(Path(adapter_path)) if adapter_path else path_bytes(Path(model_path))
     update_stage(
         ctx.stage_id,
         progress=len(rows),
@@ -155,7 +160,7 @@ def run_eval(ctx: StageContext) -> None:
         latency_s=elapsed / n,
         tokens_per_sec=float(stats.generation_tps),
         peak_memory_gb=float(mx.get_peak_memory()) / 1e9,
-        size_bytes=size if Path(model_path).exists() else None,
+        size_bytes=size,
     )
     print(
         f"adherence {sum(r.score for r in rows) / n:.3f} over {len(rows)} prompts: {dict(labels)}"
