@@ -33,7 +33,7 @@ SHOTS = PROJECT_ROOT / "test-artifacts" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 LOAD_S = 120_000  # ms: Streamlit's first page load on a slow 2-core machine
-ITERS = 16
+ITERS = 200  # long enough (~20 s here) for the page to see the bar move twice
 
 
 @dataclass
