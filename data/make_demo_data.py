@@ -150,9 +150,17 @@ def _domain(tool: str, target: str, prompts: list[str]) -> list[Group]:
     """The validators share one result shape: valid, domain, issues."""
     call = f'result = {tool}("{target}")'
     return [
-        (prompts[:2], [f"{call}\nprint(result.valid)", f"{call}\nprint(result.domain, result.valid)"]),
-        (prompts[2:], [f"{call}\nfor issue in result.issues:\n    print(issue)",
-                       f"{call}\nprint(result.issues)"]),
+        (
+            prompts[:2],
+            [f"{call}\nprint(result.valid)", f"{call}\nprint(result.domain, result.valid)"],
+        ),
+        (
+            prompts[2:],
+            [
+                f"{call}\nfor issue in result.issues:\n    print(issue)",
+                f"{call}\nprint(result.issues)",
+            ],
+        ),
     ]
 
 
@@ -192,10 +200,12 @@ TOOLS: dict[str, list[Group]] = {
         (["Lint $path", "Run ruff on $path", "Are there lint violations in $path?",
           "How many ruff violations does $path have?"],
          ['result = ruff_check("$path")\nprint(result.violation_count)']),
-        (["Which lint problems in $path are fixable?", "How many lint issues can ruff fix in $path?"],
+        (["Which lint problems in $path are fixable?",
+          "How many lint issues can ruff fix in $path?"],
          ['result = ruff_check("$path")\nprint(result.violation_count, result.fixable_count)']),
         (["List the ruff violations in $path", "Show the lint errors of $path"],
-         ['result = ruff_check("$path")\nfor violation in result.violations:\n    print(violation)']),
+         ['result = ruff_check("$path")\nfor violation in result.violations:\n'
+          "    print(violation)"]),
     ],
     "pytest_run": [
         (["Run the tests in $tests", "Run pytest on $tests", "Do the tests in $tests pass?",
@@ -218,7 +228,8 @@ TOOLS: dict[str, list[Group]] = {
           "List the usages of $symbol ($file)."],
          ['result = find_references(file_path="$file", line=$line, column=$col, '
           'symbol="$symbol")\nfor ref in result.references:\n    print(ref)']),
-        (["How many places reference $symbol from $file?", "Count the references to $symbol in $file."],
+        (["How many places reference $symbol from $file?",
+          "Count the references to $symbol in $file."],
          ['result = find_references(file_path="$file", line=$line, column=$col, '
           'symbol="$symbol")\nprint(result.reference_count)']),
     ],
@@ -240,7 +251,8 @@ TOOLS: dict[str, list[Group]] = {
         (["Search the workspace for symbols named $query.",
           "Find every symbol matching '$query' in the project.",
           "Which classes or functions contain $query in their name?"],
-         ['result = workspace_symbols("$query")\nfor symbol in result.symbols:\n    print(symbol)']),
+         ['result = workspace_symbols("$query")\nfor symbol in result.symbols:\n'
+          "    print(symbol)"]),
         (["How many symbols match $query?", "Count the workspace symbols called $query."],
          ['result = workspace_symbols("$query")\nprint(result.symbol_count)']),
     ],
@@ -254,7 +266,8 @@ TOOLS: dict[str, list[Group]] = {
          ['result = git_status(".")\nprint(result.file_count, result.files)']),
     ],
     "git_diff": [
-        (["Show the diff of $path", "What changed in $path?", "Summarize the unstaged changes in $path"],
+        (["Show the diff of $path", "What changed in $path?",
+          "Summarize the unstaged changes in $path"],
          ['result = git_diff("$path", staged=False)\nprint(result.files)',
           'result = git_diff("$path", staged=False)\nprint(result.file_count, result.additions)']),
         (["Show me the staged diff.", "What is staged for the next commit?"],
@@ -390,200 +403,398 @@ MULTI: list[tuple[list[str], str]] = [
 ]  # fmt: skip
 
 # --- direct answers: topics not asked by the suite ---------------------------
+# One sentence each: the eval only asks whether the model answers without a
+# tool call, and on a laptop CPU every training token costs time.
 
 DIRECT: list[tuple[list[str], str]] = [
-    (["What is a Python generator?", "Explain generators in Python.",
-      "How do generators work?"],
-     "A generator is a function that uses yield to produce values one at a time. "
-     "It keeps its state between calls, so it can stream large sequences lazily "
-     "without building a list in memory."),
-    (["What does the GIL do?", "Explain the global interpreter lock.",
-      "Why does CPython have a GIL?"],
-     "The global interpreter lock lets only one thread execute Python bytecode at a "
-     "time in CPython. It keeps memory management simple, but CPU-bound threads do "
-     "not run in parallel; use processes or native extensions for that."),
-    (["What is the difference between git merge and git cherry-pick?",
-      "When do I use cherry-pick instead of merge?"],
-     "git merge joins two histories with a merge commit and brings over every commit "
-     "of the other branch. git cherry-pick copies selected commits onto the current "
-     "branch as new commits."),
-    (["What is a Protocol in typing?", "Explain typing.Protocol.",
-      "How does structural typing work in Python?"],
-     "A Protocol describes the methods and attributes a type must have. Any class "
-     "with matching members satisfies it, without inheriting from it: this is "
-     "structural typing, checked by the type checker."),
-    (["What is a context manager?", "Explain the with statement.",
-      "How do context managers work in Python?"],
-     "A context manager defines __enter__ and __exit__, so a with block can set "
-     "something up and always clean it up, even when an exception is raised. Files "
-     "and locks are common examples."),
-    (["What does git stash do?", "Explain git stash.", "How do I use git stash?"],
-     "git stash saves your uncommitted changes on a stack and restores a clean "
-     "working tree. Later, git stash pop applies the saved changes again."),
-    (["What is the difference between is and == in Python?",
-      "When should I use is instead of ==?"],
-     "== compares values by calling __eq__, while is checks that two names refer to "
-     "the same object. Use is for None and other singletons, == for everything else."),
-    (["What is a virtual environment?", "Why use a virtualenv?",
-      "Explain Python virtual environments."],
-     "A virtual environment is an isolated directory with its own interpreter and "
-     "installed packages, so each project can pin its own dependency versions "
-     "without touching the system Python."),
-    (["What are type hints for?", "Why add type annotations to Python code?",
-      "Do type hints change how Python runs?"],
-     "Type hints document the expected types of arguments and return values. Python "
-     "does not enforce them at run time; a type checker reads them to find bugs "
-     "before the code runs."),
-    (["What is a fixture in pytest?", "Explain pytest fixtures.",
-      "How do pytest fixtures work?"],
-     "A pytest fixture is a function that prepares something a test needs, such as "
-     "a temporary directory or a database. Tests request it by naming it as an "
-     "argument, and pytest handles setup and teardown."),
-    (["What does pytest.mark.parametrize do?", "How do I parametrize a test?",
-      "Explain parametrized tests."],
-     "pytest.mark.parametrize runs the same test function once for each set of "
-     "arguments you list, so one test covers many inputs and each case is reported "
-     "separately."),
-    (["What is the difference between a shallow and a deep copy?",
-      "Explain copy versus deepcopy."],
-     "A shallow copy creates a new container that still holds the same inner "
-     "objects. A deep copy recursively copies the inner objects too, so changing "
-     "them does not affect the original."),
-    (["What is a lambda in Python?", "Explain lambda functions.",
-      "When should I use a lambda?"],
-     "A lambda is a small anonymous function written as a single expression, for "
-     "example lambda x: x * 2. It is handy as a key or callback; use def for "
-     "anything longer."),
-    (["What is __init__.py for?", "Why do packages have an __init__.py file?",
-      "Explain the role of __init__.py."],
-     "__init__.py marks a directory as a regular package and runs when the package "
-     "is imported. It can be empty or expose the package's public names."),
-    (["What does git reset --hard do?", "Explain git reset --hard.",
-      "Is git reset --hard dangerous?"],
-     "git reset --hard moves the branch to the given commit and discards all "
-     "changes in the index and working tree. Uncommitted work is lost, so stash or "
-     "commit first."),
-    (["What is a list comprehension?", "Explain list comprehensions.",
-      "How do I write a list comprehension?"],
-     "A list comprehension builds a list from an iterable in one expression, for "
-     "example [x * x for x in items if x > 0]. It is shorter and usually faster "
-     "than an explicit loop with append."),
-    (["What does *args mean?", "Explain *args and **kwargs.",
-      "How do *args and **kwargs work?"],
-     "*args collects extra positional arguments into a tuple and **kwargs collects "
-     "extra keyword arguments into a dict. They let a function accept a variable "
-     "number of arguments."),
-    (["What is ruff?", "Why use ruff instead of flake8?", "Explain what ruff does."],
-     "Ruff is a fast Python linter and formatter written in Rust. It implements "
-     "rules from flake8, isort, pyupgrade and more, and can fix many violations "
-     "automatically."),
-    (["What is an abstract base class?", "Explain abc.ABC.",
-      "When do I need an abstract base class?"],
-     "An abstract base class declares methods with @abstractmethod that subclasses "
-     "must implement. Python refuses to instantiate a class that still has abstract "
-     "methods."),
-    (["What is the difference between Optional[int] and int | None?",
-      "Is Optional the same as a union with None?"],
-     "They mean the same thing: the value is an int or None. The int | None syntax "
-     "is newer (Python 3.10) and is the preferred spelling today."),
-    (["What is a git branch?", "Explain branches in git.", "How do git branches work?"],
-     "A git branch is a movable pointer to a commit. New commits advance the "
-     "current branch, so you can develop features separately and merge them later."),
-    (["What is duck typing?", "Explain duck typing in Python."],
-     "Duck typing means code cares about what an object can do, not its class: if "
-     "it has the methods you call, it works. Protocols let a type checker verify "
-     "this."),
-    (["What does async def do?", "Explain async and await.",
-      "How does asyncio work?"],
-     "async def defines a coroutine. await pauses it until the awaited operation "
-     "finishes, letting the event loop run other coroutines meanwhile, which suits "
-     "I/O-bound work."),
-    (["What is a mock in testing?", "Explain unittest.mock.",
-      "When should I mock a dependency?"],
-     "A mock is a stand-in object that records how it is called and returns canned "
-     "values. Mock slow or external dependencies such as network calls so tests stay "
-     "fast and deterministic."),
-    (["What is the difference between a module and a package?",
-      "Explain modules and packages."],
-     "A module is a single .py file. A package is a directory of modules, usually "
-     "with an __init__.py, that you import with dotted names."),
-    (["What does git bisect do?", "How do I find which commit introduced a bug?"],
-     "git bisect performs a binary search over the history: you mark a good and a "
-     "bad commit, test the commits it checks out, and it finds the first bad one."),
-    (["What is a generic type?", "Explain TypeVar.", "How do generics work in Python?"],
-     "A generic type is parameterized by another type, like list[int]. A TypeVar "
-     "lets you write functions and classes that keep the relation between input "
-     "and output types."),
-    (["What is the difference between a process and a thread?",
-      "Should I use threads or processes in Python?"],
-     "Processes have separate memory and run Python code in parallel; threads share "
-     "memory and, because of the GIL, mostly help with I/O-bound work."),
-    (["What is an f-string?", "Explain f-strings.", "How do I format strings in Python?"],
-     "An f-string is a string literal prefixed with f whose {expressions} are "
-     "evaluated and formatted inline, for example f\"{name} has {count} items\"."),
-    (["What does __repr__ do?", "What is the difference between __str__ and __repr__?"],
-     "__repr__ returns an unambiguous developer-facing representation, ideally valid "
-     "Python; __str__ returns a readable one for users. print uses __str__ and "
-     "falls back to __repr__."),
-    (["What is semantic versioning?", "Explain semver."],
-     "Semantic versioning numbers releases MAJOR.MINOR.PATCH: breaking changes bump "
-     "MAJOR, new backwards-compatible features bump MINOR, and bug fixes bump PATCH."),
-    (["What is a pull request?", "Explain pull requests."],
-     "A pull request asks to merge one branch into another. It shows the diff, runs "
-     "CI and collects review comments before the change lands."),
-    (["What is dependency injection?", "Explain dependency injection.",
-      "Why use dependency injection?"],
-     "Dependency injection means an object receives its collaborators from outside "
-     "instead of creating them. It makes code easier to test and to reconfigure."),
-    (["What does the walrus operator do?", "Explain :=."],
-     "The walrus operator := assigns a value inside an expression, for example "
-     "while (line := f.readline()): ... It avoids computing a value twice."),
-    (["What is a set in Python?", "When should I use a set?"],
-     "A set is an unordered collection of unique hashable items with fast membership "
-     "tests. Use it to remove duplicates or to check whether an item is present."),
-    (["What is the difference between git fetch and git pull?",
-      "Explain git fetch versus git pull."],
-     "git fetch downloads new commits from the remote without changing your branch. "
-     "git pull does a fetch and then merges or rebases them into the current branch."),
-    (["What is Literal in typing?", "Explain typing.Literal."],
-     "Literal restricts a value to specific constants, for example Literal[\"r\", "
-     "\"w\"]. The type checker then rejects any other value."),
-    (["What is a property in Python?", "Explain the @property decorator."],
-     "@property turns a method into a read-only attribute computed on access. A "
-     "setter can be added to validate assignments."),
-    (["What is an enum?", "Explain enum.Enum."],
-     "An Enum defines a fixed set of named constants. Members compare by identity "
-     "and can be iterated, which makes states and options explicit."),
-    (["What does pip freeze do?", "What is a lock file?"],
-     "A lock file records the exact version of every installed dependency, so the "
-     "same environment can be recreated later; pip freeze prints such a list."),
-    (["What is a closure?", "Explain closures in Python."],
-     "A closure is an inner function that remembers variables from the enclosing "
-     "function's scope, even after that function has returned."),
-    (["What is code coverage?", "Explain test coverage."],
-     "Code coverage measures which lines or branches run during the tests. High "
-     "coverage does not prove correctness, but low coverage shows untested code."),
-    (["What is a CST?", "What is the difference between an AST and a CST?"],
-     "An abstract syntax tree keeps only the structure of the code, while a concrete "
-     "syntax tree also keeps whitespace and comments, so tools like LibCST can "
-     "rewrite code without losing formatting."),
-    (["What is the difference between git tag and git branch?", "Explain git tags."],
-     "A tag is a fixed name for one commit, typically a release. A branch moves as "
-     "you commit, a tag stays where it was created."),
-    (["What does the LSP do?", "Explain the language server protocol."],
-     "The language server protocol lets an editor ask a separate server for "
-     "definitions, references, hovers and diagnostics, so one server serves many "
-     "editors."),
-    (["What is a race condition?", "Explain race conditions."],
-     "A race condition happens when the result depends on the timing of concurrent "
-     "operations on shared state. Locks or message passing prevent it."),
-    (["What is a docstring?", "How should I write docstrings?"],
-     "A docstring is a string literal at the start of a module, class or function "
-     "that documents it. Tools and help() read it at run time."),
-    (["What does Final mean in typing?", "Explain typing.Final."],
-     "Final marks a name that must not be reassigned or overridden. The type checker "
-     "reports any later assignment."),
-]  # fmt: skip
+    (
+        ["What is a Python generator?", "Explain generators in Python.", "How do generators work?"],
+        "A generator is a function that uses yield to produce values one at a time.",
+    ),
+    (
+        [
+            "What does the GIL do?",
+            "Explain the global interpreter lock.",
+            "Why does CPython have a GIL?",
+        ],
+        "The global interpreter lock lets only one thread execute Python bytecode at a time "
+        "in CPython.",
+    ),
+    (
+        [
+            "What is the difference between git merge and git cherry-pick?",
+            "When do I use cherry-pick instead of merge?",
+        ],
+        "git merge brings over every commit of another branch, while git cherry-pick copies "
+        "only the commits you select.",
+    ),
+    (
+        [
+            "What is a Protocol in typing?",
+            "Explain typing.Protocol.",
+            "How does structural typing work in Python?",
+        ],
+        "A Protocol describes the methods and attributes a type must have.",
+    ),
+    (
+        [
+            "What is a context manager?",
+            "Explain the with statement.",
+            "How do context managers work in Python?",
+        ],
+        "A context manager defines __enter__ and __exit__, so a with block can set something "
+        "up and always clean it up, even when an exception is raised.",
+    ),
+    (
+        ["What does git stash do?", "Explain git stash.", "How do I use git stash?"],
+        "git stash saves your uncommitted changes on a stack and restores a clean working tree.",
+    ),
+    (
+        [
+            "What is the difference between is and == in Python?",
+            "When should I use is instead of ==?",
+        ],
+        "== compares values by calling __eq__, while is checks that two names refer to the "
+        "same object.",
+    ),
+    (
+        [
+            "What is a virtual environment?",
+            "Why use a virtualenv?",
+            "Explain Python virtual environments.",
+        ],
+        "A virtual environment is an isolated directory with its own interpreter and "
+        "installed packages, so each project can pin its own dependency versions without "
+        "touching the system Python.",
+    ),
+    (
+        [
+            "What are type hints for?",
+            "Why add type annotations to Python code?",
+            "Do type hints change how Python runs?",
+        ],
+        "Type hints document expected types; Python does not enforce them, a type checker "
+        "reads them.",
+    ),
+    (
+        [
+            "What is a fixture in pytest?",
+            "Explain pytest fixtures.",
+            "How do pytest fixtures work?",
+        ],
+        "A pytest fixture is a function that prepares something a test needs, such as a "
+        "temporary directory or a database.",
+    ),
+    (
+        [
+            "What does pytest.mark.parametrize do?",
+            "How do I parametrize a test?",
+            "Explain parametrized tests.",
+        ],
+        "pytest.mark.parametrize runs the same test function once for each set of arguments "
+        "you list, so one test covers many inputs and each case is reported separately.",
+    ),
+    (
+        [
+            "What is the difference between a shallow and a deep copy?",
+            "Explain copy versus deepcopy.",
+        ],
+        "A shallow copy shares the inner objects with the original, while a deep copy copies "
+        "them recursively.",
+    ),
+    (
+        ["What is a lambda in Python?", "Explain lambda functions.", "When should I use a lambda?"],
+        "A lambda is a small anonymous function written as a single expression, for example "
+        "lambda x: x * 2.",
+    ),
+    (
+        [
+            "What is __init__.py for?",
+            "Why do packages have an __init__.py file?",
+            "Explain the role of __init__.py.",
+        ],
+        "__init__.py marks a directory as a regular package and runs when the package is imported.",
+    ),
+    (
+        [
+            "What does git reset --hard do?",
+            "Explain git reset --hard.",
+            "Is git reset --hard dangerous?",
+        ],
+        "git reset --hard moves the branch to the given commit and discards all changes in "
+        "the index and working tree.",
+    ),
+    (
+        [
+            "What is a list comprehension?",
+            "Explain list comprehensions.",
+            "How do I write a list comprehension?",
+        ],
+        "A list comprehension builds a list from an iterable in one expression, for example "
+        "[x * x for x in items if x > 0].",
+    ),
+    (
+        ["What does *args mean?", "Explain *args and **kwargs.", "How do *args and **kwargs work?"],
+        "*args collects extra positional arguments into a tuple and **kwargs collects extra "
+        "keyword arguments into a dict.",
+    ),
+    (
+        ["What is ruff?", "Why use ruff instead of flake8?", "Explain what ruff does."],
+        "Ruff is a fast Python linter and formatter written in Rust.",
+    ),
+    (
+        [
+            "What is an abstract base class?",
+            "Explain abc.ABC.",
+            "When do I need an abstract base class?",
+        ],
+        "An abstract base class declares methods with @abstractmethod that subclasses must "
+        "implement.",
+    ),
+    (
+        [
+            "What is the difference between Optional[int] and int | None?",
+            "Is Optional the same as a union with None?",
+        ],
+        "They mean the same thing: the value is an int or None.",
+    ),
+    (
+        ["What is a git branch?", "Explain branches in git.", "How do git branches work?"],
+        "A git branch is a movable pointer to a commit.",
+    ),
+    (
+        ["What is duck typing?", "Explain duck typing in Python."],
+        "Duck typing means code cares about what an object can do, not its class: if it has "
+        "the methods you call, it works.",
+    ),
+    (
+        ["What does async def do?", "Explain async and await.", "How does asyncio work?"],
+        "async def defines a coroutine, and await pauses it until the awaited operation finishes.",
+    ),
+    (
+        [
+            "What is a mock in testing?",
+            "Explain unittest.mock.",
+            "When should I mock a dependency?",
+        ],
+        "A mock is a stand-in object that records how it is called and returns canned values.",
+    ),
+    (
+        ["What is the difference between a module and a package?", "Explain modules and packages."],
+        "A module is a single .py file, while a package is a directory of modules imported "
+        "with dotted names.",
+    ),
+    (
+        ["What does git bisect do?", "How do I find which commit introduced a bug?"],
+        "git bisect performs a binary search over the history: you mark a good and a bad "
+        "commit, test the commits it checks out, and it finds the first bad one.",
+    ),
+    (
+        ["What is a generic type?", "Explain TypeVar.", "How do generics work in Python?"],
+        "A generic type is parameterized by another type, like list[int].",
+    ),
+    (
+        [
+            "What is the difference between a process and a thread?",
+            "Should I use threads or processes in Python?",
+        ],
+        "Processes have separate memory and run Python code in parallel; threads share memory"
+        " and, because of the GIL, mostly help with I/O-bound work.",
+    ),
+    (
+        ["What is an f-string?", "Explain f-strings.", "How do I format strings in Python?"],
+        "An f-string is a string literal prefixed with f whose {expressions} are evaluated "
+        'and formatted inline, for example f"{name} has {count} items".',
+    ),
+    (
+        ["What does __repr__ do?", "What is the difference between __str__ and __repr__?"],
+        "__repr__ returns an unambiguous developer-facing representation, ideally valid "
+        "Python; __str__ returns a readable one for users.",
+    ),
+    (
+        ["What is semantic versioning?", "Explain semver."],
+        "Semantic versioning numbers releases MAJOR.MINOR.PATCH: breaking changes bump MAJOR,"
+        " new backwards-compatible features bump MINOR, and bug fixes bump PATCH.",
+    ),
+    (
+        ["What is a pull request?", "Explain pull requests."],
+        "A pull request asks to merge one branch into another.",
+    ),
+    (
+        [
+            "What is dependency injection?",
+            "Explain dependency injection.",
+            "Why use dependency injection?",
+        ],
+        "Dependency injection means an object receives its collaborators from outside instead"
+        " of creating them.",
+    ),
+    (
+        ["What does the walrus operator do?", "Explain :=."],
+        "The walrus operator := assigns a value inside an expression, for example in a while "
+        "condition.",
+    ),
+    (
+        ["What is a set in Python?", "When should I use a set?"],
+        "A set is an unordered collection of unique hashable items with fast membership tests.",
+    ),
+    (
+        [
+            "What is the difference between git fetch and git pull?",
+            "Explain git fetch versus git pull.",
+        ],
+        "git fetch downloads new commits without changing your branch, while git pull also "
+        "merges them.",
+    ),
+    (
+        ["What is Literal in typing?", "Explain typing.Literal."],
+        'Literal restricts a value to specific constants, for example Literal["r", "w"].',
+    ),
+    (
+        ["What is a property in Python?", "Explain the @property decorator."],
+        "@property turns a method into a read-only attribute computed on access.",
+    ),
+    (
+        ["What is an enum?", "Explain enum.Enum."],
+        "An Enum defines a fixed set of named constants.",
+    ),
+    (
+        ["What does pip freeze do?", "What is a lock file?"],
+        "A lock file records the exact version of every installed dependency, so the same "
+        "environment can be recreated later; pip freeze prints such a list.",
+    ),
+    (
+        ["What is a closure?", "Explain closures in Python."],
+        "A closure is an inner function that remembers variables from the enclosing "
+        "function's scope, even after that function has returned.",
+    ),
+    (
+        ["What is code coverage?", "Explain test coverage."],
+        "Code coverage measures which lines or branches run during the tests.",
+    ),
+    (
+        ["What is a CST?", "What is the difference between an AST and a CST?"],
+        "An abstract syntax tree keeps only the structure of the code, while a concrete "
+        "syntax tree also keeps whitespace and comments, so tools like LibCST can rewrite "
+        "code without losing formatting.",
+    ),
+    (
+        ["What is the difference between git tag and git branch?", "Explain git tags."],
+        "A tag is a fixed name for one commit, while a branch moves as you commit.",
+    ),
+    (
+        ["What does the LSP do?", "Explain the language server protocol."],
+        "The language server protocol lets an editor ask a separate server for definitions, "
+        "references, hovers and diagnostics, so one server serves many editors.",
+    ),
+    (
+        ["What is a race condition?", "Explain race conditions."],
+        "A race condition happens when the result depends on the timing of concurrent "
+        "operations on shared state.",
+    ),
+    (
+        ["What is a docstring?", "How should I write docstrings?"],
+        "A docstring is a string literal at the start of a module, class or function that "
+        "documents it.",
+    ),
+    (
+        ["What does Final mean in typing?", "Explain typing.Final."],
+        "Final marks a name that must not be reassigned or overridden.",
+    ),
+    (
+        [
+            "What is a namedtuple?",
+            "Explain collections.namedtuple.",
+            "When is a namedtuple useful?",
+        ],
+        "A namedtuple is a tuple subclass whose fields also have names, so point.x reads "
+        "better than point[0].",
+    ),
+    (
+        [
+            "What does git revert do?",
+            "How is git revert different from git reset?",
+            "Explain git revert.",
+        ],
+        "git revert creates a new commit that undoes an earlier commit, so history is kept.",
+    ),
+    (
+        [
+            "What is a dict comprehension?",
+            "Explain dict comprehensions.",
+            "How do I build a dict in one expression?",
+        ],
+        "A dict comprehension builds a dictionary from an iterable, for example {name: "
+        "len(name) for name in names}.",
+    ),
+    (
+        [
+            "What is the difference between return and yield?",
+            "When do I use yield?",
+            "Explain yield versus return.",
+        ],
+        "return ends the function with one value, while yield pauses it and turns the "
+        "function into a generator.",
+    ),
+    (
+        [
+            "What is the purpose of if __name__ == '__main__'?",
+            "Explain the __main__ check.",
+            "Why do scripts check __name__?",
+        ],
+        "The check is true only when the file runs as a script, not when it is imported, so "
+        "code under it does not run on import.",
+    ),
+    (
+        ["What is a callable in Python?", "Explain callables.", "What makes an object callable?"],
+        "A callable is anything you can call with parentheses: functions, classes, methods, "
+        "and objects whose class defines __call__.",
+    ),
+    (
+        [
+            "What is git rebase --interactive for?",
+            "How do I squash commits?",
+            "Explain squashing commits.",
+        ],
+        "Squashing combines several commits into one, usually with an interactive rebase.",
+    ),
+    (
+        [
+            "What is monkeypatching?",
+            "Explain pytest monkeypatch.",
+            "When should I use monkeypatch in tests?",
+        ],
+        "Monkeypatching replaces an attribute, environment variable or function for the "
+        "duration of a test.",
+    ),
+    (
+        [
+            "What is __slots__?",
+            "Explain __slots__ in Python.",
+            "Why would a class define __slots__?",
+        ],
+        "__slots__ lists the attributes instances may have, so Python skips the per-instance "
+        "__dict__.",
+    ),
+    (
+        ["What is a type alias?", "Explain type aliases.", "How do I name a complex type?"],
+        "A type alias gives a long type a short name, for example type UserMap = dict[str, User].",
+    ),
+    (
+        ["What does the nonlocal keyword do?", "Explain nonlocal."],
+        "nonlocal lets an inner function assign to a variable of the enclosing function "
+        "instead of creating a new local variable.",
+    ),
+    (
+        [
+            "What is a wheel?",
+            "Explain Python wheels.",
+            "What is the difference between a wheel and an sdist?",
+        ],
+        "A wheel is a built package archive that installs by unpacking, without running a "
+        "build step.",
+    ),
+]
 
 
 def _placeholders(template: str) -> set[str]:
@@ -599,7 +810,11 @@ def _check_groups() -> None:
     for prompts, codes in groups:
         for prompt in prompts:
             for code in codes:
-                missing = _placeholders(code) - _placeholders(prompt) - {"col", "line", "count", "pattern"}
+                missing = (
+                    _placeholders(code)
+                    - _placeholders(prompt)
+                    - {"col", "line", "count", "pattern"}
+                )
                 assert not missing, f"{prompt!r} does not mention {missing} used by {code!r}"
 
 

@@ -28,10 +28,11 @@ def tiny_model_dir() -> Path:
 
 
 def ensure_tiny_model() -> Path:
-    from jobs.tiny_model import make_tiny_model
+    from jobs.tiny_model import is_current, make_tiny_model
 
     path = tiny_model_dir()
-    if not (path / "config.json").exists():
+    # Rebuilt when the builder or the demo data it trains its tokenizer on changed.
+    if not (path / "config.json").exists() or not is_current(path):
         make_tiny_model(path)
     return path
 

@@ -28,11 +28,13 @@ end-of-turn token, a tokenizer without a chat template.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 # Turn-structure tokens are "special" (skipped by decode(skip_special_tokens));
 # the tool and think markers are plain added tokens, as in Qwen3, so they stay
@@ -62,19 +64,27 @@ DIMS = {
     "num_key_value_heads": 4,
     "head_dim": 16,
 }
-# Init std of the random weights; linear layers use 1/sqrt(fan_in) so random
-# features keep their scale through the frozen layers. Embeddings are large so
-# a token's identity dominates its residual stream; the output head is untied
-# (tied, a large embedding makes the frozen model predict "repeat the last
-# token" so strongly that LoRA cannot undo it) and large enough that LoRA can
-# reach confident next-token distributions through it.
+# Init of the random weights. Linear layers use 1/sqrt(fan_in) so random
+# features keep their scale through the frozen layers; embeddings are large so
+# a token's identity dominates its residual stream. The output head is its own
+# random matrix plus a little of the embedding matrix (HEAD_COPY): that weak
+# "repeat the last token" bias makes the untrained model collapse into a
+# newline loop (scored `empty`) instead of emitting random text a scorer could
+# take for a direct answer, while LoRA still overcomes it within a few hundred
+# steps. (Fully tied, with embeddings this large, the bias is too strong to
+# train away in the demo's budget; with small tied embeddings the frozen head
+# cannot express confident predictions.)
 EMBED_STD = 1.0
 HEAD_STD = 0.25
+HEAD_COPY = 0.15
 
 QWEN_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+
+# Written into the model folder: which inputs built it (see `is_current`).
+BUILD_FILE = "tiny_model.json"
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CORPUS = (
@@ -180,10 +190,18 @@ def make_tiny_model(
         raise FileNotFoundError(f"tokenizer corpus files not found: {missing}")
 
     out_dir = Path(out_dir)
+    digest = build_digest(
+        seed=seed,
+        omit_special_tokens=omit_special_tokens,
+        eos_token=eos_token,
+        chat_template=chat_template,
+        corpus=corpus_files,
+    )
     # Build next to the target and swap in at the end, so an interrupted build
     # never leaves a half-written model that later loads with confusing errors.
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is not a secret
     try:
         tokenizer = _train_tokenizer(corpus_files, omit_special_tokens)
         eos_id = tokenizer.token_to_id(eos_token)
@@ -197,6 +215,7 @@ def make_tiny_model(
         config = _model_config(vocab_size, eos_id, tokenizer.token_to_id("<|endoftext|>"))
         _write_json(tmp / "config.json", config)
         _write_weights(tmp, config, seed)
+        _write_json(tmp / BUILD_FILE, {"builder": "jobs.tiny_model", "digest": digest})
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
@@ -204,6 +223,36 @@ def make_tiny_model(
         if tmp.exists():
             shutil.rmtree(tmp)
     return out_dir
+
+
+def build_digest(
+    *,
+    seed: int = 0,
+    omit_special_tokens: Sequence[str] = (),
+    eos_token: str = "<|im_end|>",
+    chat_template: bool = True,
+    corpus: Sequence[Path] | None = None,
+) -> str:
+    """sha256 of everything a build depends on: this module, the corpus, the knobs."""
+    h = hashlib.sha256(Path(__file__).read_bytes())
+    for path in [Path(p) for p in (DEFAULT_CORPUS if corpus is None else corpus)]:
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+    knobs = [seed, sorted(omit_special_tokens), eos_token, chat_template]
+    h.update(json.dumps(knobs).encode())
+    return h.hexdigest()
+
+
+def is_current(model_dir: Path, **knobs: Any) -> bool:
+    """True if model_dir was built by this code from the current corpus with these knobs.
+
+    A model built before the demo data or this module changed still loads, but
+    its tokenizer and weights no longer match what the demo was tuned on.
+    """
+    try:
+        built = json.loads((Path(model_dir) / BUILD_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return built.get("digest") == build_digest(**knobs)
 
 
 def _corpus_text(files: Sequence[Path]) -> Iterator[str]:
@@ -330,8 +379,8 @@ def _write_weights(out_dir: Path, config: dict, seed: int) -> None:
         if name.endswith("norm.weight"):
             weights[name] = mx.ones(shape, dtype=mx.float32)
         else:
-            std = _init_std(name, shape)
-            weights[name] = std * mx.random.normal(shape, dtype=mx.float32, key=key)
+            weights[name] = _init_std(name, shape) * mx.random.normal(shape, key=key)
+    weights["lm_head.weight"] += HEAD_COPY * weights["model.embed_tokens.weight"]
     mx.save_safetensors(str(out_dir / "model.safetensors"), weights, metadata={"format": "mlx"})
 
 
@@ -341,7 +390,7 @@ def _init_std(name: str, shape: tuple[int, ...]) -> float:
         return EMBED_STD
     if module == "lm_head":
         return HEAD_STD
-    return shape[-1] ** -0.5
+    return shape[-1] ** -0.5  # fan-in: mlx Linear weights are (out, in)
 
 
 def _write_json(path: Path, data: dict) -> None:

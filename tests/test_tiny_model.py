@@ -11,7 +11,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may touch the network
 
-from jobs.tiny_model import QWEN_TOKENS, make_tiny_model  # noqa: E402
+from jobs.tiny_model import QWEN_TOKENS, is_current, make_tiny_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEM = "You are a coding assistant."
@@ -214,3 +214,15 @@ def test_rebuild_replaces_the_directory(tmp_path: Path) -> None:
     make_tiny_model(out)
     assert not (out / "stale.txt").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".model-")]
+
+
+def test_build_record_tells_a_stale_model(tmp_path: Path, tiny_dir: Path) -> None:
+    assert is_current(tiny_dir)
+    assert not is_current(tiny_dir, seed=1)
+    assert not is_current(tmp_path)  # nothing built there
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("def f(x):\n    return x\n" * 50)
+    built = make_tiny_model(tmp_path / "m", corpus=[corpus])
+    assert is_current(built, corpus=[corpus])
+    corpus.write_text("class A:\n    pass\n" * 50)
+    assert not is_current(built, corpus=[corpus])
