@@ -99,6 +99,7 @@ def bare_mlx_lm_lora(model: Path, workdir: Path) -> list[float]:
         "seed": 1,
         "adapter_path": str(workdir / "bare-adapter"),
     }
+    workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "bare.yaml"
     path.write_text(yaml.safe_dump(config))
     out = subprocess.run(
