@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from jobs.problems import InputError
+from jobs.scorer import FENCE_RE, FUNCTION_RE, PARAMETER_RE, TOOL_CALL_RE
 from jobs.spec import (
     DEFAULT_GROUP_SIZE,
     ExperimentSpec,
@@ -372,14 +373,13 @@ def check_lengths(
 # --------------------------------------------------------------------------- finding calls
 
 _THINK_RE = re.compile(r"<think>.*?(?:</think>|\Z)", re.DOTALL)
-_TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)(?:</tool_call>|(?=<tool_call>)|\Z)", re.DOTALL)
-_FUNCTION_RE = re.compile(
-    r"<function=([^>\s]+)>(.*?)(?:</function>|(?=<function=)|(?=</tool_call>)|\Z)", re.DOTALL
+# The same segmenting as the scorer's, so a check and a score never disagree on a call.
+_TOOL_CALL_RE, _FUNCTION_RE, _PARAMETER_RE, _FENCE_RE = (
+    TOOL_CALL_RE,
+    FUNCTION_RE,
+    PARAMETER_RE,
+    FENCE_RE,
 )
-_PARAMETER_RE = re.compile(
-    r"<parameter=([^>\s]+)>(.*?)(?:</parameter>|(?=<parameter=)|(?=</function>)|\Z)", re.DOTALL
-)
-_FENCE_RE = re.compile(r"```[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 
 
 def _parse(code: str) -> ast.Module | None:

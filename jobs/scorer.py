@@ -201,14 +201,14 @@ class _Call:
 
 
 # Closing tags are optional: a segment also ends where the next one starts or at the end.
-_TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)(?:</tool_call>|(?=<tool_call>)|\Z)", re.DOTALL)
-_FUNCTION_RE = re.compile(
+TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)(?:</tool_call>|(?=<tool_call>)|\Z)", re.DOTALL)
+FUNCTION_RE = re.compile(
     r"<function=([^>\s]+)>(.*?)(?:</function>|(?=<function=)|(?=</tool_call>)|\Z)", re.DOTALL
 )
-_PARAMETER_RE = re.compile(
+PARAMETER_RE = re.compile(
     r"<parameter=([^>\s]+)>(.*?)(?:</parameter>|(?=<parameter=)|(?=</function>)|\Z)", re.DOTALL
 )
-_FENCE_RE = re.compile(r"```[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+FENCE_RE = re.compile(r"```[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 # A closing tag cut in the middle by the end of generation ("…\n</param").
 _PARTIAL_TAG_RE = re.compile(r"</[A-Za-z_]*\Z")
 
@@ -221,13 +221,13 @@ def _find_calls(body: str, names: frozenset[str]) -> list[_Call]:
         calls.extend(_read_tool_call(match.group(1), names))
         return "\n"
 
-    rest = _TOOL_CALL_RE.sub(tool_call, body)
+    rest = TOOL_CALL_RE.sub(tool_call, body)
 
     def function(match: re.Match[str]) -> str:
         calls.append(_xml_call(match, "function"))
         return "\n"
 
-    rest = _FUNCTION_RE.sub(function, rest)
+    rest = FUNCTION_RE.sub(function, rest)
     calls.extend(_bare_calls(rest, names))
     return calls
 
@@ -238,7 +238,7 @@ def _read_tool_call(content: str, names: frozenset[str]) -> list[_Call]:
     if not text:
         return []  # a bare `<tool_call>` at the very end: nothing was called yet
     if "<function=" in text:
-        return [_xml_call(m, "tool_call") for m in _FUNCTION_RE.finditer(text)]
+        return [_xml_call(m, "tool_call") for m in FUNCTION_RE.finditer(text)]
     if text.startswith("{"):
         obj = _json_prefix(text)
         if isinstance(obj, dict) and isinstance(obj.get("name"), str):
@@ -253,7 +253,7 @@ def _read_tool_call(content: str, names: frozenset[str]) -> list[_Call]:
 
 
 def _xml_call(match: re.Match[str], where: str) -> _Call:
-    params = {m.group(1): _strip_one_newline(m.group(2)) for m in _PARAMETER_RE.finditer(match[2])}
+    params = {m.group(1): _strip_one_newline(m.group(2)) for m in PARAMETER_RE.finditer(match[2])}
     return _Call(match.group(1), "xml", where, params)
 
 
@@ -278,8 +278,8 @@ def _json_prefix(text: str) -> object:
 
 def _bare_calls(text: str, names: frozenset[str]) -> list[_Call]:
     """Calls written outside any tag: Python in fences or on its own lines, bare JSON."""
-    pieces = [m.group(1) for m in _FENCE_RE.finditer(text)]
-    pieces.append(_FENCE_RE.sub("\n", text))
+    pieces = [m.group(1) for m in FENCE_RE.finditer(text)]
+    pieces.append(FENCE_RE.sub("\n", text))
     calls: list[_Call] = []
     for piece in pieces:
         for tree in _python_trees(piece):
