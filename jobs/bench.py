@@ -220,7 +220,7 @@ def bench_eval(model: Path, workdir: Path) -> dict[str, Any]:
                 data=json.dumps(body).encode(),
                 headers={"Content-Type": "application/json"},
             )
-            with urllib.request.urlopen(request, timeout=600) as response:
+            with urllib.request.urlopen(request, timeout=120) as response:
                 served.append(json.load(response)["choices"][0]["text"])
         http_s = time.perf_counter() - tic
     finally:
@@ -248,7 +248,10 @@ def _wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 120)
         if process.poll() is not None:
             raise RuntimeError("mlx_lm server exited")
         try:
-            urllib.request.urlopen(url, timeout=2).read()
+            # Close it: the server serves one connection at a time, and an idle
+            # keep-alive connection would block every request after it.
+            with urllib.request.urlopen(url, timeout=2) as response:
+                response.read()
             return
         except OSError:
             time.sleep(0.2)
