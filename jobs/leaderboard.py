@@ -116,6 +116,30 @@ def aggregate_query(
     )
 
 
+def row_from_aggregate(r: Any) -> LeaderboardRow:
+    """A LeaderboardRow from one row of `aggregate_query` (details attached later)."""
+    return LeaderboardRow(
+        fingerprint=r.fingerprint,
+        variant=r.variant,
+        name=r.name,
+        base_model=r.base_model,
+        dataset=r.dataset,
+        suite=r.suite,
+        seeds=int(r.seeds),
+        mean=float(r.mean),
+        std=population_std(float(r.mean), float(r.mean_sq)),
+        worst=float(r.worst),
+        best=float(r.best),
+        lock_rate=float(r.lock_rate),
+        val_loss=optional_float(r.val_loss),
+        latency_s=optional_float(r.latency_s),
+        tokens_per_sec=optional_float(r.tokens_per_sec),
+        peak_memory_gb=optional_float(r.peak_memory_gb),
+        size_bytes=optional_float(r.size_bytes),
+        hit_max_share=optional_float(r.hit_max_share),
+    )
+
+
 def leaderboard(
     session: Session,
     *,
@@ -139,29 +163,7 @@ def leaderboard(
         order.append(query.c.worst.desc() if descending else query.c.worst.asc())
     order += [query.c.fingerprint, query.c.variant]
     ordered = select(query).order_by(*order).limit(limit).offset(offset)
-    rows = [
-        LeaderboardRow(
-            fingerprint=r.fingerprint,
-            variant=r.variant,
-            name=r.name,
-            base_model=r.base_model,
-            dataset=r.dataset,
-            suite=r.suite,
-            seeds=int(r.seeds),
-            mean=float(r.mean),
-            std=population_std(float(r.mean), float(r.mean_sq)),
-            worst=float(r.worst),
-            best=float(r.best),
-            lock_rate=float(r.lock_rate),
-            val_loss=optional_float(r.val_loss),
-            latency_s=optional_float(r.latency_s),
-            tokens_per_sec=optional_float(r.tokens_per_sec),
-            peak_memory_gb=optional_float(r.peak_memory_gb),
-            size_bytes=optional_float(r.size_bytes),
-            hit_max_share=optional_float(r.hit_max_share),
-        )
-        for r in session.execute(ordered)
-    ]
+    rows = [row_from_aggregate(r) for r in session.execute(ordered)]
     if with_details and rows:
         _attach_details(session, rows)
     return rows

@@ -26,8 +26,7 @@ from jobs.leaderboard import (
     aggregate_query,
     count_rows,
     label_shares,
-    optional_float,
-    population_std,
+    row_from_aggregate,
 )
 
 SORT_LABELS = {
@@ -163,16 +162,7 @@ def _full_rows(
         listed = stage_ids
     query = aggregate_query(**filters).where(Stage.id.in_(listed))  # type: ignore[union-attr]
     rows = [
-        LeaderboardRow(
-            fingerprint=r.fingerprint, variant=r.variant, name=r.name, base_model=r.base_model,
-            dataset=r.dataset, suite=r.suite, seeds=int(r.seeds), mean=float(r.mean),
-            std=population_std(float(r.mean), float(r.mean_sq)), worst=float(r.worst),
-            best=float(r.best), lock_rate=float(r.lock_rate), val_loss=optional_float(r.val_loss),
-            latency_s=optional_float(r.latency_s), tokens_per_sec=optional_float(r.tokens_per_sec),
-            peak_memory_gb=optional_float(r.peak_memory_gb),
-            size_bytes=optional_float(r.size_bytes),
-            hit_max_share=optional_float(r.hit_max_share),
-        )
+        row_from_aggregate(r)
         for r in session.execute(query)
         if (r.fingerprint, r.variant) in wanted
     ]  # fmt: skip
