@@ -1,24 +1,56 @@
 """`train`: LoRA/DoRA/full fine-tuning with mlx-lm, progress into the DB as it happens.
 
-Reads like `mlx_lm lora --train --seed S --adapter-path DIR -c config.yaml`, with
-mlx-lm's own training callback writing every loss report to the database.
+Reads like `mlx_lm lora --train --seed S --adapter-path DIR -c config.yaml`:
+mlx-lm's own training loop (`mlx_lm.tuner.trainer.train`) runs with the farm's
+optimizer, batch iterator and callback around it, so that
+
+- every loss report becomes a Metric row as it happens;
+- every `save_every` iterations a full checkpoint (weights, optimizer state,
+  iteration; `worker.checkpoint`) is written atomically;
+- a retried stage resumes from its newest complete checkpoint N: it trains
+  only N+1..iters, numbered as an uninterrupted run, on the same batches.
 """
 
 from __future__ import annotations
 
+import time
 import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
 import numpy as np
-from mlx_lm.lora import CONFIG_DEFAULTS, train_model
+from mlx_lm.lora import CONFIG_DEFAULTS
+from mlx_lm.tuner import trainer
 from mlx_lm.tuner.callbacks import TrainingCallback
-from mlx_lm.tuner.datasets import load_dataset
-from mlx_lm.utils import load
+from mlx_lm.tuner.datasets import CacheDataset, load_dataset
+from mlx_lm.tuner.trainer import TrainingArgs, evaluate, iterate_batches
+from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers, print_trainable_parameters
+from mlx_lm.utils import load, save_config
+from sqlmodel import and_, col, delete, or_, select
 
+from jobs.dag import checkpoint_variant
 from jobs.db import Artifact, Metric, Stage, session_scope
-from worker.context import StageContext, record_artifact, update_stage
+from worker.checkpoint import (
+    adapters_file,
+    complete_checkpoints,
+    load_checkpoint,
+    remove_stray_temporaries,
+    save_checkpoint,
+)
+from worker.context import StageContext, record_artifact, stage_write, update_stage
 from worker.preflight import check_before_training
+
+OPTIMIZERS: dict[str, type[optim.Optimizer]] = {
+    "adam": optim.Adam,
+    "adamw": optim.AdamW,
+    "muon": optim.Muon,
+    "sgd": optim.SGD,
+    "adafactor": optim.Adafactor,
+}
 
 
 def training_args(train: dict[str, Any], model: str, data: str, adapter_dir: Path, seed: int):
@@ -34,47 +66,87 @@ def training_args(train: dict[str, Any], model: str, data: str, adapter_dir: Pat
     return types.SimpleNamespace(**args)
 
 
-class ProgressToDatabase(TrainingCallback):
-    """Writes each of mlx-lm's train and val reports as a Metric row, and
-    records every checkpoint file as it appears."""
+def prepare_model(args: types.SimpleNamespace, model: nn.Module) -> optim.Optimizer:
+    """The setup of `mlx_lm.lora.train_model`, step for step: trainable layers,
+    adapter_config.json, and the optimizer with its schedule."""
+    mx.random.seed(args.seed)
+    model.freeze()
+    if args.num_layers > len(model.layers):
+        raise ValueError(
+            f"Requested to train {args.num_layers} layers "
+            f"but the model only has {len(model.layers)} layers."
+        )
+    if args.fine_tune_type == "full":
+        for layer in model.layers[-max(args.num_layers, 0) :]:
+            layer.unfreeze()
+        args.lora_parameters = None
+    elif args.fine_tune_type in ("lora", "dora"):
+        use_dora = args.fine_tune_type == "dora"
+        linear_to_lora_layers(model, args.num_layers, args.lora_parameters, use_dora=use_dora)
+    else:
+        raise ValueError(f"Received unknown fine-tune-type {args.fine_tune_type}")
+    print_trainable_parameters(model)
 
-    def __init__(self, ctx: StageContext, total: int) -> None:
+    adapter_path = Path(args.adapter_path)
+    adapter_path.mkdir(parents=True, exist_ok=True)
+    save_config(vars(args), adapter_path / "adapter_config.json")
+
+    lr = build_schedule(args.lr_schedule) if args.lr_schedule else args.learning_rate
+    name = args.optimizer.lower()
+    if name not in OPTIMIZERS:
+        raise ValueError(f"Unsupported optimizer: {name}")
+    return OPTIMIZERS[name](learning_rate=lr, **args.optimizer_config.get(name, {}))
+
+
+class ProgressToDatabase(TrainingCallback):
+    """Writes each of mlx-lm's train reports and each validation as a Metric row.
+
+    mlx-lm counts this attempt's iterations from 1: `start` (the checkpoint it
+    resumed from) turns them back into the run's iteration numbers."""
+
+    def __init__(self, ctx: StageContext, total: int, start: int = 0, tokens: int = 0) -> None:
         self.ctx = ctx
         self.total = total
-        self.recorded: set[Path] = set()
+        self.start = start
+        self.base_tokens = tokens  # trained before `start`, by earlier attempts
+        self.trained_tokens = tokens
         self.tokens_per_sec: list[float] = []
         self.peak_memory_gb = 0.0
 
     def on_train_loss_report(self, info: dict[str, Any]) -> None:
+        iteration = self.start + int(info["iteration"])
+        self.trained_tokens = self.base_tokens + int(info["trained_tokens"])
         self.tokens_per_sec.append(float(info["tokens_per_second"]))
         self.peak_memory_gb = max(self.peak_memory_gb, float(info["peak_memory"]))
-        with session_scope() as session:
+        with stage_write(self.ctx) as session:
             session.add(
                 Metric(
                     stage_id=self.ctx.stage_id,
+                    attempt=self.ctx.attempt,
                     run_id=self.ctx.run_id,
-                    iteration=int(info["iteration"]),
+                    iteration=iteration,
                     train_loss=float(info["train_loss"]),
                     learning_rate=float(info["learning_rate"]),
                     tokens_per_sec=float(info["tokens_per_second"]),
                     iterations_per_sec=float(info["iterations_per_second"]),
                     peak_memory_gb=float(info["peak_memory"]),
-                    trained_tokens=int(info["trained_tokens"]),
+                    trained_tokens=self.trained_tokens,
                 )
             )
             stage = session.get(Stage, self.ctx.stage_id)
             assert stage is not None
-            stage.progress, stage.total = int(info["iteration"]), self.total
+            stage.progress, stage.total = iteration, self.total
             stage.tokens_per_sec = float(np.mean(self.tokens_per_sec))
             stage.peak_memory_gb = self.peak_memory_gb
             session.add(stage)
-        self.record_checkpoints()
 
     def on_val_loss_report(self, info: dict[str, Any]) -> None:
-        with session_scope() as session:
+        # Validation runs in `Between` with the run's own numbering already.
+        with stage_write(self.ctx) as session:
             session.add(
                 Metric(
                     stage_id=self.ctx.stage_id,
+                    attempt=self.ctx.attempt,
                     run_id=self.ctx.run_id,
                     iteration=int(info["iteration"]),
                     val_loss=float(info["val_loss"]),
@@ -85,13 +157,153 @@ class ProgressToDatabase(TrainingCallback):
             stage.val_loss = float(info["val_loss"])
             session.add(stage)
 
-    def record_checkpoints(self) -> None:
-        # mlx-lm writes `{it:07d}_adapters.safetensors` every save_every steps.
-        for path in sorted(self.ctx.adapter_dir.glob("*_adapters.safetensors")):
-            if path not in self.recorded:
-                iteration = int(path.name.split("_", 1)[0])
-                record_artifact(self.ctx, "checkpoint", path, f"ckpt-{iteration:07d}", iteration)
-                self.recorded.add(path)
+
+def record_checkpoints(ctx: StageContext, iters: int) -> None:
+    """Each complete checkpoint as an Artifact, once per run: a resumed attempt
+    finds the ones its killed predecessor already recorded."""
+    with session_scope() as session:
+        known = set(
+            session.exec(
+                select(Artifact.iteration).where(
+                    Artifact.run_id == ctx.run_id, Artifact.kind == "checkpoint"
+                )
+            )
+        )
+    for iteration in complete_checkpoints(ctx.adapter_dir, iters):
+        if iteration not in known:
+            path = adapters_file(ctx.adapter_dir, iteration)
+            record_artifact(ctx, "checkpoint", path, checkpoint_variant(iteration), iteration)
+
+
+def forget_after(ctx: StageContext, start: int) -> None:
+    """Delete the Metric rows an earlier attempt wrote after iteration `start`:
+    this attempt trains them again. The validation reported at `start` ran
+    after that iteration (before the next), so it goes too."""
+    redone = or_(
+        col(Metric.iteration) > start,
+        and_(col(Metric.iteration) == start, col(Metric.val_loss).is_not(None)),
+    )
+    with stage_write(ctx) as session:
+        session.exec(delete(Metric).where(col(Metric.stage_id) == ctx.stage_id, redone))  # type: ignore[call-overload]
+
+
+class Between:
+    """What the farm does between two of mlx-lm's iterations, numbered as the run:
+    after iteration k the checkpoint of k (every `save_every`), before iteration
+    k the validation mlx-lm would run (k == 1, every `steps_per_eval`, the last).
+
+    Validation is here rather than inside mlx-lm because mlx-lm schedules it
+    by its own count, which restarts at 1 on a resumed attempt."""
+
+    def __init__(
+        self,
+        ctx: StageContext,
+        args: types.SimpleNamespace,
+        model: nn.Module,
+        optimizer: optim.Optimizer,
+        valid_set: CacheDataset,
+        progress: ProgressToDatabase,
+    ) -> None:
+        self.ctx, self.args, self.model, self.optimizer = ctx, args, model, optimizer
+        self.valid_set, self.progress = valid_set, progress
+
+    def after(self, iteration: int) -> None:
+        if iteration % self.args.save_every != 0:
+            return
+        tic = time.perf_counter()
+        save_checkpoint(
+            self.ctx.adapter_dir,
+            iteration,
+            self.args.iters,
+            self.model,
+            self.optimizer,
+            trained_tokens=self.progress.trained_tokens,
+        )
+        record_checkpoints(self.ctx, self.args.iters)
+        print(f"checkpoint {iteration} saved in {time.perf_counter() - tic:.2f} s", flush=True)
+
+    def before(self, iteration: int) -> None:
+        args = self.args
+        due = iteration == 1 or iteration % args.steps_per_eval == 0 or iteration == args.iters
+        if not due or len(self.valid_set) == 0:
+            return
+        tic = time.perf_counter()
+        val_loss = evaluate(
+            model=self.model,
+            dataset=self.valid_set,
+            batch_size=args.batch_size,
+            num_batches=args.val_batches,
+            max_seq_length=args.max_seq_length,
+        )
+        self.model.train()
+        val_time = time.perf_counter() - tic
+        print(f"Iter {iteration}: Val loss {val_loss:.3f}, Val took {val_time:.3f}s", flush=True)
+        # mlx-lm numbers a validation by the iterations done before it.
+        report = {"iteration": iteration - 1, "val_loss": val_loss, "val_time": val_time}
+        self.progress.on_val_loss_report(report)
+
+
+class ResumableBatches:
+    """mlx-lm's `iterate_batches`, started at batch `start + 1` and calling
+    `Between` at each iteration boundary.
+
+    mlx-lm asks for batch k+1 only once iteration k is over (step evaluated,
+    reports sent): the safe point for the checkpoint of k. The training order
+    draws from its own numpy state seeded with the run's seed, so it depends on
+    nothing but the batch count (validation also draws from numpy's global
+    state): skipping `start` batches gives the uninterrupted run's order."""
+
+    def __init__(self, start: int, seed: int, between: Between) -> None:
+        self.start = start
+        self.order_state = np.random.RandomState(seed).get_state()
+        self.between = between
+
+    def __call__(
+        self,
+        dataset: Any,
+        batch_size: int,
+        max_seq_length: int,
+        loop: bool = False,
+        seed: int | None = None,
+        comm_group: Any = None,
+    ) -> Iterator[tuple[Any, Any]]:
+        if not loop:  # a validation pass: mlx-lm's own
+            return iterate_batches(dataset, batch_size, max_seq_length, loop, seed, comm_group)
+        batches = iterate_batches(dataset, batch_size, max_seq_length, True, None, comm_group)
+        return self.training(batches)
+
+    def next_batch(self, batches: Iterator[tuple[Any, Any]]) -> tuple[Any, Any]:
+        outer = np.random.get_state()
+        np.random.set_state(self.order_state)
+        try:
+            return next(batches)
+        finally:
+            self.order_state = np.random.get_state()
+            np.random.set_state(outer)
+
+    def training(self, batches: Iterator[tuple[Any, Any]]) -> Iterator[tuple[Any, Any]]:
+        if self.start:
+            tic = time.perf_counter()
+            for _ in range(self.start):
+                self.next_batch(batches)
+            elapsed = time.perf_counter() - tic
+            print(f"skipped the {self.start} batches trained before in {elapsed:.2f} s", flush=True)
+        iteration = self.start
+        while True:
+            batch = self.next_batch(batches)
+            self.between.before(iteration + 1)
+            yield batch
+            iteration += 1
+            self.between.after(iteration)
+
+
+def resume_point(ctx: StageContext, args: types.SimpleNamespace) -> int:
+    """The newest complete checkpoint to resume from, 0 for none. With gradient
+    accumulation only one taken right after an update is whole (the pending
+    gradient is not saved)."""
+    complete = complete_checkpoints(ctx.adapter_dir, args.iters)
+    usable = [n for n in complete if n % args.grad_accumulation_steps == 0]
+    return usable[-1] if usable else 0
 
 
 def run_train(ctx: StageContext) -> None:
@@ -101,21 +313,57 @@ def run_train(ctx: StageContext) -> None:
     spec = ctx.spec
     train = spec["train"]
     args = training_args(train, spec["base_model"], spec["dataset"], ctx.adapter_dir, ctx.seed)
-    np.random.seed(args.seed)  # mlx-lm's run() seeds numpy (batch order) the same way
-    update_stage(ctx.stage_id, progress=0, total=args.iters)
+    np.random.seed(args.seed)  # mlx-lm's run() seeds numpy (validation batches) the same way
+    start = resume_point(ctx, args)
+    forget_after(ctx, start)
+    update_stage(ctx, progress=start, total=args.iters, resumed_from=start or None)
 
     print(f"loading {args.model}")
     model, tokenizer = load(args.model)
     train_set, valid_set, _ = load_dataset(args, tokenizer)
+    optimizer = prepare_model(args, model)
 
-    progress = ProgressToDatabase(ctx, args.iters)
-    train_model(args, model, train_set, valid_set, training_callback=progress)
-    progress.record_checkpoints()
+    remove_stray_temporaries(ctx.adapter_dir)
+    tokens = 0
+    if start:
+        tic = time.perf_counter()
+        marker = load_checkpoint(ctx.adapter_dir, start, model, optimizer)
+        tokens = int(marker.get("trained_tokens") or 0)
+        loaded = time.perf_counter() - tic
+        print(f"resumed from iteration {start} (loaded in {loaded:.2f} s)")
+        # mlx-lm's console below counts this attempt's iterations from 1.
+        print(f"mlx-lm's iterations 1..{args.iters - start} are {start + 1}..{args.iters}")
+    progress = ProgressToDatabase(ctx, args.iters, start, tokens)
+    between = Between(ctx, args, model, optimizer, CacheDataset(valid_set), progress)
+    record_checkpoints(ctx, args.iters)  # any a killed attempt saved but did not record
+
+    trainer.train(
+        model=model,
+        optimizer=optimizer,
+        train_dataset=CacheDataset(train_set),
+        val_dataset=None,  # validated by `Between`, numbered as the run
+        args=TrainingArgs(
+            batch_size=args.batch_size,
+            iters=args.iters - start,
+            steps_per_report=args.steps_per_report,
+            # mlx-lm saves only the final adapters.safetensors; `Between` saves
+            # the full checkpoints.
+            steps_per_save=args.iters + 1,
+            adapter_file=str(ctx.adapter_dir / "adapters.safetensors"),
+            max_seq_length=args.max_seq_length,
+            grad_checkpoint=args.grad_checkpoint,
+            grad_accumulation_steps=args.grad_accumulation_steps,
+        ),
+        iterate_batches=ResumableBatches(start, args.seed, between),
+        training_callback=progress,
+    )
+    if start < args.iters:
+        between.after(args.iters)  # mlx-lm never asks for a batch after the last
 
     adapter_file = ctx.adapter_dir / "adapters.safetensors"
     artifact: Artifact = record_artifact(ctx, "adapter", ctx.adapter_dir, "adapter")
     update_stage(
-        ctx.stage_id,
+        ctx,
         progress=args.iters,
         size_bytes=adapter_file.stat().st_size,
         peak_memory_gb=progress.peak_memory_gb or None,

@@ -1,0 +1,166 @@
+"""Full training checkpoints: adapter weights, optimizer state and the iteration.
+
+A checkpoint of iteration N is three files in the run's adapter folder, each
+written under a temporary name and renamed into place, the marker last:
+
+    {N:07d}_adapters.safetensors   the trainable weights (eval stages read it)
+    {N:07d}_optimizer.safetensors  `tree_flatten(optimizer.state)`, step included
+    {N:07d}_checkpoint.json        the iteration, the planned iters, RNG states
+
+The marker's presence means the set is complete, so a stage killed while
+writing leaves at most a partial set that `newest_complete_checkpoint` ignores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten, tree_unflatten
+
+MARKER_RE = re.compile(r"^(\d{7})_checkpoint\.json$")
+TMP_TAG = ".tmp-"  # `.{name}.tmp-{pid}`: never matches the names above
+
+
+def adapters_file(adapter_dir: Path, iteration: int) -> Path:
+    return adapter_dir / f"{iteration:07d}_adapters.safetensors"
+
+
+def optimizer_file(adapter_dir: Path, iteration: int) -> Path:
+    return adapter_dir / f"{iteration:07d}_optimizer.safetensors"
+
+
+def marker_file(adapter_dir: Path, iteration: int) -> Path:
+    return adapter_dir / f"{iteration:07d}_checkpoint.json"
+
+
+def write_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """`write` into a temporary file next to `path`, flushed to disk, then renamed
+    over `path`: readers see the old file or the whole new one, never a prefix."""
+    tmp = path.with_name(f".{path.name}{TMP_TAG}{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def fsync_dir(folder: Path) -> None:
+    # The renames themselves must reach the disk for the set to survive a host crash.
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def complete_checkpoints(adapter_dir: Path, iters: int | None = None) -> list[int]:
+    """Iterations with a complete checkpoint set, oldest first; those beyond the
+    planned `iters` (a plan that changed) are not this run's."""
+    if not adapter_dir.is_dir():
+        return []
+    found = []
+    for path in adapter_dir.iterdir():
+        match = MARKER_RE.match(path.name)
+        if not match:
+            continue
+        iteration = int(match.group(1))
+        if iters is not None and iteration > iters:
+            continue
+        if adapters_file(adapter_dir, iteration).is_file() and (
+            optimizer_file(adapter_dir, iteration).is_file()
+        ):
+            found.append(iteration)
+    return sorted(found)
+
+
+def newest_complete_checkpoint(adapter_dir: Path, iters: int | None = None) -> int | None:
+    """The iteration a retried train stage resumes from, or None to start afresh."""
+    complete = complete_checkpoints(adapter_dir, iters)
+    return complete[-1] if complete else None
+
+
+def random_states() -> dict[str, Any]:
+    """mx.random's key (dropout) and numpy's global state (validation batches),
+    as JSON, so a resumed run draws what the uninterrupted run would have."""
+    key = np.array(mx.random.state[0]).tolist()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "mx_key": key,
+        "numpy": [name, keys.tolist(), pos, has_gauss, cached],
+    }
+
+
+def restore_random_states(states: dict[str, Any]) -> None:
+    # mx.random.state has no setter; seeding with the 64-bit (hi, lo) key sets
+    # exactly that key.
+    hi, lo = states["mx_key"]
+    mx.random.seed((hi << 32) | lo)
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def save_checkpoint(
+    adapter_dir: Path,
+    iteration: int,
+    iters: int,
+    model: nn.Module,
+    optimizer: optim.Optimizer,
+    **extra: Any,
+) -> None:
+    """The full checkpoint of `iteration`: weights, optimizer state, then the marker."""
+    weights = dict(tree_flatten(model.trainable_parameters()))
+    state = dict(tree_flatten(optimizer.state))
+    write_atomically(
+        adapters_file(adapter_dir, iteration), lambda f: mx.save_safetensors(f, weights)
+    )
+    write_atomically(
+        optimizer_file(adapter_dir, iteration), lambda f: mx.save_safetensors(f, state)
+    )
+    marker = {
+        "iteration": iteration,
+        "iters": iters,
+        "saved_at": time.time(),
+        "random": random_states(),
+        **extra,
+    }
+    write_atomically(
+        marker_file(adapter_dir, iteration), lambda f: f.write(json.dumps(marker).encode())
+    )
+    fsync_dir(adapter_dir)
+
+
+def load_checkpoint(
+    adapter_dir: Path, iteration: int, model: nn.Module, optimizer: optim.Optimizer
+) -> dict[str, Any]:
+    """Load checkpoint `iteration` into the LoRA-wrapped `model` and `optimizer`;
+    returns its marker. The optimizer's restored `step` continues the schedule."""
+    model.load_weights(str(adapters_file(adapter_dir, iteration)), strict=False)
+    state = mx.load(str(optimizer_file(adapter_dir, iteration)))
+    # Layers without trainable weights come back as empty entries; the optimizer's
+    # own init fills any missing state on its first update.
+    optimizer.state = tree_unflatten(list(state.items()))
+    marker = json.loads(marker_file(adapter_dir, iteration).read_text())
+    restore_random_states(marker["random"])
+    mx.eval(model.trainable_parameters(), optimizer.state)
+    return marker
+
+
+def remove_stray_temporaries(adapter_dir: Path) -> list[Path]:
+    """Temporary files a killed attempt left half written."""
+    stray = [p for p in adapter_dir.glob(f".*{TMP_TAG}*") if p.is_file()]
+    for path in stray:
+        path.unlink(missing_ok=True)
+    return stray
