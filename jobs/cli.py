@@ -44,8 +44,9 @@ def _redis():  # type: ignore[no-untyped-def]
 
 
 def _report_problems(problems: list) -> None:  # type: ignore[type-arg]
+    # One problem, one line (soft_wrap): scripts and editors read `file:line: field:`.
     for problem in problems:
-        err.print(str(problem), markup=False, highlight=False)
+        err.print(str(problem), markup=False, highlight=False, soft_wrap=True)
 
 
 # --- submitting and following work --------------------------------------------

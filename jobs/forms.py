@@ -21,7 +21,7 @@ from redis import Redis
 from sqlalchemy import func
 from sqlmodel import Session, select
 
-from jobs import settings
+from jobs import limits, settings
 from jobs.checks import Finding, preflight
 from jobs.dag import plan_run
 from jobs.db import Experiment, Run
@@ -36,13 +36,14 @@ from jobs.spec import (
     config_fingerprint,
     default_variants,
     parse_spec,
+    read_yaml,
     variant_name,
 )
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = PROJECT_ROOT / "data"
 FORM_SOURCE = "form"
-MAX_SEEDS = 1000
+MAX_SEEDS = limits.MAX_SEEDS
 NO_SCHEDULE = "(none)"
 GENERAL = ""  # problems that belong to no single field
 
@@ -194,21 +195,28 @@ def parse_seeds(text: str) -> list[int]:
     parts = [p for p in re.split(r"[,\s]+", body) if p]
     if not parts:
         raise ValueError("give at least one seed, e.g. `1-3`")
-    seeds: list[int] = []
+    ranges: list[tuple[int, int]] = []
     for part in parts:
         match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
         if match is None:
             if part.startswith("-"):
-                raise ValueError(f"'{part}': seeds are whole numbers ≥ 0")
-            raise ValueError(f"'{part}' is not a seed or a range like 1-5")
+                raise ValueError(f"'{limits.shorten(part)}': seeds are whole numbers ≥ 0")
+            raise ValueError(f"'{limits.shorten(part)}' is not a seed or a range like 1-5")
+        for digits in match.groups():
+            too_long = limits.number_too_long(digits or "")
+            if too_long:
+                raise ValueError(too_long)
         low = int(match.group(1))
         high = int(match.group(2)) if match.group(2) is not None else low
         if high < low:
             raise ValueError(f"range '{part}' runs backwards — write {high}-{low}")
-        if len(seeds) + high - low + 1 > MAX_SEEDS:
-            raise ValueError(f"more than {MAX_SEEDS} seeds — that many runs is likely a typo")
-        seeds.extend(range(low, high + 1))
-    return seeds
+        ranges.append((low, high))
+    # Counted before any list is built: '1-99999999999' must cost nothing. A seed
+    # above 2^32-1 is left to the spec, so its message is the CLI's word for word.
+    count = sum(high - low + 1 for low, high in ranges)
+    if count > MAX_SEEDS:
+        raise ValueError(limits.too_many(count, "seeds", MAX_SEEDS))
+    return [seed for low, high in ranges for seed in range(low, high + 1)]
 
 
 def format_seeds(seeds: Sequence[int]) -> str:
@@ -308,8 +316,11 @@ def _parse_mapping(key: str, text: str, problem: Any) -> dict[str, Any] | None:
     if not text.strip():
         return None
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
+        _, value = read_yaml(text, FORM_SOURCE)
+    except limits.LimitError as exc:
+        problem(key, exc.problems[0].message)
+        return None
+    except InputError:
         problem(key, "is not valid YAML — write a mapping like `{weight_decay: 0.01}`")
         return None
     if not isinstance(value, dict):
@@ -453,13 +464,9 @@ def _unknown_keys(data: Mapping[str, Any], prefix: str = "") -> list[str]:
 
 
 def yaml_to_form(text: str) -> tuple[dict[str, Any], list[str]]:
-    """Form values for an uploaded spec YAML; raises InputError when it is not a mapping."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        raise InputError([Problem("upload", f"invalid YAML: {exc}", line)]) from None
+    """Form values for an uploaded spec YAML; raises InputError when it is not a mapping
+    (or breaks a limit: uploads read through the spec layer's bounded loader)."""
+    _, data = read_yaml(text, "upload")
     if not isinstance(data, dict):
         raise InputError([Problem("upload", "a spec must be a YAML mapping (name:, seeds:, ...)")])
     return spec_dict_to_form(data)

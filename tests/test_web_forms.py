@@ -35,7 +35,7 @@ def test_parse_seeds(text: str, seeds: list[int]) -> None:
         ("1, x", "'x' is not a seed"),
         ("5-1", "runs backwards — write 1-5"),
         ("-1", "whole numbers ≥ 0"),
-        ("1-5000", "more than 1000 seeds"),
+        ("1-5000", "5000 seeds, at most 1000 allowed"),
         ("1.5", "'1.5' is not a seed"),
     ],
 )
