@@ -27,7 +27,8 @@ from typing import Any
 
 import yaml
 
-from jobs.problems import InputError
+from jobs.datasets import check_dataset, iter_lines, loader_kind, parse_line
+from jobs.problems import InputError, Problem
 from jobs.scorer import FENCE_RE, FUNCTION_RE, PARAMETER_RE, TOOL_CALL_RE
 from jobs.spec import (
     DEFAULT_GROUP_SIZE,
@@ -59,6 +60,8 @@ EVAL_LEAKAGE = "eval prompts in training data"
 TRUNCATION = "truncated examples"
 SHORT_MAX_TOKENS = "max_tokens too short"
 SUITE_CONSISTENCY = "eval suite consistency"
+# How mlx-lm will read and train on the dataset files (jobs.datasets).
+DATA_LOADING = "how mlx-lm reads the data"
 
 # --------------------------------------------------------------------------- thresholds
 
@@ -1288,24 +1291,36 @@ def check_seeds_and_checkpoints(
 
 
 def read_examples(dataset: Path) -> list[Example]:
-    """Rows of train/valid/test.jsonl with their line numbers (rows that do not parse
-    as JSON objects are skipped: spec validation reports them)."""
+    """Rows of train/valid/test.jsonl with their line numbers, read as mlx-lm reads them
+    (rows that do not parse as JSON objects are skipped: spec validation reports them)."""
     examples: list[Example] = []
     for split in ("train", "valid", "test"):
         path = Path(dataset) / f"{split}.jsonl"
         if not path.is_file():
             continue
-        with path.open(encoding="utf-8", errors="replace") as fh:
-            for lineno, raw in enumerate(fh, start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    row = json.loads(raw)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(row, dict):
-                    examples.append(Example(str(path), lineno, split, row))
+        with path.open("rb") as fh:
+            for line in iter_lines(fh):
+                row, error = parse_line(line)
+                if error is None and isinstance(row, dict):
+                    examples.append(Example(str(path), line.number, split, row))
     return examples
+
+
+def data_loading_findings(warnings: Sequence[Problem]) -> list[Finding]:
+    """The dataset scan's warnings (what mlx-lm will do with the files) as findings."""
+    return _capped(
+        [
+            Finding(
+                "warning",
+                DATA_LOADING,
+                f"{p.field}: {p.message}" if p.field else p.message,
+                file=p.file,
+                line=p.line,
+                evidence={"field": p.field} if p.field else {},
+            )
+            for p in warnings
+        ]
+    )
 
 
 def yaml_locator(text: str) -> Callable[[tuple[str | int, ...]], int | None]:
@@ -1464,57 +1479,149 @@ def tokenizer_facts(
     )
 
 
+def _file_kinds(examples: Sequence[Example]) -> dict[str, str | None]:
+    """The dataset class mlx-lm picks for each file: from its first row."""
+    kinds: dict[str, str | None] = {}
+    for example in examples:
+        kinds.setdefault(example.file, loader_kind(example.row))
+    return kinds
+
+
+def _chat_of(row: Mapping[str, Any], kind: str) -> list[Any]:
+    # CompletionsDataset turns a row into this two-turn conversation.
+    if kind == "completions":
+        return [
+            {"role": "user", "content": row["prompt"]},
+            {"role": "assistant", "content": row["completion"]},
+        ]
+    return row["messages"]
+
+
+def render_like_mlx_lm(tokenizer: Any, row: Mapping[str, Any], kind: str, mask_prompt: bool) -> str:
+    """The text mlx-lm trains on for a row of a `kind` file; raises where mlx-lm raises.
+
+    With mask_prompt mlx-lm also renders the prompt (every message but the last)
+    to find where the loss starts, and that render can fail on its own."""
+    if kind == "text":
+        return str(row["text"])
+    messages, tools = _chat_of(row, kind), row.get("tools")
+    text = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
+    if mask_prompt:
+        last_is_reply = kind == "completions" or messages[-1].get("role") == "assistant"
+        tokenizer.apply_chat_template(
+            messages[:-1], tools=tools, add_generation_prompt=last_is_reply, tokenize=False
+        )
+    return str(text)
+
+
+def dropped_messages(tokenizer: Any, row: Mapping[str, Any], rendered: str) -> list[int]:
+    """Indices of the messages whose content the chat template leaves out (an unknown
+    role, for one): rendering the conversation without them gives the same text."""
+    messages, tools = row["messages"], row.get("tools")
+    out: list[int] = []
+    for i, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, str) or not content.strip() or content.strip() in rendered:
+            continue  # the cheap test first: most content appears verbatim
+        rest = messages[:i] + messages[i + 1 :]
+        try:
+            without = tokenizer.apply_chat_template(rest, tools=tools, tokenize=False)
+        except Exception:  # noqa: BLE001 - the message matters to the template
+            continue
+        if str(without) == rendered:
+            out.append(i)
+    return out
+
+
+def _dropped_finding(example: Example, indices: list[int]) -> Finding:
+    messages = example.row["messages"]
+    named = ", ".join(
+        f"messages[{i}] (role {messages[i].get('role', 'missing')!r})" for i in indices
+    )
+    return Finding(
+        "warning",
+        DATA_LOADING,
+        f"the chat template drops {named} — mlx-lm trains on this conversation without "
+        + ("it" if len(indices) == 1 else "them"),
+        "use a role the model's chat template renders, or remove the message",
+        example.file,
+        example.line,
+        evidence={"field": f"messages[{indices[0]}]", "dropped": indices},
+    )
+
+
+def _failure_finding(failed: list[tuple[Example, str]], message: str, fix: str) -> list[Finding]:
+    if not failed:
+        return []
+    example, error = failed[0]
+    return [
+        Finding(
+            "error",
+            TOKENIZER_MISMATCH,
+            f"{message}: {error}"
+            + f" ({len(failed)} examples fail, e.g. {_locations([e for e, _ in failed])})",
+            fix,
+            example.file,
+            example.line,
+            evidence={"examples": len(failed)},
+        )
+    ]
+
+
 def measure_examples(
-    tokenizer: Any, examples: Sequence[Example], tool_names: Iterable[str]
+    tokenizer: Any,
+    examples: Sequence[Example],
+    tool_names: Iterable[str],
+    mask_prompt: bool = False,
 ) -> tuple[list[ExampleLength], list[Finding]]:
     """Token counts of train and valid examples rendered as mlx-lm renders them for
-    training, and a finding for each example the chat template cannot render."""
+    training (test.jsonl's rows are never rendered by a training run); an error for
+    the examples mlx-lm cannot render or that render to nothing, and a warning for
+    each conversation whose chat template drops a message."""
     names = list(tool_names)
+    kinds = _file_kinds(examples)
     lengths: list[ExampleLength] = []
     failed: list[tuple[Example, str]] = []
+    empty: list[tuple[Example, str]] = []
+    warnings: list[Finding] = []
     for example in examples:
-        if example.split not in ("train", "valid"):
+        kind = kinds.get(example.file)
+        if example.split not in ("train", "valid") or kind is None:
             continue
         row = example.row
         try:
-            if isinstance(row.get("messages"), list):
-                text = tokenizer.apply_chat_template(
-                    row["messages"], tools=row.get("tools"), tokenize=False
-                )
-            elif isinstance(row.get("prompt"), str) and isinstance(row.get("completion"), str):
-                text = tokenizer.apply_chat_template(
-                    [
-                        {"role": "user", "content": row["prompt"]},
-                        {"role": "assistant", "content": row["completion"]},
-                    ],
-                    tools=row.get("tools"),
-                    tokenize=False,
-                )
-            elif isinstance(row.get("text"), str):
-                text = row["text"]
-            else:
-                continue
+            text = render_like_mlx_lm(tokenizer, row, kind, mask_prompt)
         except Exception as exc:  # noqa: BLE001 - reported per example
             failed.append((example, f"{type(exc).__name__}: {exc}"))
             continue
-        tokens = len(tokenizer.encode(str(text), add_special_tokens=False))
+        # TextDataset encodes with the tokenizer's special tokens; chat renders carry theirs.
+        ids = (
+            tokenizer.encode(text)
+            if kind == "text"
+            else tokenizer.encode(text, add_special_tokens=False)
+        )
+        if not ids:
+            empty.append((example, "it renders to no tokens"))
+            continue
+        if kind == "chat" and (dropped := dropped_messages(tokenizer, row, text)):
+            warnings.append(_dropped_finding(example, dropped))
         answer: int | None = None
         turns = assistant_turns(row)
         if example.split == "train" and turns and example_calls(example, names):
             answer = len(tokenizer.encode(turns[-1][0], add_special_tokens=False))
-        lengths.append(ExampleLength(example.file, example.line, tokens, answer))
+        lengths.append(ExampleLength(example.file, example.line, len(ids), answer))
     findings = [
-        Finding(
-            "error",
-            TOKENIZER_MISMATCH,
-            f"the chat template cannot render this example: {error}"
-            + (f" ({len(failed)} examples fail, e.g. {_locations([e for e, _ in failed])})"),
+        *_failure_finding(
+            failed,
+            "the chat template cannot render this example",
             "fix the example or use a model whose template supports its roles and tools",
-            failed[0][0].file,
-            failed[0][0].line,
-            evidence={"examples": len(failed)},
-        )
-        for _, error in failed[:1]
+        ),
+        *_failure_finding(
+            empty,
+            "mlx-lm cannot train on this example",
+            "give it text, or messages with roles the chat template renders",
+        ),
+        *_capped(warnings),
     ]
     return lengths, findings
 
@@ -1549,7 +1656,9 @@ def model_findings(
         *check_eos(facts),
     ]
     if facts.has_chat_template and not facts.template_error:
-        lengths, render_errors = measure_examples(tokenizer, examples, suite.tool_names)
+        lengths, render_errors = measure_examples(
+            tokenizer, examples, suite.tool_names, spec.train.mask_prompt
+        )
         max_tokens = spec.eval.max_tokens or suite.generation.max_tokens
         findings += render_errors + check_lengths(
             lengths, spec.train.max_seq_length, max_tokens, max_tokens_at
@@ -1610,8 +1719,10 @@ def preflight(spec: ExperimentSpec, spec_path: Path | None = None) -> list[Findi
     suite_line = yaml_locator(suite_path.read_text(encoding="utf-8"))
     examples = read_examples(Path(spec.dataset))
 
+    loading = check_dataset(Path(spec.dataset), spec.train.batch_size, spec.train.mask_prompt)
     findings = [
         *check_suite(suite, str(suite_path), suite_line, spec.eval.checkpoint_prompts),
+        *data_loading_findings(loading.warnings),
         *dataset_findings(examples, suite, str(suite_path)),
     ]
     config: dict[str, Any] | None = None

@@ -32,7 +32,7 @@ from conftest_spec_helpers import (
 )
 from pydantic import ValidationError
 
-from jobs.datasets import dataset_digest, validate_jsonl
+from jobs.datasets import check_dataset, dataset_digest, validate_jsonl
 from jobs.problems import InputError, Problem
 from jobs.spec import (
     EvalSpec,
@@ -247,10 +247,19 @@ def test_missing_dataset_folder(ws: Path) -> None:
     assert "folder not found" in p.message and str(ws / "datasets" / "nope") in p.message
 
 
-def test_missing_valid_jsonl(ws: Path) -> None:
+def test_missing_valid_jsonl_is_accepted_with_a_warning(ws: Path) -> None:
+    # mlx-lm trains without validation when valid.jsonl is missing.
     (ws / "data" / "valid.jsonl").unlink()
+    load_spec(ws / "spec.yaml")
+    [warning] = check_dataset(ws / "data", 2, mask_prompt=True).warnings
+    assert warning.file == str(ws / "data")
+    assert "no validation loss will be reported" in warning.message
+
+
+def test_missing_train_jsonl(ws: Path) -> None:
+    (ws / "data" / "train.jsonl").unlink()
     p = only(spec_problems(ws, VALID_SPEC), "dataset")
-    assert p.line == 3 and f"missing {ws / 'data' / 'valid.jsonl'}" in p.message
+    assert p.line == 3 and f"missing {ws / 'data' / 'train.jsonl'}" in p.message
 
 
 def test_empty_train_jsonl(ws: Path) -> None:
@@ -258,7 +267,7 @@ def test_empty_train_jsonl(ws: Path) -> None:
     problems = spec_problems(ws, VALID_SPEC)
     train = str(ws / "data" / "train.jsonl")
     assert [p for p in problems if p.file == train] == [
-        Problem(train, "file is empty — add at least one JSON row per line")
+        Problem(train, "file is empty — mlx-lm needs at least one JSON row per line")
     ]
 
 
@@ -275,15 +284,25 @@ def test_invalid_json_on_line_3(ws: Path) -> None:
 
 
 def test_row_mlx_lm_would_reject(ws: Path) -> None:
-    bad = {"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "x"}]}
+    bad = {"messages": [{"role": "user", "content": "hi"}, "bye"], "tools": "ls"}
     write_jsonl(ws / "data" / "valid.jsonl", [CHAT_ROW, bad, CHAT_ROW])
     problems = spec_problems(ws, VALID_SPEC)
     valid = str(ws / "data" / "valid.jsonl")
-    role = only(problems, "messages[1].role")
-    assert (role.file, role.line) == (valid, 2) and "'bot'" in role.message
-    no_reply = only(problems, "messages")
-    assert (no_reply.file, no_reply.line) == (valid, 2)
-    assert "no assistant message" in no_reply.message
+    message = only(problems, "messages[1]")
+    assert (message.file, message.line) == (valid, 2) and "must be an object" in message.message
+    tools = only(problems, "tools")
+    assert (tools.file, tools.line) == (valid, 2) and "must be a list" in tools.message
+
+
+def test_a_row_mlx_lm_trains_on_is_a_warning_not_a_problem(ws: Path) -> None:
+    # Roles are the chat template's business (a 'bot' turn is dropped by it), and
+    # with mask_prompt mlx-lm trains on the last message, whatever its role.
+    odd = {"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "x"}]}
+    write_jsonl(ws / "data" / "valid.jsonl", [CHAT_ROW, odd, CHAT_ROW])
+    load_spec(ws / "spec.yaml")
+    [warning] = check_dataset(ws / "data", 2, mask_prompt=True).warnings
+    assert (warning.file, warning.line) == (str(ws / "data" / "valid.jsonl"), 2)
+    assert warning.field == "messages[1]" and "trains only on the last message" in warning.message
 
 
 def test_mixed_formats_name_the_first_deviating_line(ws: Path) -> None:
@@ -451,15 +470,11 @@ def test_validate_jsonl_row_problems(tmp_path: Path) -> None:
     path.write_text(path.read_text() + "\n")
     fmt, problems = validate_jsonl(path)
     assert fmt == "completions"
-    assert [(p.line, p.field) for p in problems] == [
-        (1, "completion"),
-        (2, ""),
-        (3, ""),
-        (4, ""),
-        (4, "text"),
-        (5, ""),
-    ]
-    assert "'text' format but line 1 is 'completions'" in problems[3].message
+    # A number as completion is the chat template's business (preflight renders it).
+    assert [(p.line, p.field) for p in problems] == [(2, ""), (3, ""), (5, "")]
+    assert "must be a JSON object, got a list" in problems[0].message
+    assert "row has no 'completion' but line 1 is 'completions'" in problems[1].message
+    assert "(2 rows deviate)" in problems[1].message
     assert "blank line" in problems[-1].message
 
 
