@@ -32,6 +32,7 @@ from pydantic import (
     model_validator,
 )
 
+from jobs import limits
 from jobs.datasets import check_dataset, dataset_digest, file_digest
 from jobs.problems import InputError, Problem
 
@@ -137,7 +138,7 @@ class TrainSpec(BaseModel):
 
     model_config = _CONFIG
 
-    iters: int = Field(1000, ge=1)
+    iters: int = Field(1000, ge=1, le=limits.MAX_ITERS)
     batch_size: int = Field(4, ge=1)
     learning_rate: float = Field(1e-5, gt=0, le=1)
     lr_schedule: LrSchedule | None = None
@@ -211,8 +212,8 @@ class EvalSpec(BaseModel):
 class Resources(BaseModel):
     model_config = _CONFIG
 
-    min_memory_gb: float = Field(0.0, ge=0)
-    timeout_hours: float = Field(24.0, gt=0)
+    min_memory_gb: float = Field(0.0, ge=0, le=limits.MAX_MEMORY_GB)
+    timeout_hours: float = Field(24.0, ge=limits.MIN_TIMEOUT_HOURS, le=limits.MAX_TIMEOUT_HOURS)
 
 
 _SKIP_CROSS_CHECKS = "lorafarm.spec.skip_cross_checks"
@@ -221,10 +222,12 @@ _SKIP_CROSS_CHECKS = "lorafarm.spec.skip_cross_checks"
 class ExperimentSpec(BaseModel):
     model_config = _CONFIG
 
-    name: str
+    name: str = Field(max_length=limits.MAX_NAME_CHARS)
     base_model: NonEmptyStr
     dataset: SpecPath
-    seeds: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
+    seeds: list[Annotated[int, Field(ge=0, le=limits.MAX_SEED)]] = Field(
+        min_length=1, max_length=limits.MAX_SEEDS
+    )
     train: TrainSpec
     fuse: FuseSpec | None = Field(default_factory=FuseSpec)
     quantize: list[QuantizeSpec] = Field(default_factory=list)
@@ -304,6 +307,7 @@ def cross_field_problems(data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
 
     seeds = data.get("seeds")
     if isinstance(seeds, list):
+        out.extend(_runs_problems(seeds))
         first: dict[int, int] = {}
         for i, seed in enumerate(seeds):
             if not _is_int(seed):
@@ -424,8 +428,31 @@ def cross_field_problems(data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
     return out
 
 
+def _runs_problems(seeds: list[Any]) -> list[tuple[Loc, str]]:
+    # Too many seeds is already the seeds field's own problem; the run count only
+    # adds news when a sweep multiplies seeds that are each within their limit.
+    if len(seeds) > limits.MAX_SEEDS:
+        return []
+    problem = limits.runs_problem(len(seeds), grid_points=1)  # no sweeps yet: one point
+    return [(("seeds",), problem)] if problem else []
+
+
+def _checkpoint_problems(train: Mapping[str, Any]) -> list[tuple[Loc, str]]:
+    # mlx-lm saves an adapter every save_every steps whether or not checkpoints are
+    # evaluated, so the count matters for every run. An iters over its own limit is
+    # reported on its own; the count would only repeat it.
+    iters, save_every = train.get("iters", 1000), train.get("save_every", 100)
+    if not (_is_int(iters) and _is_int(save_every)):
+        return []
+    if not (1 <= iters <= limits.MAX_ITERS and save_every >= 1):
+        return []
+    problem = limits.checkpoints_problem(iters, save_every)
+    where: Loc = ("train", "save_every") if "save_every" in train else ("train", "iters")
+    return [(where, problem)] if problem else []
+
+
 def _train_cross_problems(train: Mapping[str, Any]) -> list[tuple[Loc, str]]:
-    out: list[tuple[Loc, str]] = []
+    out = _checkpoint_problems(train)
     sched = train.get("lr_schedule")
     if isinstance(sched, Mapping):
         name, args = sched.get("name"), sched.get("arguments")
@@ -515,6 +542,184 @@ _SpecLoader.add_implicit_resolver(
     ),
     list("-+0123456789."),
 )
+
+
+class _LimitExceeded(Exception):
+    """A spec that breaks a YAML limit while it is being read; carries where."""
+
+    def __init__(self, message: str, line: int, loc: Loc) -> None:
+        super().__init__(message)
+        self.message, self.line, self.loc = message, line, loc
+
+
+class _BoundedLoader(_SpecLoader):
+    """_SpecLoader that refuses, while composing, what would take a Mac's memory or
+    the interpreter's stack: nesting deeper than MAX_YAML_DEPTH, more than
+    MAX_YAML_VALUES values counting each alias as everything it stands for (the
+    "billion laughs" bomb), a recursive alias, and numbers too long to convert.
+
+    PyYAML shares an aliased node rather than copying it, but every walk over the
+    result (line lookup, validation, the form) expands it again, so the expanded
+    size is what has to stay small."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._values = 0
+        self._path: list[str | int] = []
+        self._sizes: dict[str, int] = {}  # anchor -> values its node expands to
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        part = _path_part(index)
+        if part is not None:
+            self._path.append(part)
+        try:
+            return self._compose_counted(parent, index)
+        finally:
+            if part is not None:
+                self._path.pop()
+
+    def _compose_counted(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml.AliasEvent):
+            self._count_alias(event.anchor, line)
+            return super().compose_node(parent, index)
+        nested = isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent)
+        if nested and self._depth >= limits.MAX_YAML_DEPTH:
+            self._refuse(
+                f"nested more than {limits.MAX_YAML_DEPTH} levels deep, "
+                f"at most {limits.MAX_YAML_DEPTH} allowed",
+                line,
+            )
+        before = self._values
+        self._count(1, line, "")
+        self._depth += nested
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= nested
+        if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:int":
+            self._check_number(node.value, line)
+        anchor = getattr(event, "anchor", None)
+        if anchor is not None:
+            self._sizes[anchor] = self._values - before
+        return node
+
+    def _count_alias(self, anchor: str, line: int) -> None:
+        if anchor not in self.anchors:
+            return  # PyYAML reports the undefined alias itself
+        if anchor not in self._sizes:
+            self._refuse(f"alias *{anchor} refers to a value it is part of", line)
+        self._count(self._sizes[anchor], line, f" (alias *{anchor} expands them)")
+
+    def _count(self, values: int, line: int, why: str) -> None:
+        self._values += values
+        if self._values > limits.MAX_YAML_VALUES:
+            self._refuse(
+                f"more than {limits.MAX_YAML_VALUES} YAML values{why}, "
+                f"at most {limits.MAX_YAML_VALUES} allowed in a spec",
+                line,
+            )
+
+    def _check_number(self, text: str, line: int) -> None:
+        problem = limits.number_too_long(text)
+        if problem:
+            self._refuse(problem, line)
+
+    def _refuse(self, message: str, line: int) -> None:
+        raise _LimitExceeded(message, line, tuple(self._path))
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        # PyYAML resolves merge keys (<<) by rewriting the node tree in place, but
+        # line numbers and duplicate keys are read from that tree afterwards: merge
+        # into a copy of the node instead.
+        if isinstance(node, yaml.MappingNode):
+            node = yaml.MappingNode(
+                node.tag, _merged_pairs(node), node.start_mark, node.end_mark, node.flow_style
+            )
+        return yaml.constructor.BaseConstructor.construct_mapping(self, node, deep=deep)
+
+
+_Pairs = list[tuple[yaml.Node, yaml.Node]]
+
+
+def _merged_pairs(node: yaml.MappingNode) -> _Pairs:
+    """The key/value pairs of `node` with merge keys resolved the way PyYAML's
+    `flatten_mapping` does (merged pairs first, so the node's own keys win), without
+    changing any node. Its cost is bounded: aliases count in MAX_YAML_VALUES."""
+    merged: _Pairs = []
+    own: _Pairs = []
+    for key, value in node.value:
+        if key.tag == "tag:yaml.org,2002:merge":
+            merged.extend(_merge_source(node, value))
+        elif key.tag == "tag:yaml.org,2002:value":  # a plain `=` key is the string "="
+            own.append((yaml.ScalarNode("tag:yaml.org,2002:str", key.value, key.start_mark,
+                                        key.end_mark, key.style), value))  # fmt: skip
+        else:
+            own.append((key, value))
+    return merged + own
+
+
+def _merge_source(node: yaml.MappingNode, value: yaml.Node) -> _Pairs:
+    if isinstance(value, yaml.MappingNode):
+        return _merged_pairs(value)
+    if not isinstance(value, yaml.SequenceNode):
+        raise yaml.constructor.ConstructorError(
+            "while constructing a mapping", node.start_mark,
+            f"expected a mapping or list of mappings for merging, but found {value.id}",
+            value.start_mark,
+        )  # fmt: skip
+    parts: list[_Pairs] = []
+    for sub in value.value:
+        if not isinstance(sub, yaml.MappingNode):
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", node.start_mark,
+                f"expected a mapping for merging, but found {sub.id}", sub.start_mark,
+            )  # fmt: skip
+        parts.append(_merged_pairs(sub))
+    # Earlier mappings in the list win: PyYAML puts them last.
+    return [pair for part in reversed(parts) for pair in part]
+
+
+def _short_field(loc: Loc, parts: int = 8) -> str:
+    """The field a YAML limit was crossed in; a path as deep as the nesting attack
+    that got refused is cut after a few steps."""
+    field = dotted(loc[:parts]) + ("…" if len(loc) > parts else "")
+    return limits.shorten(field, 80)
+
+
+def _path_part(index: Any) -> str | int | None:
+    """The spec path step PyYAML's composer passes as `index`: a mapping value's key
+    node, or a list position (None while composing a key)."""
+    if isinstance(index, yaml.ScalarNode):
+        return str(index.value)
+    if isinstance(index, int) and not isinstance(index, bool):
+        return index
+    return None
+
+
+def read_yaml(text: str, source: str = "<spec>") -> tuple[yaml.Node | None, Any]:
+    """The composed node tree and the loaded data of a spec's YAML, within the limits.
+
+    Refuses with LimitError, before parsing, text over MAX_SPEC_BYTES, then anything
+    _BoundedLoader refuses; with InputError invalid YAML. Uploads and form text read through
+    here too, so every way in has the same bounds."""
+    size_problem = limits.spec_size_problem(limits.text_size(text))
+    if size_problem:
+        raise limits.LimitError([Problem(source, size_problem)])
+    loader = _BoundedLoader(text)
+    try:
+        root = loader.get_single_node()
+        data = None if root is None else loader.construct_document(root)
+    except _LimitExceeded as exc:
+        problem = Problem(source, exc.message, exc.line, _short_field(exc.loc))
+        raise limits.LimitError([problem]) from None
+    except yaml.YAMLError as exc:
+        raise InputError([_yaml_problem(exc, source)]) from None
+    finally:
+        loader.dispose()
+    return root, data
 
 
 def dotted(loc: Sequence[str | int]) -> str:
@@ -740,15 +945,22 @@ def _error_message(err: Mapping[str, Any]) -> str:
         extra = " — write `{}` for all defaults" if err.get("input") is None else ""
         return f"must be a mapping of keys (key: value), got {got}{extra}"
     if kind == "greater_than":
-        return f"must be > {ctx.get('gt')}, got {got}"
+        return f"must be > {limits.bound_text(ctx.get('gt'))}, got {got}"
     if kind == "greater_than_equal":
-        return f"must be ≥ {ctx.get('ge')}, got {got}"
+        return f"must be ≥ {limits.bound_text(ctx.get('ge'))}, got {got}"
     if kind == "less_than":
-        return f"must be < {ctx.get('lt')}, got {got}"
+        return f"must be < {limits.bound_text(ctx.get('lt'))}, got {got}"
     if kind == "less_than_equal":
-        return f"must be ≤ {ctx.get('le')}, got {got}"
+        return f"must be ≤ {limits.bound_text(ctx.get('le'))}, got {got}"
     if kind in ("too_short", "string_too_short"):
         return "must not be empty"
+    if kind == "too_long":  # a list: the field's name says what it holds ("seeds")
+        noun = loc[-1] if loc and isinstance(loc[-1], str) else "items"
+        return limits.too_many(ctx.get("actual_length") or 0, noun, ctx.get("max_length") or 0)
+    if kind == "string_too_long":
+        text = err.get("input")
+        length = len(text) if isinstance(text, str) else 0
+        return f"{limits.too_many(length, 'characters', ctx.get('max_length') or 0)} ({got})"
     if kind == "literal_error":
         expected = str(ctx.get("expected", ""))
         hint = ""
@@ -978,11 +1190,7 @@ def parse_spec(
     directory. `check_files=False` skips the filesystem checks (paths are still made
     absolute)."""
     base = Path(base_dir) if base_dir is not None else Path.cwd()
-    try:
-        root = yaml.compose(text, Loader=_SpecLoader)
-        data = yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise InputError([_yaml_problem(exc, source)]) from None
+    root, data = read_yaml(text, source)
     if root is None or data is None:
         raise InputError(
             [Problem(source, "the spec is empty — see DESIGN.md 'Experiment spec (YAML)'", 1)]
@@ -1025,12 +1233,31 @@ def load_spec(path: Path, check_files: bool = True) -> ExperimentSpec:
     """Read and parse a spec file; relative paths in it resolve against its folder."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_spec_file(path)
     except FileNotFoundError:
         raise InputError([Problem(str(path), "spec file not found")]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError([Problem(str(path), f"cannot read spec file: {exc}")]) from None
     return parse_spec(text, source=str(path), base_dir=path.parent, check_files=check_files)
+
+
+def read_spec_file(path: Path) -> str:
+    """A spec file's text; refuses one over MAX_SPEC_BYTES before decoding or parsing
+    it. Reads at most one byte past the limit, so a huge file (or /dev/zero) costs
+    nothing."""
+    with open(path, "rb") as handle:
+        raw = handle.read(limits.MAX_SPEC_BYTES + 1)
+    if len(raw) > limits.MAX_SPEC_BYTES:
+        size = max(_file_size(path), len(raw))
+        raise limits.LimitError([Problem(str(path), limits.spec_size_problem(size) or "")])
+    return raw.decode("utf-8")
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def spec_to_yaml(spec: ExperimentSpec) -> str:
@@ -1125,6 +1352,8 @@ __all__ = [
     "looks_like_hf_id",
     "model_identity",
     "parse_spec",
+    "read_spec_file",
+    "read_yaml",
     "resolve_path",
     "spec_to_yaml",
     "variant_name",
