@@ -294,18 +294,21 @@ def mlx_lm_trains(model_dir: str, data: str, batch_size: int, mask_prompt: bool)
     return {"trains": finite, "error": "" if finite else f"train losses {losses.train}"}
 
 
-def _in_child(job: dict[str, Any], model_dir: str) -> dict[str, Any]:
+def _verdict_here(job: dict[str, Any], model_dir: str) -> dict[str, Any]:
+    try:
+        return mlx_lm_trains(model_dir, job["data"], job["batch_size"], job["mask_prompt"])
+    except BaseException as exc:  # noqa: BLE001 - whatever mlx-lm raises is its verdict
+        return {"trains": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+
+
+def _in_forked_child(job: dict[str, Any], model_dir: str) -> dict[str, Any]:
     """Fork, run one case in the child, and read its verdict back through a pipe."""
     read_fd, write_fd = os.pipe()
     sys.stdout.flush()
     pid = os.fork()
     if pid == 0:  # the child
         os.close(read_fd)
-        try:
-            result = mlx_lm_trains(model_dir, job["data"], job["batch_size"], job["mask_prompt"])
-        except BaseException as exc:  # noqa: BLE001 - whatever mlx-lm raises is its verdict
-            result = {"trains": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
-        os.write(write_fd, json.dumps(result).encode())
+        os.write(write_fd, json.dumps(_verdict_here(job, model_dir)).encode())
         os._exit(0)
     os.close(write_fd)
     chunks = []
@@ -318,22 +321,42 @@ def _in_child(job: dict[str, Any], model_dir: str) -> dict[str, Any]:
     return json.loads(b"".join(chunks))
 
 
-def main(jobs_file: str) -> None:
+def _in_new_process(job: dict[str, Any], model_dir: str) -> dict[str, Any]:
+    """Slower: a fresh interpreter per case, for macOS, where forking after MLX has
+    loaded Metal is not safe."""
+    one = json.dumps({"model": model_dir, "job": job})
+    done = subprocess.run(
+        [sys.executable, __file__, "--one", one], capture_output=True, text=True, check=False
+    )
+    answers = [x for x in done.stdout.splitlines() if x.startswith(VERDICT)]
+    if not answers:
+        return {"trains": False, "error": f"exit {done.returncode}: {done.stderr[-300:]}"}
+    return json.loads(answers[-1].removeprefix(VERDICT))
+
+
+def main(argv: list[str]) -> None:
     import contextlib
 
-    spec = json.loads(Path(jobs_file).read_text())
+    if argv[0] == "--one":
+        one = json.loads(argv[1])
+        with contextlib.redirect_stdout(sys.stderr):  # mlx-lm's progress output
+            verdict = _verdict_here(one["job"], one["model"])
+        print(VERDICT + json.dumps(verdict), flush=True)
+        return
+    spec = json.loads(Path(argv[0]).read_text())
+    isolated = _in_forked_child if sys.platform == "linux" else _in_new_process
     # Imported once here, so each forked case starts warm.
     import mlx_lm.tuner.trainer  # noqa: F401
     import transformers  # noqa: F401
 
     for job in spec["jobs"]:
-        with contextlib.redirect_stdout(sys.stderr):  # mlx-lm's progress output
-            verdict = _in_child(job, spec["model"])
+        with contextlib.redirect_stdout(sys.stderr):
+            verdict = isolated(job, spec["model"])
         print(VERDICT + json.dumps({"id": job["id"], **verdict}), flush=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1:])
     sys.exit(0)
 
 
