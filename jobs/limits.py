@@ -105,6 +105,12 @@ def spec_size_problem(size: int) -> str | None:
     return f"the spec is {size} bytes, at most {MAX_SPEC_BYTES} (1 MB) allowed"
 
 
-def text_size(text: str) -> int:
-    """Bytes of `text` as UTF-8 (what the size limit counts)."""
-    return len(text.encode("utf-8", "surrogatepass"))
+def text_size(text: str, chunk: int = 1 << 20) -> int:
+    """Bytes of `text` as UTF-8 (what the size limit counts), encoded a chunk at a
+    time so measuring a huge upload does not hold a second copy of it."""
+    if text.isascii():
+        return len(text)
+    return sum(
+        len(text[i : i + chunk].encode("utf-8", "surrogatepass"))
+        for i in range(0, len(text), chunk)
+    )

@@ -702,9 +702,9 @@ def _path_part(index: Any) -> str | int | None:
 def read_yaml(text: str, source: str = "<spec>") -> tuple[yaml.Node | None, Any]:
     """The composed node tree and the loaded data of a spec's YAML, within the limits.
 
-    Refuses with LimitError, before parsing, text over MAX_SPEC_BYTES, then anything
-    _BoundedLoader refuses; with InputError invalid YAML. Uploads and form text read through
-    here too, so every way in has the same bounds."""
+    Refuses with LimitError text over MAX_SPEC_BYTES (before parsing) and anything
+    _BoundedLoader refuses, with InputError invalid YAML. Uploads and form text are
+    read through here too, so every way in has the same bounds."""
     size_problem = limits.spec_size_problem(limits.text_size(text))
     if size_problem:
         raise limits.LimitError([Problem(source, size_problem)])

@@ -273,6 +273,10 @@ def test_a_spec_over_1_mb_is_refused_before_parsing(base: Path, tmp_path: Path) 
     with pytest.raises(InputError) as refused:
         parse_spec(spec.read_text(), source="text")
     assert refused.value.problems == [Problem("text", message)]
+    # Bytes are counted, not characters: 600,000 'é' are 1.2 MB of UTF-8.
+    with pytest.raises(InputError) as refused:
+        parse_spec("# " + "é" * 600_000, source="text")
+    assert "the spec is 1200002 bytes" in str(refused.value)
 
 
 def test_absurd_checkpoint_evals_are_refused_before_any_list_is_built(
