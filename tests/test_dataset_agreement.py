@@ -12,8 +12,9 @@ For each case a small dataset folder is built, and two verdicts are taken:
 Both are compared with each other and with the expected outcome. Nothing is
 downloaded: the tiny model is built locally (conftest `tiny_model`).
 
-Run as a script (`python tests/test_dataset_agreement.py CASES.json`), this file
-is mlx-lm's side: it prints one JSON verdict per case.
+Run as a script (`python tests/test_dataset_agreement.py JOBS.json`, or `--one
+JOB` for a single case), this file is mlx-lm's side: it prints one JSON verdict
+per case.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,6 @@ class Case:
     warning: str = ""  # accepted with a warning containing this
     batch_size: int = 1
     mask_prompt: bool = False
-    knobs: dict[str, Any] = field(default_factory=dict)
 
 
 def case(id: str, train: str | bytes, valid: str | bytes | None = None, **kw: Any) -> Case:
@@ -185,7 +185,7 @@ CASES = [
     case(
         "completion_a_number_the_template_renders",
         jsonl({"prompt": "a", "completion": 5}, {"prompt": "a", "completion": "b"}),
-        VALID,
+        jsonl({"prompt": "c", "completion": "d"}),
         trains=True,
     ),
 ]
@@ -213,7 +213,6 @@ def write_spec(path: Path, model: Path, data: Path, c: Case) -> Path:
         "num_layers": -1,
         "max_seq_length": MAX_SEQ_LENGTH,
         "lora": {"rank": 2, "scale": 10.0},
-        **c.knobs,
     }
     spec = {
         "name": f"agree-{c.id}".replace("_", "-"),
@@ -364,6 +363,7 @@ if __name__ == "__main__":
 
 import pytest  # noqa: E402
 
+from jobs.checks import DATA_LOADING  # noqa: E402
 from jobs.datasets import MB, iter_lines, scan_jsonl  # noqa: E402
 
 
@@ -412,8 +412,11 @@ def test_the_farm_agrees_with_mlx_lm(
 
     assert mlx_lm["trains"] is c.trains, f"mlx-lm: {mlx_lm}"  # the case is what it claims
     assert accepted is mlx_lm["trains"], f"farm errors: {errors}; mlx-lm: {mlx_lm}"
+    loading = [w for w in warnings if f"[{DATA_LOADING}]" in w]
     if c.warning:
         assert any(c.warning in w for w in warnings), warnings
+    elif accepted:
+        assert loading == [], loading  # nothing to say about data mlx-lm reads as meant
 
 
 def test_a_50_mb_line_is_refused_quickly_in_bounded_memory(tmp_path: Path) -> None:
