@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
 import numpy as np
 import pytest
 from sqlmodel import select
@@ -29,7 +32,10 @@ from worker.checkpoint import (
     marker_file,
     newest_complete_checkpoint,
     optimizer_file,
+    remove_stray_temporaries,
     save_checkpoint,
+    saved_checkpoints,
+    write_atomically,
 )
 
 ITERS, SAVE_EVERY, KILL_AT = 12, 4, 10
@@ -68,14 +74,11 @@ sys.exit(main(sys.argv))
 # --------------------------------------------------------------------------- files
 
 
-def small_checkpoint(folder: Path, iteration: int) -> None:
-    import mlx.nn as nn
-    import mlx.optimizers as optim
-
+def small_checkpoint(folder: Path, iteration: int, resumable: bool = True) -> None:
     model = nn.Linear(4, 2)
     optimizer = optim.Adam(learning_rate=1e-3)
     optimizer.init(model.trainable_parameters())
-    save_checkpoint(folder, iteration, 100, model, optimizer)
+    save_checkpoint(folder, iteration, 100, model, optimizer if resumable else None)
 
 
 def test_a_checkpoint_is_complete_only_with_its_marker(tmp_path: Path) -> None:
@@ -84,27 +87,37 @@ def test_a_checkpoint_is_complete_only_with_its_marker(tmp_path: Path) -> None:
     assert newest_complete_checkpoint(tmp_path, 100) == 8
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
     marker = json.loads(marker_file(tmp_path, 8).read_text())
-    assert (
-        marker["iteration"] == 8 and marker["iters"] == 100 and len(marker["random"]["mx_key"]) == 2
-    )
+    assert (marker["iteration"], marker["iters"], len(marker["random"]["mx_key"])) == (8, 100, 2)
+    # Only the newest optimizer state is kept; every checkpoint's weights stay.
+    assert not optimizer_file(tmp_path, 4).exists() and adapters_file(tmp_path, 4).is_file()
+    assert saved_checkpoints(tmp_path, 100) == [4, 8]
 
-    # A stage killed while saving 12: the adapter file is in place, the optimizer
-    # state still under its temporary name, no marker.
-    small_checkpoint(tmp_path, 12)
-    marker_file(tmp_path, 12).unlink()
-    optimizer_file(tmp_path, 12).rename(tmp_path / f".{optimizer_file(tmp_path, 12).name}.tmp-99")
-    assert adapters_file(tmp_path, 12).is_file()
+    # A stage killed while saving 12: the weights are in place, the optimizer
+    # state half written under its temporary name, no marker.
+    weights = {"weight": mx.zeros((2, 4))}
+    write_atomically(adapters_file(tmp_path, 12), lambda f: mx.save_safetensors(f, weights))
+    stray = tmp_path / f".{optimizer_file(tmp_path, 12).name}.tmp-99"
+    stray.write_bytes(b"half")
     assert newest_complete_checkpoint(tmp_path, 100) == 8
-
-    # A marker without its weights (removed by hand) is not a checkpoint either.
-    small_checkpoint(tmp_path, 16)
-    adapters_file(tmp_path, 16).unlink()
-    assert newest_complete_checkpoint(tmp_path, 100) == 8
+    assert saved_checkpoints(tmp_path, 100) == [4, 8]  # nor is it an evaluable checkpoint
+    assert remove_stray_temporaries(tmp_path) == [stray] and not stray.exists()
 
     # Beyond the planned iterations: not this run's.
-    small_checkpoint(tmp_path, 200)
+    for path in (adapters_file, optimizer_file, marker_file):
+        shutil.copy(path(tmp_path, 8), path(tmp_path, 200))
     assert newest_complete_checkpoint(tmp_path, 100) == 8
+    assert newest_complete_checkpoint(tmp_path) == 200
     assert newest_complete_checkpoint(tmp_path / "missing", 100) is None
+
+
+def test_a_checkpoint_amid_gradient_accumulation_is_evaluable_not_resumable(
+    tmp_path: Path,
+) -> None:
+    small_checkpoint(tmp_path, 8)
+    small_checkpoint(tmp_path, 12, resumable=False)
+    assert saved_checkpoints(tmp_path, 100) == [8, 12]
+    assert newest_complete_checkpoint(tmp_path, 100) == 8
+    assert optimizer_file(tmp_path, 8).is_file()  # still the resume point: kept
 
 
 # --------------------------------------------------------------------------- resume
@@ -225,6 +238,9 @@ def test_a_killed_train_stage_resumes_where_its_checkpoint_left_off(
         ).all()
     assert sorted((a.iteration, a.attempt) for a in artifacts) == [(4, 1), (8, 1), (12, 2)]
     assert newest_complete_checkpoint(adapter_dir, ITERS) == ITERS
+    assert [p.name for p in adapter_dir.glob("*_optimizer.safetensors")] == [
+        f"{ITERS:07d}_optimizer.safetensors"
+    ]
     assert not [p for p in adapter_dir.iterdir() if ".tmp-" in p.name]
 
 

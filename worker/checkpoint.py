@@ -66,9 +66,10 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def complete_checkpoints(adapter_dir: Path, iters: int | None = None) -> list[int]:
-    """Iterations with a complete checkpoint set, oldest first; those beyond the
-    planned `iters` (a plan that changed) are not this run's."""
+def saved_checkpoints(adapter_dir: Path, iters: int | None = None) -> list[int]:
+    """Iterations whose marker and weights are on disk, oldest first: the
+    checkpoints eval stages can use. Those beyond the planned `iters` are not
+    this run's."""
     if not adapter_dir.is_dir():
         return []
     found = []
@@ -79,17 +80,30 @@ def complete_checkpoints(adapter_dir: Path, iters: int | None = None) -> list[in
         iteration = int(match.group(1))
         if iters is not None and iteration > iters:
             continue
-        if adapters_file(adapter_dir, iteration).is_file() and (
-            optimizer_file(adapter_dir, iteration).is_file()
-        ):
+        if adapters_file(adapter_dir, iteration).is_file():
             found.append(iteration)
     return sorted(found)
+
+
+def complete_checkpoints(adapter_dir: Path, iters: int | None = None) -> list[int]:
+    """Saved checkpoints that still have their optimizer state: the ones a
+    retried stage can resume from."""
+    saved = saved_checkpoints(adapter_dir, iters)
+    return [n for n in saved if optimizer_file(adapter_dir, n).is_file()]
 
 
 def newest_complete_checkpoint(adapter_dir: Path, iters: int | None = None) -> int | None:
     """The iteration a retried train stage resumes from, or None to start afresh."""
     complete = complete_checkpoints(adapter_dir, iters)
     return complete[-1] if complete else None
+
+
+def prune_optimizer_states(adapter_dir: Path, newest: int) -> None:
+    """Only the newest checkpoint is resumed from: older optimizer states (twice
+    the weights with Adam, gigabytes in a full fine-tune) go, weights stay."""
+    for path in adapter_dir.glob("*_optimizer.safetensors"):
+        if int(path.name.split("_", 1)[0]) < newest:
+            path.unlink(missing_ok=True)
 
 
 def random_states() -> dict[str, Any]:
@@ -117,18 +131,21 @@ def save_checkpoint(
     iteration: int,
     iters: int,
     model: nn.Module,
-    optimizer: optim.Optimizer,
+    optimizer: optim.Optimizer | None,
     **extra: Any,
 ) -> None:
-    """The full checkpoint of `iteration`: weights, optimizer state, then the marker."""
+    """The checkpoint of `iteration`: weights, optimizer state, then the marker.
+    Without `optimizer` only the weights: eval stages can use it, no stage
+    resumes from it."""
     weights = dict(tree_flatten(model.trainable_parameters()))
-    state = dict(tree_flatten(optimizer.state))
     write_atomically(
         adapters_file(adapter_dir, iteration), lambda f: mx.save_safetensors(f, weights)
     )
-    write_atomically(
-        optimizer_file(adapter_dir, iteration), lambda f: mx.save_safetensors(f, state)
-    )
+    if optimizer is not None:
+        state = dict(tree_flatten(optimizer.state))
+        write_atomically(
+            optimizer_file(adapter_dir, iteration), lambda f: mx.save_safetensors(f, state)
+        )
     marker = {
         "iteration": iteration,
         "iters": iters,
@@ -140,6 +157,8 @@ def save_checkpoint(
         marker_file(adapter_dir, iteration), lambda f: f.write(json.dumps(marker).encode())
     )
     fsync_dir(adapter_dir)
+    if optimizer is not None:
+        prune_optimizer_states(adapter_dir, iteration)  # only once this one is complete
 
 
 def load_checkpoint(

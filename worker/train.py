@@ -23,6 +23,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
+from mlx_lm.cli_ui import make_console, print_lora_run_header
 from mlx_lm.lora import CONFIG_DEFAULTS
 from mlx_lm.tuner import trainer
 from mlx_lm.tuner.callbacks import TrainingCallback
@@ -36,10 +37,11 @@ from jobs.dag import checkpoint_variant
 from jobs.db import Artifact, Metric, Stage, session_scope
 from worker.checkpoint import (
     adapters_file,
-    complete_checkpoints,
     load_checkpoint,
+    newest_complete_checkpoint,
     remove_stray_temporaries,
     save_checkpoint,
+    saved_checkpoints,
 )
 from worker.context import StageContext, record_artifact, stage_write, update_stage
 from worker.preflight import check_before_training
@@ -85,6 +87,8 @@ def prepare_model(args: types.SimpleNamespace, model: nn.Module) -> optim.Optimi
         linear_to_lora_layers(model, args.num_layers, args.lora_parameters, use_dora=use_dora)
     else:
         raise ValueError(f"Received unknown fine-tune-type {args.fine_tune_type}")
+    if mx.distributed.init().rank() == 0:
+        print_lora_run_header(make_console(), args)
     print_trainable_parameters(model)
 
     adapter_path = Path(args.adapter_path)
@@ -169,7 +173,7 @@ def record_checkpoints(ctx: StageContext, iters: int) -> None:
                 )
             )
         )
-    for iteration in complete_checkpoints(ctx.adapter_dir, iters):
+    for iteration in saved_checkpoints(ctx.adapter_dir, iters):
         if iteration not in known:
             path = adapters_file(ctx.adapter_dir, iteration)
             record_artifact(ctx, "checkpoint", path, checkpoint_variant(iteration), iteration)
@@ -211,12 +215,15 @@ class Between:
         if iteration % self.args.save_every != 0:
             return
         tic = time.perf_counter()
+        # Amid gradient accumulation the pending gradient is not saved: such a
+        # checkpoint can be evaluated but not resumed from.
+        whole = iteration % self.args.grad_accumulation_steps == 0
         save_checkpoint(
             self.ctx.adapter_dir,
             iteration,
             self.args.iters,
             self.model,
-            self.optimizer,
+            self.optimizer if whole else None,
             trained_tokens=self.progress.trained_tokens,
         )
         record_checkpoints(self.ctx, self.args.iters)
@@ -297,15 +304,6 @@ class ResumableBatches:
             self.between.after(iteration)
 
 
-def resume_point(ctx: StageContext, args: types.SimpleNamespace) -> int:
-    """The newest complete checkpoint to resume from, 0 for none. With gradient
-    accumulation only one taken right after an update is whole (the pending
-    gradient is not saved)."""
-    complete = complete_checkpoints(ctx.adapter_dir, args.iters)
-    usable = [n for n in complete if n % args.grad_accumulation_steps == 0]
-    return usable[-1] if usable else 0
-
-
 def run_train(ctx: StageContext) -> None:
     # A Hugging Face model not on the submitting machine is checked here,
     # before any training time is spent (tokenizer, chat template, eos).
@@ -314,7 +312,7 @@ def run_train(ctx: StageContext) -> None:
     train = spec["train"]
     args = training_args(train, spec["base_model"], spec["dataset"], ctx.adapter_dir, ctx.seed)
     np.random.seed(args.seed)  # mlx-lm's run() seeds numpy (validation batches) the same way
-    start = resume_point(ctx, args)
+    start = newest_complete_checkpoint(ctx.adapter_dir, args.iters) or 0
     forget_after(ctx, start)
     update_stage(ctx, progress=start, total=args.iters, resumed_from=start or None)
 
