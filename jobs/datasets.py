@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -104,9 +105,13 @@ def iter_lines(
         yield Line(number + 1, None if too_long else bytes(buf), size)
 
 
-def _megabytes(size: int) -> str:
+def _megabytes(size: int, limit: int = MAX_LINE_BYTES) -> str:
     value = size / MB
-    return f"{value:.0f}" if value >= 10 else f"{value:.1f}".removesuffix(".0")
+    text = f"{value:.0f}" if value >= 10 else f"{value:.1f}".removesuffix(".0")
+    if size > limit and float(text) * MB <= limit:
+        # Rounded down to the limit: show enough digits that it is visibly over.
+        text = f"{math.ceil(value * 1000) / 1000:.3f}"
+    return text
 
 
 def parse_line(line: Line) -> tuple[Any, str | None]:

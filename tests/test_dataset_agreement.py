@@ -364,7 +364,7 @@ if __name__ == "__main__":
 import pytest  # noqa: E402
 
 from jobs.checks import DATA_LOADING  # noqa: E402
-from jobs.datasets import MB, iter_lines, scan_jsonl  # noqa: E402
+from jobs.datasets import MB, Line, iter_lines, parse_line, scan_jsonl  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -465,3 +465,11 @@ def test_lines_split_like_python_text_mode(tmp_path: Path, chunk_size: int) -> N
     with path.open("rb") as fh:
         got = [line.data for line in iter_lines(fh, chunk_size=chunk_size)]
     assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("size", "shown"), [(50 * MB + 12, "50"), (9 * MB + 30, "9"), (8 * MB + 1, "8.001")]
+)
+def test_a_long_line_is_never_shown_as_the_limit(size: int, shown: str) -> None:
+    _, error = parse_line(Line(1, None, size))
+    assert error == f"line is {shown} MB, at most 8 MB"
