@@ -163,7 +163,7 @@ class ProgressToDatabase(TrainingCallback):
 
 
 def record_checkpoints(ctx: StageContext, iters: int) -> None:
-    """Each complete checkpoint as an Artifact, once per run: a resumed attempt
+    """Each saved checkpoint as an Artifact, once per run: a resumed attempt
     finds the ones its killed predecessor already recorded."""
     with session_scope() as session:
         known = set(
@@ -215,6 +215,8 @@ class Between:
         if iteration % self.args.save_every != 0:
             return
         tic = time.perf_counter()
+        with stage_write(self.ctx):
+            pass  # a superseded attempt stops here, before touching its successor's files
         # Amid gradient accumulation the pending gradient is not saved: such a
         # checkpoint can be evaluated but not resumed from.
         whole = iteration % self.args.grad_accumulation_steps == 0
