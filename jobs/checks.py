@@ -29,7 +29,19 @@ import yaml
 
 from jobs.datasets import check_dataset, iter_lines, loader_kind, parse_line
 from jobs.problems import InputError, Problem
-from jobs.scorer import FENCE_RE, FUNCTION_RE, PARAMETER_RE, TOOL_CALL_RE
+from jobs.scorer import (
+    MAX_RESPONSE_CHARS,
+    Segment,
+    cut_out,
+    fence_blocks,
+    fence_body,
+    function_blocks,
+    json_prefix,
+    parameters,
+    parse_code,
+    split_think,
+    tool_call_blocks,
+)
 from jobs.spec import (
     DEFAULT_GROUP_SIZE,
     ExperimentSpec,
@@ -375,21 +387,9 @@ def check_lengths(
 
 # --------------------------------------------------------------------------- finding calls
 
-_THINK_RE = re.compile(r"<think>.*?(?:</think>|\Z)", re.DOTALL)
-# The same segmenting as the scorer's, so a check and a score never disagree on a call.
-_TOOL_CALL_RE, _FUNCTION_RE, _PARAMETER_RE, _FENCE_RE = (
-    TOOL_CALL_RE,
-    FUNCTION_RE,
-    PARAMETER_RE,
-    FENCE_RE,
-)
-
-
-def _parse(code: str) -> ast.Module | None:
-    try:
-        return ast.parse(code)
-    except (SyntaxError, ValueError, RecursionError):
-        return None
+# The scorer's segmenting and bounded parsers, so a check and a score never
+# disagree on a call and a hostile dataset line is read in linear time.
+_parse = parse_code
 
 
 def _called_names(tree: ast.AST) -> list[str]:
@@ -400,28 +400,17 @@ def _called_names(tree: ast.AST) -> list[str]:
     ]
 
 
-def _json_object(text: str) -> Any:
-    try:
-        return json.JSONDecoder().raw_decode(text)[0]
-    except (ValueError, RecursionError):
-        return None
-
-
 def _arguments(value: Any) -> dict[str, Any] | None:
     if isinstance(value, str):  # OpenAI style: arguments as a JSON string
-        value = _json_object(value.strip())
+        value = json_prefix(value.strip())
     return value if isinstance(value, dict) else None
 
 
-def _xml_call(match: re.Match[str]) -> Call:
-    params = {
-        m.group(1): m.group(2).removeprefix("\n").removesuffix("\n")
-        for m in _PARAMETER_RE.finditer(match.group(2))
-    }
-    name = match.group(1)
-    if name == WRAPPER:
-        return Call("xml_wrapper", name, params, params.get("code"))
-    return Call("xml_call", name, params)
+def _xml_call(function: Segment) -> Call:
+    params = parameters(function.content)
+    if function.name == WRAPPER:
+        return Call("xml_wrapper", function.name, params, params.get("code"))
+    return Call("xml_call", function.name, params)
 
 
 def _json_call(obj: Any) -> Call:
@@ -437,44 +426,40 @@ def _json_call(obj: Any) -> Call:
 def find_calls(text: str, tool_names: Iterable[str]) -> list[Call]:
     """The tool calls in one assistant text (calls inside a think block do not count)."""
     names = frozenset(tool_names) | {WRAPPER}
-    body = _THINK_RE.sub("\n", text)
+    _, body = split_think(text[:MAX_RESPONSE_CHARS])
     calls: list[Call] = []
-
-    def tool_call(match: re.Match[str]) -> str:
-        inner = match.group(1).strip()
-        if not inner:
-            return "\n"
-        if "<function=" in inner:
-            calls.extend(_xml_call(m) for m in _FUNCTION_RE.finditer(inner))
-        elif inner.startswith("{"):
-            calls.append(_json_call(_json_object(inner)))
-        else:
-            fence = re.fullmatch(r"```[^\n]*\n(.*?)(?:```)?\s*", inner, flags=re.DOTALL)
-            code = fence.group(1) if fence else inner
-            tree = _parse(code)
-            if tree is None:
-                calls.append(Call("unreadable", None, None, code))
-            else:
-                calls.append(Call("tool_call_code", _first_known(tree, names), None, code))
-        return "\n"
-
-    rest = _TOOL_CALL_RE.sub(tool_call, body)
-
-    def function(match: re.Match[str]) -> str:
-        calls.append(_xml_call(match))
-        return "\n"
-
-    rest = _FUNCTION_RE.sub(function, rest)
-    calls.extend(_bare_python_calls(rest, names))
+    blocks = tool_call_blocks(body)
+    for block in blocks:
+        calls.extend(_tool_call_content(block.content.strip(), names))
+    rest = cut_out(body, blocks)
+    functions = function_blocks(rest)
+    calls.extend(_xml_call(f) for f in functions)
+    calls.extend(_bare_python_calls(cut_out(rest, functions), names))
     return calls
+
+
+def _tool_call_content(inner: str, names: frozenset[str]) -> list[Call]:
+    """The calls inside one <tool_call> block: XML, JSON, or Python straight in the tags."""
+    if not inner:
+        return []
+    if "<function=" in inner:
+        return [_xml_call(f) for f in function_blocks(inner)]
+    if inner.startswith("{"):
+        return [_json_call(json_prefix(inner))]
+    fenced = fence_body(inner)
+    code = inner if fenced is None else fenced
+    tree = _parse(code)
+    if tree is None:
+        return [Call("unreadable", None, None, code)]
+    return [Call("tool_call_code", _first_known(tree, names), None, code)]
 
 
 def _bare_python_calls(text: str, names: frozenset[str]) -> list[Call]:
     """Python calls of known tools outside any tags: in fences, the whole text, or a line."""
-    pieces = [m.group(1) for m in _FENCE_RE.finditer(text)]
-    outside = _FENCE_RE.sub("\n", text)
+    fences = fence_blocks(text)
+    outside = cut_out(text, fences)
     calls: list[Call] = []
-    for piece in pieces:
+    for piece in (f.content for f in fences):
         tree = _parse(piece)
         if tree is not None and any(n in names for n in _called_names(tree)):
             calls.append(Call("python_call", _first_known(tree, names), None, piece))

@@ -7,8 +7,9 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, BinaryIO
 
 import typer
 from rich.console import Console
@@ -232,6 +233,42 @@ def print_leaderboard(rows: list, flags: dict | None = None) -> None:  # type: i
 # --- the scorer and checks on their own ----------------------------------------
 
 
+# `farm score` lines: one response each. Longer lines are refused without being
+# held in memory; the scorer reads at most its MAX_RESPONSE_CHARS of a response.
+SCORE_LINE_BYTES = 8 * 1024 * 1024
+
+
+def _response_lines(handle: BinaryIO) -> Iterator[bytes | None]:
+    """The lines of a responses file, None for one longer than SCORE_LINE_BYTES."""
+    while line := handle.readline(SCORE_LINE_BYTES + 1):
+        if len(line) <= SCORE_LINE_BYTES or line.endswith(b"\n"):
+            yield line
+            continue
+        while (rest := handle.readline(SCORE_LINE_BYTES)) and not rest.endswith(b"\n"):
+            pass  # skip the rest of the long line, a bounded piece at a time
+        yield None
+
+
+def _response_record(line: bytes | None) -> object:
+    """The JSON value of one responses line (None for a blank line); ValueError says why not."""
+    if line is None:
+        raise ValueError(f"line longer than {SCORE_LINE_BYTES // 2**20} MB, the limit per response")
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"not valid UTF-8 (byte {line[exc.start]:#04x} at offset {exc.start})"
+        ) from None
+    if not text.strip():
+        return None
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("not a response record: JSON nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON: {exc}") from None
+
+
 @app.command()
 def score(
     responses: Annotated[Path, typer.Argument(metavar="RESPONSES.jsonl")],
@@ -256,17 +293,17 @@ def score(
         raise typer.Exit(EXIT_INVALID)
     problems = []
     out = []
-    with open(responses) as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
+    with open(responses, "rb") as handle:
+        for number, line in enumerate(_response_lines(handle), start=1):
             try:
-                out.append(score_record(json.loads(line), tool_names, fmt=fmt))
+                record = _response_record(line)
+                if record is not None:
+                    out.append(score_record(record, tool_names, fmt=fmt))
             except (ValueError, TypeError, AttributeError) as exc:
                 problems.append(f"{responses}:{number}: {exc}")
     if problems:
         for p in problems:
-            err.print(p, markup=False, highlight=False)
+            err.print(p, markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_INVALID)
     for record in out:
         print(json.dumps(record))

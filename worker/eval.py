@@ -7,6 +7,7 @@ supports it, and generated greedily in one `batch_generate` call.
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -19,7 +20,7 @@ from mlx_lm.generate import batch_generate
 from mlx_lm.utils import load
 
 from jobs.db import EvalResult, session_scope
-from jobs.scorer import score_response
+from jobs.scorer import LABEL_SCORES, Score, score_response
 from jobs.suite import EvalSuite, SuitePrompt, load_suite
 from worker.context import StageContext, checkpoint_adapter, path_bytes, update_stage
 
@@ -83,6 +84,25 @@ def generate_suite(
     return results, response.stats
 
 
+def score_generated(item: Generated, suite: EvalSuite) -> Score:
+    """The score of one generated response; never raises, so what a model wrote
+    cannot fail the eval stage."""
+    try:
+        return score_response(
+            item.text, item.prompt.expect, item.prompt.tool, suite.tool_names, fmt=suite.format
+        )
+    except Exception as exc:
+        # The scorer is bounded and total on any text; should it still fail on a
+        # response, that response scores as `degenerate` (0) and the stage goes on.
+        reason = f"{type(exc).__name__}: {exc}"[:200]
+        print(
+            f"prompt {item.prompt.id}: scoring failed ({reason}); scored as degenerate",
+            file=sys.stderr,
+            flush=True,
+        )
+        return Score("degenerate", LABEL_SCORES["degenerate"])
+
+
 def variant_model(ctx: StageContext, workdir: Path) -> tuple[str, str | None]:
     """(model path, adapter path) for the variant this stage evaluates."""
     base = ctx.spec["base_model"]
@@ -122,12 +142,9 @@ def run_eval(ctx: StageContext) -> None:
         else:
             size = path_bytes(Path(model_path)) if Path(model_path).exists() else None
 
-    tool_names = suite.tool_names
     rows = []
     for item in generated:
-        score = score_response(
-            item.text, item.prompt.expect, item.prompt.tool, tool_names, fmt=suite.format
-        )
+        score = score_generated(item, suite)
         rows.append(
             EvalResult(
                 stage_id=ctx.stage_id,
