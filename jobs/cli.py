@@ -22,7 +22,25 @@ from jobs.problems import InputError
 # PyTorch is absent; MLX needs no PyTorch, so that notice is only noise here.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-app = typer.Typer(
+
+class FarmApp(typer.Typer):
+    """The CLI, ending in one line rather than a traceback when the database or
+    Redis cannot be used (with any password in their URLs masked)."""
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        from jobs.connection_errors import describe
+
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as exc:
+            message = describe(exc)
+            if message is None:
+                raise
+            err.print(message, markup=False, highlight=False, soft_wrap=True)
+            sys.exit(1)
+
+
+app = FarmApp(
     help="lorafarm: LoRA fine-tuning on a farm of Macs, ranked by format adherence across seeds.",
     no_args_is_help=True,
     add_completion=False,
@@ -144,22 +162,32 @@ def status(
 @app.command()
 def cancel(experiment_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
     """Stop an experiment: running stages are killed, the rest marked cancelled."""
-    from sqlmodel import select
-
-    from jobs.db import Run, Stage, migrate, session_scope
-    from jobs.queue import cancel_stages
+    from jobs.control import cancel_experiment
+    from jobs.db import Experiment, migrate, session_scope
 
     migrate()
     with session_scope() as session:
-        run_ids = [
-            r.id for r in session.exec(select(Run).where(Run.experiment_id == experiment_id))
-        ]
-        if not run_ids:
+        if session.get(Experiment, experiment_id) is None:
             err.print(f"no experiment {experiment_id}")
             raise typer.Exit(1)
-        stages = session.exec(select(Stage).where(Stage.run_id.in_(run_ids))).all()  # type: ignore[union-attr]
-        count = cancel_stages(session, stages, _redis())
+        count = cancel_experiment(session, experiment_id, _redis())
     console.print(f"cancelled {count} stages of experiment {experiment_id}")
+
+
+@app.command()
+def reconcile() -> None:
+    """Repair the queue from the database: re-queue lost work, give queued stages
+    their jobs back (after Redis lost its data), re-plan stranded runs."""
+    from jobs.db import migrate
+    from jobs.reconcile import reconcile as reconcile_farm
+
+    migrate()
+    repairs = reconcile_farm(_redis(), wait_for_lock=30.0)
+    if repairs is None:
+        err.print("another reconciler is running; try again in a minute")
+        raise typer.Exit(1)
+    for line in repairs.lines():
+        console.print(line)
 
 
 @app.command()
@@ -370,27 +398,11 @@ def web(
     address: Annotated[str, typer.Option(help="Address to bind")] = "127.0.0.1",
 ) -> None:
     """Run the web UI alone (the LAN coordinator)."""
-    from jobs.stack import PROJECT_ROOT
+    from jobs.stack import streamlit_argv
 
     warn_if_exposed(address)
-    os.execv(
-        sys.executable,
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            str(PROJECT_ROOT / "web" / "app.py"),
-            "--server.port",
-            str(port),
-            "--server.address",
-            address,
-            "--server.headless",
-            "true",
-            "--browser.gatherUsageStats",
-            "false",
-        ],
-    )
+    argv = streamlit_argv(port, address)
+    os.execv(argv[0], argv)
 
 
 def warn_if_exposed(address: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 
@@ -32,3 +33,32 @@ def shared_artifacts() -> Path | None:
 
 def artifacts_root() -> Path:
     return shared_artifacts() or farm_home() / "artifacts"
+
+
+# --- keeping passwords out of output ------------------------------------------------
+
+MASK = "***"
+# scheme://user:password@ or scheme://:password@ anywhere in a text
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/?#@\s]*:)[^@\s/]*(?=@)")
+# password=… in a URL's query or a libpq connection string
+_PARAM_PASSWORD = re.compile(r"(?P<head>\bpassword=)(?:'[^']*'|[^&\s]*)", re.IGNORECASE)
+
+
+def redacted_url(url: str) -> str:
+    """A DATABASE_URL or REDIS_URL fit to print, log or show: its password is `***`.
+
+    The user info ends at the last `@` before the query, so a password with an
+    unescaped `@` or `:` is masked whole, and so is one in a malformed URL."""
+    address, question, query = url.partition("?")
+    head, at, host = address.rpartition("@")
+    before, slashes, userinfo = head.rpartition("//")
+    if not at or ":" not in userinfo:
+        return redact_text(url)
+    user = userinfo.split(":", 1)[0]
+    return f"{before}{slashes}{user}:{MASK}@{host}{question}{redact_text(query)}"
+
+
+def redact_text(text: str) -> str:
+    """Any text (an error message, a log line) with every URL password masked."""
+    text = _URL_PASSWORD.sub(lambda m: m.group("head") + MASK, text)
+    return _PARAM_PASSWORD.sub(lambda m: m.group("head") + MASK, text)

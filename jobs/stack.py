@@ -68,24 +68,34 @@ def start_worker(
     return process
 
 
+# What an anonymous browser can reach is hardened here, on the command line,
+# so it holds however the UI is started: no tracebacks or server paths in the
+# page (errors are logged on the server), no developer menu (rerun, clear
+# cache), uploads no bigger than a spec file, and modest websocket messages.
+STREAMLIT_HARDENING = {
+    "client.showErrorDetails": "none",
+    "client.toolbarMode": "viewer",
+    "server.maxUploadSize": "1",  # MB, Streamlit's minimum; spec files are ≤ 1 MB
+    "server.maxMessageSize": "16",  # MB; the largest page (25 eval rows) is far below
+    "server.enableXsrfProtection": "true",
+    "server.headless": "true",
+    "browser.gatherUsageStats": "false",
+}
+
+
+def streamlit_argv(port: int, address: str) -> list[str]:
+    """The command that serves the web UI (for `farm up`, `farm demo` and `farm web`)."""
+    argv = [sys.executable, "-m", "streamlit", "run", str(PROJECT_ROOT / "web" / "app.py")]
+    argv += ["--server.port", str(port), "--server.address", address]
+    for option, value in STREAMLIT_HARDENING.items():
+        argv.append(f"--{option}={value}")
+    return argv
+
+
 def start_web(stack: Stack, port: int, address: str = "127.0.0.1") -> subprocess.Popen[bytes]:
     logs = settings.farm_home() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    argv = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        str(PROJECT_ROOT / "web" / "app.py"),
-        "--server.port",
-        str(port),
-        "--server.address",
-        address,
-        "--server.headless",
-        "true",
-        "--browser.gatherUsageStats",
-        "false",
-    ]
+    argv = streamlit_argv(port, address)
     log = open(logs / "web.log", "ab")
     process = subprocess.Popen(
         argv,

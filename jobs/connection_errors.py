@@ -1,0 +1,31 @@
+"""Database and Redis connection errors as one line a user can act on.
+
+Such errors are not bugs in the farm, so a traceback only hides the point; the
+line names the server (its password masked, as everything printed, logged or
+shown should) and the driver's reason.
+"""
+
+from __future__ import annotations
+
+from jobs import settings
+
+
+def describe(exc: BaseException) -> str | None:
+    """One line for a database or Redis connection error; None for anything else."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+    from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
+
+    if isinstance(exc, OperationalError | InterfaceError):
+        reason = str(exc.orig) if exc.orig is not None else str(exc)
+        return _line("cannot use the database", settings.database_url(), reason)
+    if isinstance(exc, ArgumentError) and "URL" in str(exc):
+        return _line("DATABASE_URL is not a valid URL", settings.database_url(), str(exc))
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        return _line("cannot reach Redis", settings.redis_url() or "(embedded)", str(exc))
+    return None
+
+
+def _line(what: str, url: str, reason: str) -> str:
+    first = next((line.strip() for line in reason.splitlines() if line.strip()), "")
+    return settings.redact_text(f"{what} {settings.redacted_url(url)}: {first}")
