@@ -1,7 +1,15 @@
-"""The farm's embedded Redis: started when REDIS_URL is not set, stopped on exit."""
+"""The farm's embedded Redis: started when REDIS_URL is not set, stopped on exit.
+
+It listens on 127.0.0.1 only and requires a random password, so other users of
+the machine (and anything that can reach a port on it) cannot read or inject
+jobs. The password reaches redis-server on its stdin, never its command line
+(which every local user can read), and the farm's processes through REDIS_URL
+in their environment.
+"""
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import socket
 import subprocess
@@ -52,26 +60,42 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _quoted(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def embedded_config(workdir: Path, port: int, password: str) -> str:
+    """redis.conf for a private Redis on loopback that keeps nothing on disk:
+    the DB is the source of truth, Redis only carries work in flight."""
+    lines = [
+        "bind 127.0.0.1",
+        "protected-mode yes",
+        f"port {port}",
+        f"requirepass {_quoted(password)}",
+        'save ""',
+        "appendonly no",
+        f"dir {_quoted(str(workdir))}",
+        f"logfile {_quoted(str(workdir / 'redis.log'))}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def start_embedded_redis(workdir: Path, port: int | None = None) -> EmbeddedRedis:
-    """A private Redis on loopback that keeps nothing on disk: the DB is the
-    source of truth, Redis only carries work in flight."""
+    """Start the private Redis; its URL carries the random password."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
+    password = secrets.token_urlsafe(32)
+    # `redis-server -` reads its whole configuration from stdin before starting.
     process = subprocess.Popen(
-        [
-            redis_server_binary(),
-            "--bind", "127.0.0.1",
-            "--port", str(port),
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(workdir),
-            "--logfile", str(workdir / "redis.log"),
-        ],
+        [redis_server_binary(), "-"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"redis://127.0.0.1:{port}/0"
+        stdin=subprocess.PIPE,
+    )
+    assert process.stdin is not None
+    process.stdin.write(embedded_config(workdir, port, password).encode())
+    process.stdin.close()
+    url = f"redis://:{password}@127.0.0.1:{port}/0"
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         if process.poll() is not None:
