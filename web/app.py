@@ -1,7 +1,11 @@
 """lorafarm's web UI: `streamlit run web/app.py` (what `farm up` and `farm web` start).
 
 This file only routes: a sign-in page when a password is configured
-(FARM_UI_PASSWORD or `password` in Streamlit secrets), else the pages.
+(FARM_UI_PASSWORD or `password` in Streamlit secrets), else the pages. Until
+the password is given, only the sign-in page exists in a session: no other
+page's code runs, so none of their buttons or callbacks can be triggered.
+Start it with `farm web` (or `farm up`), whose command line also turns off
+error details and the developer menu (jobs.stack.STREAMLIT_HARDENING).
 """
 
 from __future__ import annotations
@@ -11,18 +15,31 @@ import streamlit as st
 from web import ui
 
 st.set_page_config(page_title="lorafarm", page_icon=":material/science:", layout="wide")
+ui.log_to_stderr()
+
+# (script, title, icon, url path); the first is the home page.
+PAGES = [
+    (ui.LEADERBOARD_PAGE, "Leaderboard", "leaderboard", "leaderboard"),
+    (ui.RUNS_PAGE, "Runs", "runs", "runs"),
+    (ui.SUBMIT_PAGE, "Submit", "submit", "submit"),
+    (ui.RUN_PAGE, "Run detail", "run", "run"),
+    ("views/workers.py", "Workers", "workers", "workers"),
+]
 
 if ui.signed_in():
     pages = [
-        st.Page(
-            ui.LEADERBOARD_PAGE, title="Leaderboard", icon=ui.ICONS["leaderboard"], default=True
-        ),
-        st.Page(ui.RUNS_PAGE, title="Runs", icon=ui.ICONS["runs"], url_path="runs"),
-        st.Page(ui.SUBMIT_PAGE, title="Submit", icon=ui.ICONS["submit"], url_path="submit"),
-        st.Page(ui.RUN_PAGE, title="Run detail", icon=ui.ICONS["run"], url_path="run"),
-        st.Page("views/workers.py", title="Workers", icon=ui.ICONS["workers"], url_path="workers"),
+        st.Page(script, title=title, icon=ui.ICONS[icon], url_path=path, default=index == 0)
+        for index, (script, title, icon, path) in enumerate(PAGES)
     ]
     navigation = st.navigation(pages)
 else:
-    navigation = st.navigation([st.Page(ui.sign_in_page, title="Sign in", icon=ui.ICONS["lock"])])
-navigation.run()
+    # Every page's address shows the sign-in form instead (a link to a run opens
+    # that run once signed in); no page's own code runs before then.
+    gate = [
+        st.Page(
+            ui.sign_in_page, title="Sign in", icon=ui.ICONS["lock"], url_path=path, default=i == 0
+        )
+        for i, (_, _, _, path) in enumerate(PAGES)
+    ]
+    navigation = st.navigation(gate, position="hidden")
+ui.run_page(navigation)

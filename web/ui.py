@@ -5,8 +5,14 @@ No farm logic lives here or in the pages; they call `jobs`.
 
 from __future__ import annotations
 
+import logging
+import secrets
+import sys
+import threading
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from typing import Any
 
 import streamlit as st
@@ -14,8 +20,12 @@ from redis import Redis
 from sqlmodel import Session
 
 from jobs import settings
-from jobs.access import check_password, configured_password
+from jobs.access import configured_password
+from jobs.connection_errors import describe as describe_connection_error
 from jobs.db import migrate, session_scope
+from jobs.signin import process_throttle, sign_in
+
+log = logging.getLogger("lorafarm.web")
 
 RUN_PAGE = "views/run.py"
 SUBMIT_PAGE = "views/submit.py"
@@ -23,15 +33,22 @@ RUNS_PAGE = "views/runs.py"
 LEADERBOARD_PAGE = "views/leaderboard.py"
 
 
-@st.cache_resource(show_spinner=False)
-def _migrated(url: str) -> bool:
-    migrate(url)
-    return True
+# Process-wide state lives in plain module caches, not st.cache_resource: any
+# websocket client, signed in or not, can send Streamlit's "clear cache"
+# message, and that must not make the server migrate again or drop its clients.
+_migrated: set[str] = set()
+_migrating = threading.Lock()
 
 
 def ensure_database() -> None:
     """Bring the schema up to date once per process and database."""
-    _migrated(settings.database_url())
+    url = settings.database_url()
+    if url in _migrated:
+        return
+    with _migrating:
+        if url not in _migrated:
+            migrate(url)
+            _migrated.add(url)
 
 
 @contextmanager
@@ -41,7 +58,7 @@ def db() -> Iterator[Session]:
         yield session
 
 
-@st.cache_resource(show_spinner=False)
+@cache
 def _redis(url: str) -> Redis:
     return Redis.from_url(url, socket_connect_timeout=3, socket_timeout=10)
 
@@ -77,16 +94,60 @@ def signed_in() -> bool:
     return password() is None or bool(st.session_state.get("signed_in"))
 
 
+def client_address() -> str:
+    """The browser's address as the server sees it (Streamlit reports None for
+    loopback). Proxies on this host may set it through X-Forwarded-For."""
+    return st.context.ip_address or "loopback"
+
+
 def sign_in_page() -> None:
     st.title("lorafarm")
     with st.form("sign_in"):
         given = st.text_input("Password", type="password", key="password")
         if st.form_submit_button("Sign in"):
             expected = password()
-            if expected is not None and check_password(given, expected):
+            if expected is None:
+                return
+            outcome = sign_in(given, expected, client_address(), process_throttle())
+            if outcome.signed_in:
                 st.session_state["signed_in"] = True
                 st.rerun()
-            st.error("Wrong password.")
+            st.error(outcome.message)
+
+
+def run_page(navigation: Any) -> None:
+    """Run the chosen page. Where error details are off (the farm's own server,
+    see jobs.stack), an error becomes a short message with a reference to the
+    full, password-masked traceback in the server log; elsewhere (development,
+    tests) Streamlit shows it in full."""
+    try:
+        navigation.run()
+    except Exception as exc:
+        if st.get_option("client.showErrorDetails") != "none":
+            raise
+        reference = secrets.token_hex(4)
+        details = "".join(traceback.format_exception(exc))
+        masked = settings.redact_text(details)
+        log.error("page error %s (client %s)\n%s", reference, client_address(), masked)
+        reason = describe_connection_error(exc) or "an unexpected error"
+        st.error(f"This page could not be shown: {reason}. See {reference} in the server log.")
+
+
+def log_to_stderr() -> None:
+    """The farm's own log lines (sign-ins, failures) go to the server's stderr."""
+    logger = logging.getLogger("lorafarm")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def failure_text(exc: BaseException) -> str:
+    """An error to show in the UI: one line for a database or Redis outage, else
+    its message; any password in a URL masked either way."""
+    return describe_connection_error(exc) or settings.redact_text(str(exc))
 
 
 # --- formatting -----------------------------------------------------------------
@@ -137,12 +198,16 @@ def run_link(run_id: int, label: str | None = None, icon: str | None = None) -> 
     )
 
 
+MAX_ID = 2**63 - 1  # SQL's BIGINT; a larger id in a URL overflows the driver
+
+
 def query_int(name: str) -> int | None:
+    """An id from the URL; anything that is not one (too long, negative, text) is None."""
     value = st.query_params.get(name)
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
+    if value is None or len(value) > 19 or not value.isdigit():
         return None
+    number = int(value)
+    return number if 0 < number <= MAX_ID else None
 
 
 def page_count(total: int, per_page: int) -> int:

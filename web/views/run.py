@@ -52,7 +52,7 @@ def run_action(what: str) -> None:
                 count = len(control.retry_run(session, header.id, client))
         st.session_state["run_message"] = ("success", f"{what}: {count} stages")
     except Exception as exc:  # RetryError, Redis down: show it
-        st.session_state["run_message"] = ("error", f"{what}: {exc}")
+        st.session_state["run_message"] = ("error", f"{what}: {ui.failure_text(exc)}")
 
 
 actions = st.columns([2, 1, 1, 4])

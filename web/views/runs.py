@@ -48,9 +48,10 @@ def act(what: str, target: int) -> None:
         with ui.db() as session:
             outcome = action(session, target, client)
     except control.RetryError as exc:
-        st.session_state["runs_message"] = ("error", f"{what} {target}: {exc}")
+        st.session_state["runs_message"] = ("error", f"{what} {target}: {ui.failure_text(exc)}")
     except Exception as exc:  # Redis unreachable, DB locked…: tell, do not crash the page
-        st.session_state["runs_message"] = ("error", f"{what} {target} failed: {exc}")
+        reason = ui.failure_text(exc)
+        st.session_state["runs_message"] = ("error", f"{what} {target} failed: {reason}")
     else:
         count = outcome if isinstance(outcome, int) else len(outcome)
         st.session_state["runs_message"] = ("success", f"{what} {target}: {count} {unit}")

@@ -7,6 +7,7 @@ from typing import Any
 import streamlit as st
 
 from jobs import forms, settings
+from jobs.limits import spec_size_problem
 from jobs.problems import InputError
 from web import ui
 
@@ -43,7 +44,7 @@ def on_submit() -> None:
         st.session_state["form_result"] = forms.submit_form(values, client)
         st.session_state.pop("submit_error", None)
     except Exception as exc:  # Redis or the DB down: say so, nothing was queued
-        st.session_state["submit_error"] = f"not queued: {exc}"
+        st.session_state["submit_error"] = f"not queued: {ui.failure_text(exc)}"
 
 
 @st.cache_data(ttl=30, show_spinner=False)
@@ -74,18 +75,29 @@ if clone is not None and st.session_state.get("cloned_from") != clone:
         load_values(cloned[0])
         st.session_state["prefill_note"] = ("info", f"Prefilled from {cloned[1]}.")
 
+
+def load_upload(name: str, size: int, data: bytes) -> None:
+    """Prefill the form from an uploaded spec; too big a file is refused unread."""
+    problem = spec_size_problem(size)
+    if problem is not None:
+        st.session_state["prefill_note"] = ("error", f"{name}: {problem}")
+        return
+    try:
+        values, notes = forms.yaml_to_form(data.decode("utf-8", "replace"))
+    except InputError as exc:
+        st.session_state["prefill_note"] = ("error", "; ".join(str(p) for p in exc.problems))
+    else:
+        load_values(values)
+        text = f"Loaded {name} into the form." + "".join(f"\n- {n}" for n in notes)
+        st.session_state["prefill_note"] = ("info", text)
+
+
 with st.expander("Upload a spec YAML", expanded=False):
-    uploaded = st.file_uploader("Spec file", type=["yaml", "yml"], key="upload")
+    # 1 MB, Streamlit's smallest cap (also set server-wide); the spec limit is checked below.
+    uploaded = st.file_uploader("Spec file", type=["yaml", "yml"], key="upload", max_upload_size=1)
     if uploaded is not None and st.session_state.get("uploaded_id") != uploaded.file_id:
         st.session_state["uploaded_id"] = uploaded.file_id
-        try:
-            values, notes = forms.yaml_to_form(uploaded.getvalue().decode("utf-8", "replace"))
-        except InputError as exc:
-            st.session_state["prefill_note"] = ("error", "; ".join(str(p) for p in exc.problems))
-        else:
-            load_values(values)
-            text = f"Loaded {uploaded.name} into the form." + "".join(f"\n- {n}" for n in notes)
-            st.session_state["prefill_note"] = ("info", text)
+        load_upload(uploaded.name, uploaded.size, uploaded.getvalue())
 
 note = st.session_state.get("prefill_note")
 if note:

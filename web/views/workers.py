@@ -25,7 +25,7 @@ def workers_panel() -> None:
         try:
             live, queues = live_worker_names(client), queue_depths(client)
         except Exception as exc:  # Redis down: the DB still tells most of the story
-            st.error(f"Redis is not answering: {exc}")
+            st.error(f"Redis is not answering: {ui.failure_text(exc)}")
     if not rows:
         st.info("No worker has registered yet. Start one with `uv run farm worker`.")
     else:

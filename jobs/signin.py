@@ -1,0 +1,220 @@
+"""Sign-in throttling for the web UI: growing delays, then a lock-out.
+
+The UI has a single password, so there is no account name to count failures
+against. Failures count twice: against the client's address, and against the
+sign-in itself (one key for every address), so a guesser who spreads over many
+addresses is slowed and locked out too. The state lives in this process, not in
+Streamlit's caches, which any websocket client can clear; a restart forgets it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+
+from jobs.access import check_password
+
+log = logging.getLogger("lorafarm.signin")
+
+EVERYONE = "*"  # the key every failure also counts against
+MAX_TRACKED = 10_000  # addresses kept in memory; idle ones are dropped beyond this
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How one key is throttled: failure n waits `delay(n)`; `lock_after` failures
+    within `window_s` lock the key for `lock_s`."""
+
+    base_delay_s: float = 1.0
+    max_delay_s: float = 10.0
+    lock_after: int = 10
+    lock_s: float = 15 * 60
+    window_s: float = 15 * 60
+
+    def delay(self, failures: int) -> float:
+        if failures <= 0:
+            return 0.0
+        return min(self.base_delay_s * 2 ** (failures - 1), self.max_delay_s)
+
+
+@dataclass
+class _KeyState:
+    failures: list[float] = field(default_factory=list)  # times of recent failures
+    not_before: float = 0.0  # no attempt is checked before this time
+    locked_until: float = 0.0
+
+    def idle(self, now: float) -> bool:
+        return not self.failures and self.not_before <= now and self.locked_until <= now
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether an attempt may be checked now; if not, why and for how long."""
+
+    allowed: bool
+    locked_for_s: float = 0.0
+    wait_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A recorded failure: how long to hold the answer back, and whether it locked."""
+
+    client_failures: int
+    all_failures: int
+    delay_s: float
+    locked_for_s: float
+
+
+class Throttle:
+    """Per-key failure counts, delays and lock-outs, safe across Streamlit's threads."""
+
+    def __init__(
+        self,
+        client_policy: Policy,
+        everyone_policy: Policy,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client_policy = client_policy
+        self.everyone_policy = everyone_policy
+        self.clock = clock
+        self._keys: dict[str, _KeyState] = {}
+        self._lock = threading.Lock()
+
+    def _policy(self, key: str) -> Policy:
+        return self.everyone_policy if key == EVERYONE else self.client_policy
+
+    def _state(self, key: str, now: float) -> _KeyState:
+        state = self._keys.setdefault(key, _KeyState())
+        window = self._policy(key).window_s
+        state.failures = [t for t in state.failures if now - t < window]
+        return state
+
+    def begin(self, client: str) -> Verdict:
+        """May `client` have a password checked now? If so, the attempt holds its
+        slot: a parallel attempt is refused until this one's delay has passed,
+        so opening many sessions does not multiply the guessing rate."""
+        with self._lock:
+            now = self.clock()
+            states = {key: self._state(key, now) for key in (client, EVERYONE)}
+            locked = max(s.locked_until - now for s in states.values())
+            if locked > 0:
+                return Verdict(False, locked_for_s=locked)
+            wait = max(s.not_before - now for s in states.values())
+            if wait > 0:
+                return Verdict(False, wait_s=wait)
+            for key, state in states.items():
+                state.not_before = now + self._policy(key).delay(len(state.failures) + 1)
+            return Verdict(True)
+
+    def failed(self, client: str) -> Failure:
+        """Count a wrong password; returns how long to hold the answer back."""
+        with self._lock:
+            now = self.clock()
+            states = {key: self._state(key, now) for key in (client, EVERYONE)}
+            counts = {}
+            delay = locked = 0.0
+            for key, state in states.items():
+                policy = self._policy(key)
+                state.failures.append(now)
+                counts[key] = len(state.failures)
+                state.not_before = now + policy.delay(counts[key])
+                delay = max(delay, policy.delay(counts[key]))
+                if counts[key] >= policy.lock_after:
+                    state.locked_until = now + policy.lock_s
+                    state.failures.clear()  # a fresh count once the lock expires
+                locked = max(locked, state.locked_until - now)
+            self._forget_idle(now)
+            # Once locked, holding the answer back gains nothing: say so at once.
+            return Failure(counts[client], counts[EVERYONE], 0.0 if locked else delay, locked)
+
+    def succeeded(self, client: str) -> None:
+        """The right password: this address starts afresh; the overall count
+        stays, so a guesser gains nothing from someone else's sign-in."""
+        with self._lock:
+            now = self.clock()
+            self._keys.pop(client, None)
+            everyone = self._state(EVERYONE, now)
+            everyone.not_before = min(everyone.not_before, now)
+
+    def _forget_idle(self, now: float) -> None:
+        if len(self._keys) <= MAX_TRACKED:
+            return
+        for key in [k for k, s in self._keys.items() if k != EVERYONE and s.idle(now)]:
+            del self._keys[key]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the sign-in page shows after an attempt."""
+
+    signed_in: bool
+    message: str = ""
+
+
+def sign_in(
+    given: str,
+    expected: str,
+    client: str,
+    throttle: Throttle,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Outcome:
+    """Check a password under the throttle; wrong ones are logged and answered late."""
+    verdict = throttle.begin(client)
+    if verdict.locked_for_s > 0:
+        log.warning("sign-in refused from %s: locked for %.0f s", client, verdict.locked_for_s)
+        return Outcome(False, locked_message(verdict.locked_for_s))
+    if verdict.wait_s > 0:
+        log.warning("sign-in refused from %s: too soon, %.1f s to wait", client, verdict.wait_s)
+        return Outcome(False, f"Too many attempts: try again in {duration(verdict.wait_s)}.")
+    if check_password(given, expected):
+        throttle.succeeded(client)
+        log.info("sign-in from %s", client)
+        return Outcome(True)
+    failure = throttle.failed(client)
+    log.warning(
+        "sign-in failed from %s: wrong password (%d failures from this address, %d in all)",
+        client,
+        failure.client_failures,
+        failure.all_failures,
+    )
+    if failure.locked_for_s > 0:
+        log.warning("sign-in from %s locked for %.0f s", client, failure.locked_for_s)
+        return Outcome(False, locked_message(failure.locked_for_s))
+    sleep(failure.delay_s)  # the guesser waits for every answer
+    return Outcome(False, f"Wrong password (failed attempt {failure.client_failures} from here).")
+
+
+def locked_message(seconds: float) -> str:
+    return f"Too many failed sign-ins: signing in is locked for {duration(seconds)}."
+
+
+def duration(seconds: float) -> str:
+    whole = max(int(seconds + 0.999), 1)
+    minutes, rest = divmod(whole, 60)
+    if not minutes:
+        return f"{rest} s"
+    return f"{minutes} min {rest} s" if rest else f"{minutes} min"
+
+
+def policies_from_env() -> tuple[Policy, Policy]:
+    """FARM_SIGNIN_LOCK_AFTER failures (default 10) from one address lock it for
+    FARM_SIGNIN_LOCK_MINUTES (default 15); three times as many from anywhere
+    lock signing in for everyone."""
+    lock_after = max(int(os.environ.get("FARM_SIGNIN_LOCK_AFTER", "10")), 1)
+    lock_s = max(float(os.environ.get("FARM_SIGNIN_LOCK_MINUTES", "15")), 0.0) * 60
+    client = Policy(lock_after=lock_after, lock_s=lock_s, window_s=max(lock_s, 60.0))
+    everyone = Policy(lock_after=3 * lock_after, lock_s=lock_s, window_s=max(lock_s, 60.0))
+    return client, everyone
+
+
+@cache
+def process_throttle() -> Throttle:
+    """The throttle of this UI process, shared by every browser session."""
+    client, everyone = policies_from_env()
+    return Throttle(client, everyone)
