@@ -264,8 +264,8 @@ def _wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 120)
 def bench_dispatch(model: Path, redis_url: str, n: int = 20) -> dict[str, Any]:
     from redis import Redis
 
+    from jobs.control import cancel_stages
     from jobs.db import Stage, session_scope
-    from jobs.queue import cancel_stages
     from jobs.spec import parse_spec
     from jobs.submit import submit_experiment
 

@@ -21,6 +21,7 @@ from typing import Any
 from sqlmodel import Session, select
 
 from jobs.db import Metric, Stage
+from jobs.states import FINISHED
 
 CKPT_RE = re.compile(r"^ckpt-(\d+)$")
 BEST = "best"
@@ -31,7 +32,6 @@ VAL_LOSS_TOLERANCE_STEPS = 1
 # Below this adherence gap the val-loss pick is as good as the adherence pick
 # (one prompt of the 27-prompt demo suite is 3.7 points).
 MISLEADING_GAP_POINTS = 10.0
-FINISHED = ("done", "failed", "skipped", "cancelled")
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,12 @@
-"""What the cancel and retry buttons do.
+"""What the cancel and retry buttons (and `farm cancel`) do.
 
-Cancel hands the unfinished stages of an experiment or run to
-`jobs.queue.cancel_stages`. Retry puts failed, cancelled and skipped stages
-back to work: their rows go back to `queued` (results of the earlier attempt —
-metrics, eval rows, artifacts, summaries — are deleted), and their RQ jobs are
-enqueued the way `jobs.queue` does it. A retried train stage goes back on its
-memory-tier queue, and its success callback enqueues everything below it
-again; a retried later stage needs the train artifacts, so it is pinned to the
-queue of the worker that trained the run (or the tier queue when
-FARM_SHARED_ARTIFACTS is set), with RQ dependencies on retried parents.
+Cancel marks the unfinished stages of an experiment or run cancelled
+(`jobs.lifecycle.cancel`) and stops their RQ jobs. Retry puts failed,
+cancelled and skipped stages back to work: their rows go back to `waiting`
+(results of the earlier attempts — metrics, eval rows, artifacts, summaries —
+are deleted), and the first of them is queued the way `jobs.lifecycle` routes
+it: a retried train stage to its memory tier, a later stage to the worker
+holding the run's artifacts. Finishing stages queue their children as usual.
 """
 
 from __future__ import annotations
@@ -16,30 +14,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from redis import Redis
-from rq.exceptions import NoSuchJobError
-from rq.job import Job
-from rq.serializers import JSONSerializer
 from sqlalchemy import delete
 from sqlmodel import Session, select
 
-from jobs.db import Artifact, EvalResult, Experiment, Metric, Run, Stage
-from jobs.queue import (
-    cancel_stages,
-    descendants,
-    enqueue_run,
-    enqueue_subtrees,
-    pinned_queue_name,
-    stage_job_id,
-    update_run_status,
-)
+from jobs import lifecycle
+from jobs.db import Artifact, EvalResult, Metric, Run, Stage
+from jobs.lifecycle import descendants, update_run_status
+from jobs.queue import push_all, stop_job
+from jobs.states import ACTIVE, RETRYABLE, StageStatus
 
-RETRYABLE = frozenset({"failed", "cancelled", "skipped"})
-ACTIVE = frozenset({"waiting", "queued", "running"})
 # Per-attempt results a retried stage starts over without.
 _SUMMARY_FIELDS = (
     "worker", "queue", "rq_job_id", "enqueued_at", "started_at", "finished_at", "error",
     "progress", "total", "adherence", "n_prompts", "label_counts", "hit_max_share", "latency_s",
-    "tokens_per_sec", "peak_memory_gb", "size_bytes", "val_loss",
+    "tokens_per_sec", "peak_memory_gb", "size_bytes", "val_loss", "heartbeat_at", "resumed_from",
 )  # fmt: skip
 
 
@@ -60,6 +48,17 @@ def cancel_experiment(session: Session, experiment_id: int, redis: Redis) -> int
 def cancel_run(session: Session, run_id: int, redis: Redis) -> int:
     stages = session.exec(select(Stage).where(Stage.run_id == run_id)).all()
     return cancel_stages(session, stages, redis)
+
+
+def cancel_stages(session: Session, stages: Sequence[Stage], redis: Redis | None) -> int:
+    """Cancel unfinished stages: marked first and committed, so a stage about to
+    start sees it; then running jobs are stopped and waiting ones dropped."""
+    count = sum(1 for s in stages if s.status in ACTIVE)
+    job_ids = lifecycle.cancel(session, stages)
+    session.commit()
+    for job_id in job_ids:
+        stop_job(redis, job_id)
+    return count
 
 
 # --- retry -------------------------------------------------------------------
@@ -113,28 +112,22 @@ def _retry(
         root = _first_unfinished_ancestor(stage, by_id)
         for s in (root, *descendants(stages, root.id or -1)):
             reset[s.id or 0] = s
-    busy = [s for s in reset.values() if s.status in ("queued", "running")]
+    busy = [s for s in reset.values() if s.status in (StageStatus.QUEUED, StageStatus.RUNNING)]
     if busy:
         raise RetryError(f"{busy[0].kind} {busy[0].variant} is {busy[0].status}; cancel it first")
     run = session.get(Run, stages[0].run_id)
     assert run is not None
-    train = next(s for s in stages if s.kind == "train")
 
     _forget_attempt(session, reset, redis)
     run.finished_at = None
+    if any(s.kind == "train" for s in reset.values()):
+        run.host = None  # any worker may train it again
     session.add(run)
-    if train.id in reset:
-        experiment = session.get(Experiment, run.experiment_id)
-        assert experiment is not None
-        enqueue_run(session, run, redis, experiment.spec)  # train; its callback does the rest
-    else:  # later stages need the adapter: pinned to the worker that trained it
-        roots = [s for s in reset.values() if s.depends_on not in reset]
-        name = pinned_queue_name(
-            run.host or train.worker or "", float(train.params.get("min_memory_gb", 0))
-        )
-        enqueue_subtrees(session, stages, roots, name, redis)
+    roots = [s for s in reset.values() if s.depends_on not in reset]
+    tickets = [lifecycle.queue_stage(session, root) for root in roots]
     update_run_status(session, run.id or 0)
     session.commit()
+    push_all(redis, tickets)
     return sorted(reset)
 
 
@@ -153,14 +146,9 @@ def _forget_attempt(session: Session, reset: dict[int, Stage], redis: Redis) -> 
     for table in (EvalResult, Metric, Artifact):
         session.execute(delete(table).where(table.stage_id.in_(ids)))  # type: ignore[attr-defined]
     for stage in reset.values():
+        stop_job(redis, stage.rq_job_id)
         for name in _SUMMARY_FIELDS:
             setattr(stage, name, None)
-        stage.status = "waiting"
+        stage.status = StageStatus.WAITING
         session.add(stage)
-        try:
-            Job.fetch(
-                stage_job_id(stage.id or 0), connection=redis, serializer=JSONSerializer
-            ).delete()
-        except NoSuchJobError:
-            pass
     session.flush()

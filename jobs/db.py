@@ -66,7 +66,11 @@ class Stage(SQLModel, table=True):
     variant: str = ""  # adapter | fused | q4 | ckpt-0000100 | best | base
     params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     depends_on: int | None = Field(default=None, foreign_key="stage.id")
-    status: str = Field(default="waiting", index=True)
+    status: str = Field(default="waiting", index=True)  # a `jobs.states.StageStatus`
+    # Each claim is a new attempt; writes carrying an older number are refused.
+    attempt: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    heartbeat_at: datetime | None = None  # the running attempt's worker beat last
+    resumed_from: int | None = None  # train: the checkpoint iteration this attempt resumed at
     worker: str | None = None
     rq_job_id: str | None = Field(default=None, index=True)
     queue: str | None = None
@@ -94,6 +98,7 @@ class Metric(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     stage_id: int = Field(foreign_key="stage.id", index=True)
+    attempt: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     run_id: int = Field(foreign_key="run.id", index=True)
     iteration: int
     train_loss: float | None = None
@@ -111,6 +116,7 @@ class EvalResult(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     stage_id: int = Field(foreign_key="stage.id", index=True)
+    attempt: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     run_id: int = Field(foreign_key="run.id", index=True)
     prompt_id: str
     category: str = ""
@@ -129,6 +135,7 @@ class Artifact(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     run_id: int = Field(foreign_key="run.id", index=True)
     stage_id: int | None = Field(default=None, foreign_key="stage.id")
+    attempt: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     kind: str  # adapter | checkpoint | fused | quantized | log
     variant: str = ""
     iteration: int | None = None
@@ -137,6 +144,21 @@ class Artifact(SQLModel, table=True):
     bytes: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
     sha256: str = ""
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class StageAttempt(SQLModel, table=True):
+    """One claim of a stage by a worker, and how it ended (`AttemptOutcome`)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    stage_id: int = Field(foreign_key="stage.id", index=True)
+    attempt: int
+    worker: str
+    host: str = ""
+    outcome: str = "running"
+    reason: str | None = Field(default=None, sa_column=Column(Text))
+    resumed_from: int | None = None
+    started_at: datetime = Field(default_factory=utcnow)
+    ended_at: datetime | None = None
 
 
 class WorkerRow(SQLModel, table=True):

@@ -17,10 +17,10 @@ from jobs import settings
 from jobs.db import session_scope
 from jobs.spec import ExperimentSpec, parse_spec
 from jobs.stack import DATA_DIR, PROJECT_ROOT, farm_stack, wait_for_workers
+from jobs.states import FINISHED
 from jobs.status import ExperimentView, experiment_view
 
 DEMO_SPEC = DATA_DIR / "specs" / "demo.yaml"
-FINISHED = {"done", "failed", "skipped", "cancelled"}
 
 
 def tiny_model_dir() -> Path:

@@ -1,42 +1,50 @@
-"""Queue wiring: stage rows in the DB become RQ jobs in Redis.
+"""Queue wiring: which RQ queue a stage's job goes to, and putting it there.
 
 Routing rules:
 - `train` goes to a memory-tier queue (`farm:mem:<gb>`). A worker with M GB
   listens only to tiers ≤ M, so a job never lands on a worker too small for it.
-- Stages after `train` need its artifacts. When train succeeds, its RQ success
-  callback enqueues them on the queue of the worker that trained
-  (`farm:worker:<name>`), or back on the tier queue when FARM_SHARED_ARTIFACTS
-  makes artifacts visible everywhere. Within that set, RQ dependencies carry
-  the rest of the DAG (fuse → quantize → eval).
-- When a stage fails its failure callback marks every descendant `skipped` and
-  cancels their RQ jobs, so nothing waits forever on a dead parent.
+- Stages after `train` need its artifacts: they go to the queue of the worker
+  that trained (`farm:worker:<name>`), or back to the tier queue when
+  FARM_SHARED_ARTIFACTS makes artifacts visible everywhere.
+
+The DB says what is runnable (`jobs.lifecycle`); Redis only carries it. A job
+here is one attempt's ticket: if Redis loses it, the reconciler pushes it again
+from the DB, and a duplicate ticket is harmless because only one claim wins.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from redis import Redis
-from rq import Callback, Queue
+from redis.exceptions import RedisError
+from rq import Queue
 from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
-from sqlmodel import Session, select
 
 from jobs import settings
-from jobs.dag import HOLD
-from jobs.db import Experiment, Run, Stage, session_scope, utcnow
+
+log = logging.getLogger(__name__)
 
 MEMORY_TIERS_GB = (0, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512)
+# The only function a farm worker executes (see `worker.main.refuse_foreign_job`).
 STAGE_FUNCTION = "worker.stage_job.run_stage"
-FINISHED = {"done", "failed", "skipped", "cancelled"}
 DOWNSTREAM_TIMEOUT_S = 6 * 3600
+_LIVE = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
 
 
-def connect(url: str) -> Redis:
-    return Redis.from_url(url)
+@dataclass(frozen=True)
+class Ticket:
+    """An RQ job to push for a stage the DB has marked queued."""
+
+    stage_id: int
+    queue: str
+    job_id: str
+    timeout_s: int
 
 
 def tier_for(min_memory_gb: float) -> int:
@@ -62,258 +70,85 @@ def queues_for_worker(worker_name: str, memory_gb: float) -> list[str]:
     return [worker_queue_name(worker_name)] + [f"farm:mem:{t}" for t in reversed(tiers)]
 
 
-def stage_job_id(stage_id: int) -> str:
-    return f"stage-{stage_id}"
+def pinned_queue_name(worker_name: str | None, min_memory_gb: float) -> str:
+    """Where stages that need a run's artifacts go: the queue of the worker
+    holding them, or anywhere suitable when artifacts live in a shared folder."""
+    if settings.shared_artifacts() is not None or not worker_name:
+        return tier_queue_name(min_memory_gb)
+    return worker_queue_name(worker_name)
+
+
+def stage_job_id(stage_id: int, attempt: int = 1) -> str:
+    """One job id per attempt, so a new attempt never collides with the old job."""
+    return f"stage-{stage_id}-a{attempt}"
 
 
 def _queue(name: str, redis: Redis) -> Queue:
     return Queue(name, connection=redis, serializer=JSONSerializer)
 
 
-def _callbacks() -> dict[str, Callback]:
-    return {
-        "on_success": Callback("jobs.queue.on_stage_success"),
-        "on_failure": Callback("jobs.queue.on_stage_failure"),
-    }
-
-
-def enqueue_run(session: Session, run: Run, redis: Redis, spec: dict[str, Any]) -> None:
-    """Put a run's train stage on its memory-tier queue."""
-    train = session.exec(select(Stage).where(Stage.run_id == run.id, Stage.kind == "train")).one()
-    resources = spec.get("resources", {})
-    queue = tier_queue_name(float(resources.get("min_memory_gb", 0)))
-    timeout = int(float(resources.get("timeout_hours", 24)) * 3600)
-    _queue(queue, redis).enqueue_call(
+def push(redis: Redis, ticket: Ticket) -> None:
+    _queue(ticket.queue, redis).enqueue_call(
         STAGE_FUNCTION,
-        args=(train.id,),
-        job_id=stage_job_id(train.id),
-        timeout=timeout,
+        args=(ticket.stage_id,),
+        job_id=ticket.job_id,
+        timeout=ticket.timeout_s,
         result_ttl=86400,
         failure_ttl=7 * 86400,
-        meta={"min_memory_gb": float(resources.get("min_memory_gb", 0))},
-        **_callbacks(),
     )
-    train.status, train.queue, train.rq_job_id, train.enqueued_at = (
-        "queued",
-        queue,
-        stage_job_id(train.id),
-        utcnow(),
-    )
-    session.add(train)
 
 
-def pinned_queue_name(worker_name: str, min_memory_gb: float) -> str:
-    """Where a run's later stages go: its trainer's own queue, or anywhere
-    suitable when artifacts live in a shared folder."""
-    if settings.shared_artifacts() is not None:
-        return tier_queue_name(min_memory_gb)
-    return worker_queue_name(worker_name)
-
-
-def enqueue_downstream(parent_stage_id: int, worker_name: str, redis: Redis) -> list[int]:
-    """Enqueue everything below a finished train stage, pinned to its worker.
-
-    Stages held for the best checkpoint (and everything below them) stay
-    waiting; `release_after_checkpoints` enqueues them later. Returns the
-    stage ids enqueued."""
-    with session_scope() as session:
-        parent = session.get(Stage, parent_stage_id)
-        assert parent is not None
-        queue_name = pinned_queue_name(worker_name, float(parent.params.get("min_memory_gb", 0)))
-        run_stages = session.exec(select(Stage).where(Stage.run_id == parent.run_id)).all()
-        roots = [s for s in run_stages if s.depends_on == parent.id and not s.params.get(HOLD)]
-        return enqueue_subtrees(session, run_stages, roots, queue_name, redis)
-
-
-def enqueue_subtrees(
-    session: Session,
-    run_stages: Sequence[Stage],
-    roots: Sequence[Stage],
-    queue_name: str,
-    redis: Redis,
-) -> list[int]:
-    """Enqueue `roots` (whose parents are done) and every waiting stage below
-    them; RQ dependencies hold each child back until its parent job finishes."""
-    by_parent: dict[int, list[Stage]] = {}
-    for stage in run_stages:
-        if stage.depends_on is not None:
-            by_parent.setdefault(stage.depends_on, []).append(stage)
-    queue = _queue(queue_name, redis)
-    enqueued: list[int] = []
-    frontier: list[tuple[Stage, str | None]] = [(root, None) for root in roots]
-    while frontier:
-        stage, depends_on = frontier.pop(0)
-        if stage.status != "waiting":
+def push_all(redis: Redis | None, tickets: Iterable[Ticket]) -> list[int]:
+    """Push tickets after their DB rows are committed. Redis being down is not
+    an error here: the stages stay queued in the DB and the reconciler pushes
+    them when Redis is back. Returns the stage ids pushed."""
+    pushed: list[int] = []
+    for ticket in tickets:
+        if redis is None:
             continue
-        job_id = stage_job_id(stage.id or 0)
-        queue.enqueue_call(
-            STAGE_FUNCTION,
-            args=(stage.id,),
-            job_id=job_id,
-            timeout=DOWNSTREAM_TIMEOUT_S,
-            depends_on=depends_on,
-            result_ttl=86400,
-            failure_ttl=7 * 86400,
-            **_callbacks(),
-        )
-        stage.status, stage.queue, stage.rq_job_id = "queued", queue_name, job_id
-        stage.enqueued_at = utcnow()
-        session.add(stage)
-        enqueued.append(stage.id or 0)
-        for child in by_parent.get(stage.id or -1, []):
-            if not child.params.get(HOLD):
-                frontier.append((child, job_id))
-    return enqueued
+        try:
+            push(redis, ticket)
+            pushed.append(ticket.stage_id)
+        except RedisError as exc:
+            log.warning("stage %s stays queued in the DB (Redis: %s)", ticket.stage_id, exc)
+    return pushed
 
 
-def release_after_checkpoints(session: Session, run_id: int, redis: Redis | None) -> list[int]:
-    """Once every checkpoint eval of a run has finished, point the held stages
-    at the checkpoint with the best adherence and enqueue them; with no scored
-    checkpoint they are skipped. Returns the stage ids enqueued."""
-    from jobs.checkpoints import checkpoint_evals_finished, select_best_checkpoint
-
-    run_stages = session.exec(select(Stage).where(Stage.run_id == run_id)).all()
-    held = [s for s in run_stages if s.params.get(HOLD) and s.status == "waiting"]
-    if not held or not checkpoint_evals_finished(session, run_id):
-        return []
-    run = session.get(Run, run_id)
-    experiment = session.get(Experiment, run.experiment_id) if run else None
-    assert run is not None and experiment is not None
-    best = select_best_checkpoint(session, run_id, experiment.spec)
-    if best is None or redis is None:
-        for stage in held:
-            stage.status, stage.finished_at = "skipped", utcnow()
-            stage.error = "skipped: no checkpoint was scored"
-            session.add(stage)
-            skip_descendants(session, stage, redis, "skipped: no checkpoint was scored")
-        return []
-    train = next(s for s in run_stages if s.kind == "train")
-    queue_name = pinned_queue_name(
-        run.host or train.worker or "", float(train.params.get("min_memory_gb", 0))
-    )
-    return enqueue_subtrees(session, run_stages, held, queue_name, redis)
-
-
-def descendants(stages: Iterable[Stage], stage_id: int) -> list[Stage]:
-    by_parent: dict[int | None, list[Stage]] = {}
-    for stage in stages:
-        by_parent.setdefault(stage.depends_on, []).append(stage)
-    found: list[Stage] = []
-    frontier = list(by_parent.get(stage_id, []))
-    while frontier:
-        stage = frontier.pop()
-        found.append(stage)
-        frontier.extend(by_parent.get(stage.id, []))
-    return found
-
-
-def skip_descendants(session: Session, stage: Stage, redis: Redis | None, reason: str) -> None:
-    run_stages = session.exec(select(Stage).where(Stage.run_id == stage.run_id)).all()
-    for child in descendants(run_stages, stage.id or -1):
-        if child.status in FINISHED:
-            continue
-        child.status, child.error, child.finished_at = "skipped", reason, utcnow()
-        session.add(child)
-        if redis is not None and child.rq_job_id:
-            _cancel_job(redis, child.rq_job_id)
-
-
-def update_run_status(session: Session, run_id: int) -> str:
-    """A run is running while any stage is, failed if any failed, else done."""
-    run = session.get(Run, run_id)
-    assert run is not None
-    statuses = [s.status for s in session.exec(select(Stage).where(Stage.run_id == run_id)).all()]
-    if any(s in ("waiting", "queued", "running") for s in statuses):
-        run.status = (
-            "running" if any(s != "waiting" and s != "queued" for s in statuses) else "queued"
-        )
-    elif "cancelled" in statuses:
-        run.status = "cancelled"
-    elif "failed" in statuses:
-        run.status = "failed"
-    else:
-        run.status = "done"
-    if run.status in FINISHED and run.finished_at is None:
-        run.finished_at = utcnow()
-    session.add(run)
-    return run.status
-
-
-# --- RQ callbacks (run inside the worker's horse) ----------------------------
-
-
-def on_stage_success(job: Job, connection: Redis, result: Any, *args: Any, **kwargs: Any) -> None:
-    if not isinstance(result, dict) or result.get("kind") != "train":
-        return
-    enqueue_downstream(int(result["stage_id"]), str(result["worker"]), connection)
-    with session_scope() as session:
-        update_run_status(session, int(result["run_id"]))
-
-
-def on_stage_failure(job: Job, connection: Redis, *args: Any, **kwargs: Any) -> None:
-    stage_id = int(job.args[0])
-    with session_scope() as session:
-        stage = session.get(Stage, stage_id)
-        if stage is None:
-            return
-        if stage.status not in FINISHED:
-            stage.status, stage.finished_at = "failed", utcnow()
-            stage.error = stage.error or _exc_tail(job)
-            session.add(stage)
-        skip_descendants(
-            session, stage, connection, f"skipped: {stage.kind} {stage.variant} failed"
-        )
-        update_run_status(session, stage.run_id)
-
-
-def _exc_tail(job: Job) -> str:
+def job_is_live(redis: Redis, job_id: str | None) -> bool:
+    """True when Redis still carries this job (waiting, deferred or running)."""
+    if not job_id:
+        return False
     try:
-        result = job.latest_result()
-        text = (result.exc_string if result else "") or ""
-    except Exception:  # the failure is already being handled; keep what we have
-        text = ""
-    return text[-4000:] or "stage failed"
+        status = Job.fetch(job_id, connection=redis, serializer=JSONSerializer).get_status()
+    except NoSuchJobError:
+        return False
+    return status in _LIVE
 
 
-# --- cancel -------------------------------------------------------------------
+def job_is_waiting_in(redis: Redis, job_id: str, queue: str) -> bool:
+    """The job is live and, unless running, really in its queue's list (a
+    restored Redis can hold the job hash without the queue entry)."""
+    if not job_is_live(redis, job_id):
+        return False
+    status = Job.fetch(job_id, connection=redis, serializer=JSONSerializer).get_status()
+    if status != JobStatus.QUEUED:
+        return True
+    return job_id in _queue(queue, redis).get_job_ids()
 
 
-def _cancel_job(redis: Redis, job_id: str) -> None:
+def stop_job(redis: Redis | None, job_id: str | None) -> None:
+    """Stop a running job (RQ kills the horse's process group, the MLX child
+    with it) or drop a waiting one. Best effort: the DB already says cancelled."""
+    if redis is None or not job_id:
+        return
     try:
         job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
-    except NoSuchJobError:
-        return
-    status = job.get_status(refresh=True)
-    if status == "started":
-        try:
+        status = job.get_status(refresh=True)
+        if status == JobStatus.STARTED:
             send_stop_job_command(redis, job_id, serializer=JSONSerializer)
-        except InvalidJobOperation:
-            pass
-    elif status not in ("finished", "failed", "stopped", "canceled"):
-        try:
+        elif status in _LIVE:
             job.cancel()
-        except InvalidJobOperation:
-            pass
-
-
-def cancel_stages(session: Session, stages: Iterable[Stage], redis: Redis) -> int:
-    """Cancel unfinished stages: running ones are stopped (RQ kills the horse's
-    process group, the MLX child with it), queued ones leave the queue."""
-    count = 0
-    run_ids: set[int] = set()
-    for stage in stages:
-        if stage.status in FINISHED:
-            continue
-        stage.status, stage.finished_at = "cancelled", utcnow()
-        stage.error = stage.error or "cancelled by user"
-        session.add(stage)
-        run_ids.add(stage.run_id)
-        count += 1
-    session.commit()  # mark first, so a stage that is about to start sees it
-    for stage in stages:
-        if stage.status == "cancelled" and stage.rq_job_id:
-            _cancel_job(redis, stage.rq_job_id)
-    for run_id in run_ids:
-        update_run_status(session, run_id)
-    session.commit()
-    return count
+    except (NoSuchJobError, InvalidJobOperation):
+        pass
+    except RedisError as exc:
+        log.warning("could not stop job %s (Redis: %s)", job_id, exc)

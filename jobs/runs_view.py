@@ -16,11 +16,8 @@ from sqlalchemy import func
 from sqlmodel import Session, select
 
 from jobs.db import Experiment, Metric, Run, Stage, utcnow
-from jobs.queue import FINISHED
+from jobs.states import ACTIVE, FINISHED, RETRYABLE
 from jobs.status import experiment_status
-
-RETRYABLE = frozenset({"failed", "cancelled", "skipped"})
-ACTIVE = frozenset({"waiting", "queued", "running"})
 
 
 def aware(value: datetime | None) -> datetime | None:

@@ -35,6 +35,36 @@ def artifacts_root() -> Path:
     return shared_artifacts() or farm_home() / "artifacts"
 
 
+def _seconds(name: str, default: float) -> float:
+    try:
+        value = float(os.environ.get(name, default))
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
+def lost_after_s() -> float:
+    """FARM_LOST_AFTER_S (default 60): a running stage whose worker has not beaten
+    for this long is lost, and so is a worker."""
+    return _seconds("FARM_LOST_AFTER_S", 60.0)
+
+
+def stranded_after_s() -> float:
+    """FARM_STRANDED_AFTER_S (default 600): how long work pinned to a gone worker
+    (its artifacts are on that worker's disk) waits before the run is re-planned."""
+    return _seconds("FARM_STRANDED_AFTER_S", 600.0)
+
+
+def heartbeat_every_s() -> float:
+    """Beats come several times per lost-after window, at most every 5 s."""
+    return min(5.0, lost_after_s() / 4)
+
+
+def reconcile_every_s() -> float:
+    """FARM_RECONCILE_EVERY_S (default 30): how often each worker runs the reconciler."""
+    return _seconds("FARM_RECONCILE_EVERY_S", 30.0)
+
+
 # --- keeping passwords out of output ------------------------------------------------
 
 MASK = "***"

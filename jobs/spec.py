@@ -214,6 +214,9 @@ class Resources(BaseModel):
 
     min_memory_gb: float = Field(0.0, ge=0, le=limits.MAX_MEMORY_GB)
     timeout_hours: float = Field(24.0, ge=limits.MIN_TIMEOUT_HOURS, le=limits.MAX_TIMEOUT_HOURS)
+    # Automatic retries of a stage that died (signal, lost worker, lost Redis);
+    # a stage whose own code raised is not retried: it would fail the same way.
+    retries: int = Field(2, ge=0, le=10)
 
 
 _SKIP_CROSS_CHECKS = "lorafarm.spec.skip_cross_checks"

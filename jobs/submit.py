@@ -7,12 +7,14 @@ from collections.abc import Sequence
 from redis import Redis
 from rq.job import Job
 from rq.serializers import JSONSerializer
-from sqlmodel import Session, select
+from sqlalchemy import delete
+from sqlmodel import Session, col, select
 
 from jobs.checks import Finding, ensure_quant_twin
 from jobs.dag import plan_run
-from jobs.db import Diagnostic, Experiment, Run, Stage, session_scope
-from jobs.queue import enqueue_run, stage_job_id
+from jobs.db import Diagnostic, Experiment, Run, Stage, StageAttempt, session_scope
+from jobs.lifecycle import queue_train_stages
+from jobs.queue import Ticket, push
 from jobs.spec import ExperimentSpec, config_fingerprint, spec_to_yaml
 
 
@@ -67,41 +69,56 @@ def submit_experiment(
     # Below 5 bits a fused adapter can lose its signal: keep a ≥ 5-bit twin to compare.
     spec, twin = ensure_quant_twin(spec)
     findings = [*findings, twin] if twin else list(findings)
-    enqueued: list[str] = []
-    try:
-        with session_scope() as session:
-            experiment = create_rows(session, spec, spec_yaml)
-            for finding in findings:
-                session.add(
-                    Diagnostic(
-                        experiment_id=experiment.id,
-                        fingerprint=experiment.fingerprint,
-                        scope="preflight",
-                        pattern=finding.pattern,
-                        severity=finding.severity,
-                        message=finding.render(),
-                        evidence=finding.evidence,
-                    )
+    with session_scope() as session:
+        experiment = create_rows(session, spec, spec_yaml)
+        for finding in findings:
+            session.add(
+                Diagnostic(
+                    experiment_id=experiment.id,
+                    fingerprint=experiment.fingerprint,
+                    scope="preflight",
+                    pattern=finding.pattern,
+                    severity=finding.severity,
+                    message=finding.render(),
+                    evidence=finding.evidence,
                 )
-            runs = session.exec(_runs_of(experiment.id or 0)).all()
-            for run in runs:
-                enqueue_run(session, run, redis, experiment.spec)
-                train_id = _train_stage_id(session, run.id or 0)
-                enqueued.append(stage_job_id(train_id))
-            return experiment.id or 0
+            )
+        runs = session.exec(_runs_of(experiment.id or 0)).all()
+        tickets = queue_train_stages(session, runs)
+        experiment_id = experiment.id or 0
+    push_tickets(redis, tickets, experiment_id)
+    return experiment_id
+
+
+def push_tickets(redis: Redis, tickets: Sequence[Ticket], experiment_id: int) -> None:
+    """Push the train jobs once the rows are committed (a worker that takes a
+    job must find its stage). If Redis fails half-way, the experiment is
+    withdrawn: its rows deleted and the jobs already pushed removed."""
+    pushed: list[str] = []
+    try:
+        for ticket in tickets:
+            push(redis, ticket)
+            pushed.append(ticket.job_id)
     except BaseException:
-        for job_id in enqueued:
+        for job_id in pushed:
             try:
                 Job.fetch(job_id, connection=redis, serializer=JSONSerializer).delete()
             except Exception:  # already gone; nothing else to undo
                 pass
+        delete_experiment(experiment_id)
         raise
+
+
+def delete_experiment(experiment_id: int) -> None:
+    with session_scope() as session:
+        run_ids = [r.id for r in session.exec(_runs_of(experiment_id)).all()]
+        stage_ids = select(Stage.id).where(col(Stage.run_id).in_(run_ids))
+        session.execute(delete(StageAttempt).where(col(StageAttempt.stage_id).in_(stage_ids)))
+        session.execute(delete(Stage).where(col(Stage.run_id).in_(run_ids)))
+        session.execute(delete(Diagnostic).where(Diagnostic.experiment_id == experiment_id))
+        session.execute(delete(Run).where(Run.experiment_id == experiment_id))
+        session.execute(delete(Experiment).where(Experiment.id == experiment_id))
 
 
 def _runs_of(experiment_id: int):  # type: ignore[no-untyped-def]
     return select(Run).where(Run.experiment_id == experiment_id).order_by(Run.id)
-
-
-def _train_stage_id(session: Session, run_id: int) -> int:
-    stage = session.exec(select(Stage).where(Stage.run_id == run_id, Stage.kind == "train")).one()
-    return stage.id or 0

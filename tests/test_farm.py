@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from jobs.cli import app
 from jobs.db import Artifact, EvalResult, Experiment, Metric, Run, Stage, WorkerRow, session_scope
 from jobs.leaderboard import leaderboard
-from jobs.queue import tier_queue_name, worker_queue_name
+from jobs.queue import stage_job_id, tier_queue_name, worker_queue_name
 from jobs.services import free_port
 from tests.conftest import Workers, wait_until, write_spec
 
@@ -55,7 +55,7 @@ def stage_children(stage_id: int) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmd = proc.info["cmdline"] or []
-        if cmd[-3:] == ["-m", "worker.child", str(stage_id)]:
+        if "worker.child" in cmd and cmd[cmd.index("worker.child") + 1 :][:1] == [str(stage_id)]:
             found.append(proc)
     return found
 
@@ -73,7 +73,7 @@ def test_submit_writes_rows_and_enqueues_only_train(
     queue = Queue(
         tier_queue_name(0), connection=Redis.from_url(redis_url), serializer=JSONSerializer
     )
-    assert sorted(queue.job_ids) == sorted(f"stage-{s.id}" for s in trains)
+    assert sorted(queue.job_ids) == sorted(stage_job_id(s.id or 0) for s in trains)
 
 
 def test_refused_submission_writes_nothing(
@@ -208,10 +208,14 @@ def test_a_crashing_stage_is_recorded_and_the_worker_keeps_serving(
     assert workers.processes["w1"].poll() is None
 
 
-def test_a_killed_stage_fails_with_its_cause_and_dependents_are_skipped(
+def test_a_killed_stage_without_retries_fails_with_its_cause_and_dependents_are_skipped(
     workers: Workers, tiny_model: Path, tmp_path: Path
 ) -> None:
-    experiment_id = submit(write_spec(tmp_path / "spec.yaml", tiny_model, train=LONG_TRAIN))
+    experiment_id = submit(
+        write_spec(
+            tmp_path / "spec.yaml", tiny_model, train=LONG_TRAIN, resources={"retries": 0}
+        )
+    )
     workers.start("w1")
     train = stages_of(experiment_id)[0]
     (child,) = wait_until(lambda: stage_children(train.id or 0), timeout=120, what="stage child")

@@ -16,6 +16,7 @@ from sqlmodel import select
 from jobs import forms
 from jobs.dag import plan_run
 from jobs.db import Experiment, Run, Stage, session_scope
+from jobs.queue import stage_job_id
 from jobs.spec import config_fingerprint, parse_spec
 from tests.web_support import (
     PROJECT_ROOT,
@@ -116,7 +117,7 @@ def test_valid_submission_creates_rows_and_rq_jobs(app_env: Path, redis_url: str
     trains = sorted((s for s in stages if s.kind == "train"), key=lambda s: s.id or 0)
     assert {s.status for s in trains} == {"queued"}
     queue = Queue("farm:mem:0", connection=Redis.from_url(redis_url), serializer=JSONSerializer)
-    assert queue.job_ids == [f"stage-{s.id}" for s in trains]
+    assert queue.job_ids == [stage_job_id(s.id or 0) for s in trains]
     assert queue.jobs[0].func_name == "worker.stage_job.run_stage"
 
     # The YAML the page shows is the spec that was queued.

@@ -1,4 +1,9 @@
-"""What a stage's child process knows about its stage, and how it records artifacts."""
+"""What a stage's child process knows about its stage, and how it writes to the DB.
+
+Every write goes through `stage_write`, which refuses it (`StaleAttempt`) once
+a newer attempt owns the stage: a worker that was cut off and comes back can
+never overwrite the results of the attempt that replaced it.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,17 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobs import settings
+from sqlmodel import Session
+
+from jobs import lifecycle, settings
 from jobs.db import Artifact, Experiment, Run, Stage, session_scope
+from jobs.lifecycle import StaleAttempt as StaleAttempt
 
 
 @dataclass(frozen=True)
@@ -25,6 +35,7 @@ class StageContext:
     seed: int
     spec: dict[str, Any]
     run_dir: Path
+    attempt: int = 0
 
     @property
     def adapter_dir(self) -> Path:
@@ -38,11 +49,11 @@ class StageContext:
         return self.run_dir / variant
 
 
-def load_context(stage_id: int) -> StageContext:
+def load_context(stage_id: int, attempt: int = 0) -> StageContext:
     with session_scope() as session:
         stage = session.get(Stage, stage_id)
         if stage is None:
-            raise SystemExit(f"stage {stage_id} not found in {settings.database_url()}")
+            raise SystemExit(f"stage {stage_id} not found in the farm's database")
         run = session.get(Run, stage.run_id)
         assert run is not None
         experiment = session.get(Experiment, run.experiment_id)
@@ -56,12 +67,22 @@ def load_context(stage_id: int) -> StageContext:
             seed=run.seed,
             spec=dict(experiment.spec),
             run_dir=settings.artifacts_root() / f"run-{run.id}",
+            attempt=attempt or stage.attempt,
         )
 
 
-def update_stage(stage_id: int, **values: Any) -> None:
+@contextmanager
+def stage_write(ctx: StageContext) -> Iterator[Session]:
+    """A session for this attempt's writes, committed on exit; raises
+    `StaleAttempt` (and writes nothing) once the attempt no longer owns the stage."""
     with session_scope() as session:
-        stage = session.get(Stage, stage_id)
+        lifecycle.guard(session, ctx.stage_id, ctx.attempt)
+        yield session
+
+
+def update_stage(ctx: StageContext, **values: Any) -> None:
+    with stage_write(ctx) as session:
+        stage = session.get(Stage, ctx.stage_id)
         assert stage is not None
         for key, value in values.items():
             setattr(stage, key, value)
@@ -93,6 +114,7 @@ def record_artifact(
     artifact = Artifact(
         run_id=ctx.run_id,
         stage_id=ctx.stage_id,
+        attempt=ctx.attempt,
         kind=kind,
         variant=variant,
         iteration=iteration,
@@ -101,7 +123,7 @@ def record_artifact(
         bytes=path_bytes(path),
         sha256=sha256_of(path),
     )
-    with session_scope() as session:
+    with stage_write(ctx) as session:
         session.add(artifact)
     return artifact
 

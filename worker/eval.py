@@ -19,10 +19,16 @@ import mlx.core as mx
 from mlx_lm.generate import batch_generate
 from mlx_lm.utils import load
 
-from jobs.db import EvalResult, session_scope
+from jobs.db import EvalResult
 from jobs.scorer import LABEL_SCORES, Score, score_response
 from jobs.suite import EvalSuite, SuitePrompt, load_suite
-from worker.context import StageContext, checkpoint_adapter, path_bytes, update_stage
+from worker.context import (
+    StageContext,
+    checkpoint_adapter,
+    path_bytes,
+    stage_write,
+    update_stage,
+)
 
 
 @dataclass(frozen=True)
@@ -125,7 +131,7 @@ def run_eval(ctx: StageContext) -> None:
     ids = spec_eval.get("checkpoint_prompts") if ctx.variant.startswith("ckpt-") else None
     prompts = select_prompts(suite, ids)
     max_tokens = int(spec_eval.get("max_tokens") or suite.generation.max_tokens)
-    update_stage(ctx.stage_id, progress=0, total=len(prompts))
+    update_stage(ctx, progress=0, total=len(prompts))
 
     with tempfile.TemporaryDirectory() as workdir:
         model_path, adapter_path = variant_model(ctx, Path(workdir))
@@ -148,6 +154,7 @@ def run_eval(ctx: StageContext) -> None:
         rows.append(
             EvalResult(
                 stage_id=ctx.stage_id,
+                attempt=ctx.attempt,
                 run_id=ctx.run_id,
                 prompt_id=item.prompt.id,
                 category=item.prompt.category,
@@ -162,13 +169,13 @@ def run_eval(ctx: StageContext) -> None:
                 hit_max_tokens=item.hit_max_tokens,
             )
         )
-    with session_scope() as session:
+    with stage_write(ctx) as session:
         session.add_all(rows)
 
     labels = Counter(r.label for r in rows)
     n = max(len(rows), 1)
     update_stage(
-        ctx.stage_id,
+        ctx,
         progress=len(rows),
         adherence=sum(r.score for r in rows) / n,
         n_prompts=len(rows),

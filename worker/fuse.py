@@ -47,5 +47,5 @@ def run_fuse(ctx: StageContext) -> None:
         shutil.rmtree(ctx.fused_dir, ignore_errors=True)  # a retried stage starts clean
         save(ctx.fused_dir, base_model, model, tokenizer, config, donate_model=False)
         record_artifact(ctx, "fused", ctx.fused_dir, "fused")
-        update_stage(ctx.stage_id, size_bytes=path_bytes(ctx.fused_dir))
+        update_stage(ctx, size_bytes=path_bytes(ctx.fused_dir))
     print(f"fused model saved to {ctx.fused_dir}")

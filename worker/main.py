@@ -7,8 +7,10 @@ environment, never on its command line, so a password stays out of `ps`.
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
+import signal
 import socket
 import sys
 import time
@@ -16,16 +18,20 @@ from typing import Any
 
 import psutil
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Worker
 from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.worker import SpawnWorker
 from sqlmodel import select
 
+from jobs import lifecycle, settings
 from jobs import queue as farm_queue
 from jobs.db import Stage, WorkerRow, migrate, session_scope, utcnow
-
-HEARTBEAT_EVERY_S = 5.0
+from jobs.queue import STAGE_FUNCTION, push_all
+from jobs.reconcile import reconcile
+from jobs.states import StageStatus, WorkerStatus
 
 
 def default_memory_gb() -> float:
@@ -62,60 +68,132 @@ def register_worker(name: str, memory_gb: float, queues: list[str]) -> None:
         row.host, row.memory_gb = socket.gethostname(), memory_gb
         row.chip, row.mlx_version = chip_name(), mlx_version()
         row.platform = f"{platform.system()} {platform.machine()}"
-        row.queues, row.status, row.current_stage_id = ",".join(queues), "idle", None
+        row.queues, row.status, row.current_stage_id = ",".join(queues), WorkerStatus.IDLE, None
         row.started_at = row.last_heartbeat = utcnow()
         session.add(row)
 
 
 def beat(name: str, status: str | None = None) -> None:
+    """The worker is alive. A worker the reconciler marked lost (it was cut
+    off) is idle or busy again as soon as it beats."""
     with session_scope() as session:
         row = session.exec(select(WorkerRow).where(WorkerRow.name == name)).first()
         if row is not None:
             row.last_heartbeat = utcnow()
             if status:
                 row.status = status
+            elif row.status in (WorkerStatus.LOST, WorkerStatus.OFFLINE):
+                row.status = WorkerStatus.BUSY if row.current_stage_id else WorkerStatus.IDLE
             session.add(row)
 
 
 def on_horse_killed(job: Job, pid: int, status: int, rusage: Any) -> None:
     """The horse died without reporting (killed outside a cancel, e.g. by the
-    OOM killer): record the stage as failed so nothing waits on it."""
+    OOM killer): the stage's attempt died, so it is retried."""
     stage_id = int(job.args[0])
     with session_scope() as session:
         stage = session.get(Stage, stage_id)
-        if stage is None or stage.status != "running":
+        if stage is None or stage.status != StageStatus.RUNNING or stage.worker != job.worker_name:
             return
-        stage.status, stage.finished_at = "failed", utcnow()
-        stage.error = (
-            f"work horse {pid} died (wait status {status}); the system may be out of memory"
-        )
-        session.add(stage)
-        farm_queue.skip_descendants(session, stage, job.connection, "skipped: parent stage died")
-        farm_queue.update_run_status(session, stage.run_id)
+        reason = f"work horse {pid} died (wait status {status}); the system may be out of memory"
+        tickets = lifecycle.fail(session, stage_id, stage.attempt, reason, retry=True)
+    push_all(job.connection, tickets)
 
 
-class DatabaseHeartbeat:
-    """Mixin: RQ calls heartbeat() while idle and while watching a horse; we
-    mirror it into the workers table, at most every few seconds."""
+def refuse_foreign_job(job: Job) -> str | None:
+    """Why a job must not run, or None for the farm's own stage jobs.
+
+    Redis carries work; it is not trusted with code. Whoever can write to it
+    could name any importable callable, so the check reads the job's function
+    name and arguments as data, before RQ imports or calls anything."""
+    try:
+        name, args, kwargs = job.func_name, job.args, job.kwargs
+        callbacks = [
+            job._success_callback_name,  # RQ keeps only the names until a callback runs
+            job._failure_callback_name,
+            job._stopped_callback_name,
+        ]
+    except Exception as exc:  # undecodable job data is refused like any other stranger
+        return f"job data cannot be read ({type(exc).__name__})"
+    if name != STAGE_FUNCTION:
+        return f"function {str(name)[:200]!r} is not the farm's stage runner"
+    if len(args) != 1 or type(args[0]) is not int or kwargs:
+        return f"arguments {str(args)[:200]} {str(kwargs)[:200]} are not one stage id"
+    if any(callbacks):
+        return f"callbacks {[c for c in callbacks if c]} are not the farm's"
+    return None
+
+
+def _is_redis_down(exc: BaseException) -> bool:
+    return isinstance(exc, (RedisConnectionError, RedisTimeoutError))
+
+
+class FarmWorkerMixin:
+    """What a farm worker adds to RQ's: DB heartbeats and the reconciler, the
+    job allow-list, Redis blips that never kill it, and a clean restart under
+    the same name after a crash."""
 
     _last_db_beat = 0.0
+    _last_reconcile = 0.0
 
     def heartbeat(self, *args: Any, **kwargs: Any) -> None:
-        super().heartbeat(*args, **kwargs)  # type: ignore[misc]
         now = time.monotonic()
-        if now - self._last_db_beat >= HEARTBEAT_EVERY_S:
+        if now - self._last_db_beat >= settings.heartbeat_every_s():
             self._last_db_beat = now
             try:
                 beat(self.name)  # type: ignore[attr-defined]
             except Exception as exc:  # a DB hiccup must not stop the worker
                 self.log.warning("heartbeat to database failed: %s", exc)  # type: ignore[attr-defined]
+        try:
+            super().heartbeat(*args, **kwargs)  # type: ignore[misc]
+        except Exception as exc:
+            if not _is_redis_down(exc):
+                raise
+            self.log.warning("Redis unreachable (%s); still working", exc)  # type: ignore[attr-defined]
+        if now - self._last_reconcile >= settings.reconcile_every_s():
+            self._last_reconcile = now
+            run_reconciler(self.connection, self.log)  # type: ignore[attr-defined]
+
+    def maintain_heartbeats(self, job: Job) -> None:
+        # Called while the horse works: a Redis restart must not end the worker
+        # (the horse and its stage go on; the DB heartbeat carries on above).
+        try:
+            super().maintain_heartbeats(job)  # type: ignore[misc]
+        except Exception as exc:
+            if not _is_redis_down(exc):
+                raise
+            self.heartbeat()
+
+    def execute_job(self, job: Job, queue: Any) -> None:
+        why = refuse_foreign_job(job)
+        if why is None:
+            super().execute_job(job, queue)  # type: ignore[misc]
+            return
+        self.log.error(  # type: ignore[attr-defined]
+            "refused job %s from queue %s: %s", job.id, queue.name, why
+        )
+        job.ended_at = utcnow()
+        self.handle_job_failure(job, queue=queue, exc_string=f"refused by the farm worker: {why}")  # type: ignore[attr-defined]
+
+    def register_birth(self) -> None:
+        """A worker restarted under the same name after a crash starts at once:
+        the dead process's registration (same host, process gone) is removed."""
+        key = self.key  # type: ignore[attr-defined]
+        redis = self.connection  # type: ignore[attr-defined]
+        fields = redis.hgetall(key)
+        if fields and not redis.hexists(key, "death"):
+            host = fields.get(b"hostname", b"").decode()
+            pid = int(fields.get(b"pid", b"0") or 0)
+            if host == socket.gethostname() and (pid == os.getpid() or not psutil.pid_exists(pid)):
+                redis.delete(key)
+        super().register_birth()  # type: ignore[misc]
 
 
-class FarmWorker(DatabaseHeartbeat, Worker):
+class FarmWorker(FarmWorkerMixin, Worker):
     pass
 
 
-class FarmSpawnWorker(DatabaseHeartbeat, SpawnWorker):
+class FarmSpawnWorker(FarmWorkerMixin, SpawnWorker):
     def fork_work_horse(self, job: Job, queue: Any) -> None:
         os.environ["RQ_WORKER_ID"] = self.name
         os.environ["RQ_EXECUTION_ID"] = self.execution.id  # type: ignore[union-attr]
@@ -133,24 +211,75 @@ def worker_class() -> type[Worker]:
     return FarmSpawnWorker if spawn == "1" else FarmWorker
 
 
+def run_reconciler(redis: Redis, logger: Any) -> None:
+    try:
+        repairs = reconcile(redis)
+    except Exception as exc:  # Redis or the DB away: the next pass will try again
+        logger.warning("reconciler skipped: %s", exc)
+        return
+    for line in repairs.lines() if repairs else []:
+        logger.warning("reconciler: %s", line)
+
+
+def wait_for_redis(redis: Redis, stopping: Any) -> None:
+    """Back off until Redis answers again (1 s, doubling, at most 30 s)."""
+    delay = 1.0
+    while not stopping():
+        try:
+            redis.ping()
+            return
+        except Exception as exc:
+            print(f"Redis unreachable ({exc}); retrying in {delay:g} s", flush=True)
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+
 def run_worker(name: str, memory_gb: float, redis_url: str, burst: bool = False) -> None:
     os.environ["FARM_WORKER_NAME"] = name
     os.environ["REDIS_URL"] = redis_url  # the spawned horse reads it from here
     migrate()
     queues = farm_queue.queues_for_worker(name, memory_gb)
     register_worker(name, memory_gb, queues)
-    redis = Redis.from_url(redis_url)
-    worker = worker_class()(
-        queues,
-        connection=redis,
-        name=name,
-        serializer=JSONSerializer,
-        worker_ttl=25,
-        job_monitoring_interval=5,
-        work_horse_killed_handler=on_horse_killed,
-    )
+    redis = Redis.from_url(redis_url, health_check_interval=10)
+    stopped = signals_stop_worker()
     print(f"worker {name}: {memory_gb:g} GB, queues {', '.join(queues)}", flush=True)
     try:
-        worker.work(burst=burst, logging_level="INFO", with_scheduler=False)
+        # RQ's loop ends on errors it does not handle (Redis gone while a job
+        # ran, for one); the worker itself goes on: wait for Redis, start again.
+        while not stopped():
+            stopped = signals_stop_worker()  # RQ's handlers replaced ours inside work()
+            wait_for_redis(redis, stopped)
+            run_reconciler(redis, logging.getLogger("farm.worker"))
+            worker = worker_class()(
+                queues,
+                connection=redis,
+                name=name,
+                serializer=JSONSerializer,
+                worker_ttl=25,
+                job_monitoring_interval=max(1, int(settings.heartbeat_every_s())),
+                work_horse_killed_handler=on_horse_killed,
+            )
+            try:
+                worker.work(burst=burst, logging_level="INFO", with_scheduler=False)
+            except Exception as exc:
+                if not _is_redis_down(exc):
+                    raise
+            if burst or worker._stop_requested:
+                break
+            time.sleep(1.0)
     finally:
-        beat(name, status="offline")
+        beat(name, status=WorkerStatus.OFFLINE)
+
+
+def signals_stop_worker() -> Any:
+    """RQ handles SIGINT/SIGTERM inside `work()`; between two `work()` calls
+    the same signals must end the outer loop too."""
+    stopping = {"now": False}
+
+    def request_stop(signum: int, frame: Any) -> None:
+        stopping["now"] = True
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    return lambda: stopping["now"]

@@ -16,5 +16,5 @@ def run_quantize(ctx: StageContext) -> None:
     shutil.rmtree(out, ignore_errors=True)  # mlx-lm refuses to overwrite
     convert(str(ctx.fused_dir), str(out), quantize=True, q_bits=bits, q_group_size=group_size)
     record_artifact(ctx, "quantized", out, ctx.variant)
-    update_stage(ctx.stage_id, size_bytes=path_bytes(out))
+    update_stage(ctx, size_bytes=path_bytes(out))
     print(f"quantized model saved to {out}")

@@ -1,0 +1,529 @@
+"""The stage lifecycle: every change of a stage's state goes through here.
+
+```
+waiting ──► queued ──► running ──► done
+   ▲           ▲          │  └────► failed      (its own code raised; not retried)
+   │           └──────────┤                     (died or lost: a new attempt, up to
+   │                      │                      `resources.retries` times)
+   └── replan ◄───────────┘  (its worker's disk is gone: the run trains again)
+any unfinished ──► cancelled | skipped
+```
+
+Each claim starts a new **attempt**: `Stage.attempt` counts them and a
+`StageAttempt` row records who ran it and how it ended. Every write a stage
+makes carries its attempt and goes through `guard`, which refuses it once a
+newer attempt owns the stage, so a worker that was cut off and comes back can
+never overwrite the results of the attempt that replaced it.
+
+Functions here change rows in the caller's session and return the `Ticket`s
+to push to Redis; callers push them after committing (`jobs.queue.push_all`),
+so Redis never carries work the DB does not know about.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, update
+from sqlmodel import Session, col, select
+
+from jobs import settings
+from jobs.dag import HOLD
+from jobs.db import (
+    Artifact,
+    EvalResult,
+    Experiment,
+    Metric,
+    Run,
+    Stage,
+    StageAttempt,
+    WorkerRow,
+    utcnow,
+)
+from jobs.queue import (
+    DOWNSTREAM_TIMEOUT_S,
+    Ticket,
+    pinned_queue_name,
+    stage_job_id,
+    tier_queue_name,
+)
+from jobs.states import ACTIVE, FINISHED, AttemptOutcome, StageStatus, WorkerStatus
+
+# Per-attempt summary fields a stage starts over without when its run is re-planned.
+_SUMMARY_FIELDS = (
+    "worker", "queue", "rq_job_id", "enqueued_at", "started_at", "finished_at", "error",
+    "progress", "total", "adherence", "n_prompts", "label_counts", "hit_max_share", "latency_s",
+    "tokens_per_sec", "peak_memory_gb", "size_bytes", "val_loss", "heartbeat_at", "resumed_from",
+)  # fmt: skip
+
+
+class StaleAttempt(RuntimeError):
+    """This attempt no longer owns its stage: a newer attempt took over, or the
+    stage was cancelled. Its writes are refused."""
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; every time the farm stores is UTC.
+    if value is None or value.tzinfo is not None:
+        return value
+    from datetime import UTC
+
+    return value.replace(tzinfo=UTC)
+
+
+# --- what a run's spec says ------------------------------------------------------
+
+
+def _spec(session: Session, run: Run) -> dict[str, Any]:
+    experiment = session.get(Experiment, run.experiment_id)
+    return dict(experiment.spec) if experiment else {}
+
+
+def _resources(spec: dict[str, Any]) -> dict[str, Any]:
+    return dict(spec.get("resources") or {})
+
+
+def min_memory_gb(spec: dict[str, Any]) -> float:
+    return float(_resources(spec).get("min_memory_gb", 0) or 0)
+
+
+def retries_allowed(spec: dict[str, Any]) -> int:
+    return int(_resources(spec).get("retries", 2))
+
+
+def _timeout_s(stage: Stage, spec: dict[str, Any]) -> int:
+    if stage.kind == "train":
+        return int(float(_resources(spec).get("timeout_hours", 24)) * 3600)
+    return DOWNSTREAM_TIMEOUT_S
+
+
+# --- queueing ----------------------------------------------------------------------
+
+
+def route(session: Session, stage: Stage) -> str:
+    """The queue for a stage's next attempt.
+
+    A first train attempt goes to its memory tier. Everything that needs the
+    run's artifacts (later stages, and a train stage resuming from checkpoints
+    on its worker's own disk) goes to the worker holding them, unless a shared
+    artifacts folder makes them visible to every worker."""
+    run = session.get(Run, stage.run_id)
+    assert run is not None
+    memory = min_memory_gb(_spec(session, run))
+    host = run.host or _trainer(session, run)
+    if stage.kind == "train" and (stage.attempt == 0 or not host):
+        return tier_queue_name(memory)
+    return pinned_queue_name(host, memory)
+
+
+def _trainer(session: Session, run: Run) -> str | None:
+    train = session.exec(select(Stage).where(Stage.run_id == run.id, Stage.kind == "train")).first()
+    return train.worker if train else None
+
+
+def queue_stage(session: Session, stage: Stage, queue_name: str | None = None) -> Ticket:
+    """Mark a stage queued for its next attempt and return the job to push."""
+    run = session.get(Run, stage.run_id)
+    assert run is not None
+    queue_name = queue_name or route(session, stage)
+    stage.status = StageStatus.QUEUED
+    stage.queue = queue_name
+    stage.rq_job_id = stage_job_id(stage.id or 0, stage.attempt + 1)
+    stage.enqueued_at = utcnow()
+    stage.worker, stage.heartbeat_at = None, None
+    session.add(stage)
+    return ticket_for(session, stage)
+
+
+def ticket_for(session: Session, stage: Stage) -> Ticket:
+    """The RQ job that carries an already-queued stage (the reconciler re-pushes it)."""
+    run = session.get(Run, stage.run_id)
+    assert run is not None and stage.queue and stage.rq_job_id
+    return Ticket(
+        stage.id or 0, stage.queue, stage.rq_job_id, _timeout_s(stage, _spec(session, run))
+    )
+
+
+def queue_train_stages(session: Session, runs: Iterable[Run]) -> list[Ticket]:
+    """Submission: every run's train stage goes to its memory tier."""
+    tickets = []
+    for run in runs:
+        train = session.exec(
+            select(Stage).where(Stage.run_id == run.id, Stage.kind == "train")
+        ).one()
+        tickets.append(queue_stage(session, train))
+    return tickets
+
+
+def queue_runnable_children(session: Session, parent: Stage) -> list[Ticket]:
+    """Queue the waiting children of a finished stage (held ones wait for the
+    best checkpoint: `release_after_checkpoints`)."""
+    children = session.exec(
+        select(Stage).where(Stage.depends_on == parent.id, Stage.status == StageStatus.WAITING)
+    ).all()
+    return [queue_stage(session, c) for c in children if not c.params.get(HOLD)]
+
+
+def release_after_checkpoints(session: Session, run_id: int) -> list[Ticket]:
+    """Once every checkpoint eval of a run has finished, point the held stages
+    at the checkpoint with the best adherence and queue them; with no scored
+    checkpoint they are skipped."""
+    from jobs.checkpoints import checkpoint_evals_finished, select_best_checkpoint
+
+    run_stages = session.exec(select(Stage).where(Stage.run_id == run_id)).all()
+    held = [s for s in run_stages if s.params.get(HOLD) and s.status == StageStatus.WAITING]
+    if not held or not checkpoint_evals_finished(session, run_id):
+        return []
+    run = session.get(Run, run_id)
+    assert run is not None
+    if select_best_checkpoint(session, run_id, _spec(session, run)) is None:
+        for stage in held:
+            skip(session, stage, "skipped: no checkpoint was scored")
+        return []
+    by_id = {s.id: s for s in run_stages}
+    return [
+        queue_stage(session, s)
+        for s in held
+        if s.depends_on is None or by_id[s.depends_on].status == StageStatus.DONE
+    ]
+
+
+# --- claim, heartbeat, guard ----------------------------------------------------------
+
+
+def claim(session: Session, stage_id: int, worker: str, host: str = "") -> int | None:
+    """Start a new attempt of a queued stage on `worker`, atomically: of two
+    workers holding a ticket for the same stage, exactly one wins. Returns the
+    attempt number, or None when the stage is not there to be claimed."""
+    now = utcnow()
+    claimed = session.exec(  # type: ignore[call-overload]
+        update(Stage)
+        .where(col(Stage.id) == stage_id, col(Stage.status) == StageStatus.QUEUED)
+        .values(
+            status=StageStatus.RUNNING,
+            attempt=Stage.attempt + 1,
+            worker=worker,
+            started_at=now,
+            heartbeat_at=now,
+            finished_at=None,
+            error=None,
+        )
+    )
+    if claimed.rowcount != 1:
+        return None
+    stage = session.get(Stage, stage_id)
+    assert stage is not None
+    session.refresh(stage)
+    session.add(StageAttempt(stage_id=stage_id, attempt=stage.attempt, worker=worker, host=host))
+    if stage.kind == "train":
+        run = session.get(Run, stage.run_id)
+        assert run is not None
+        run.host = worker  # the checkpoints and the adapter will be on this worker's disk
+        session.add(run)
+    update_run_status(session, stage.run_id)
+    set_worker_stage(session, worker, stage_id)
+    return stage.attempt
+
+
+def guard(session: Session, stage_id: int, attempt: int) -> None:
+    """Refuse a write from an attempt that no longer owns its stage.
+
+    An UPDATE rather than a read: it takes the row's write lock for the rest
+    of the caller's transaction, so a reconciler re-queueing the stage waits
+    for this write or makes it fail; the two never interleave."""
+    owned = session.exec(  # type: ignore[call-overload]
+        update(Stage)
+        .where(
+            col(Stage.id) == stage_id,
+            col(Stage.attempt) == attempt,
+            col(Stage.status) == StageStatus.RUNNING,
+        )
+        .values(heartbeat_at=utcnow())
+    )
+    if owned.rowcount != 1:
+        raise StaleAttempt(f"stage {stage_id} attempt {attempt} no longer owns the stage")
+
+
+def heartbeat(session: Session, stage_id: int, attempt: int) -> bool:
+    """The running attempt is alive; False when it should stop (superseded or cancelled)."""
+    try:
+        guard(session, stage_id, attempt)
+    except StaleAttempt:
+        return False
+    return True
+
+
+def set_worker_stage(session: Session, worker: str, stage_id: int | None) -> None:
+    row = session.exec(select(WorkerRow).where(WorkerRow.name == worker)).first()
+    if row is not None:
+        row.current_stage_id = stage_id
+        row.status = WorkerStatus.BUSY if stage_id else WorkerStatus.IDLE
+        row.last_heartbeat = utcnow()
+        session.add(row)
+
+
+def _end_attempt(
+    session: Session, stage_id: int, attempt: int, outcome: AttemptOutcome, reason: str | None
+) -> None:
+    row = session.exec(
+        select(StageAttempt).where(
+            StageAttempt.stage_id == stage_id, StageAttempt.attempt == attempt
+        )
+    ).first()
+    if row is not None and row.outcome == AttemptOutcome.RUNNING:
+        row.outcome, row.reason, row.ended_at = outcome, reason, utcnow()
+        session.add(row)
+
+
+def record_resume(session: Session, stage_id: int, attempt: int, iteration: int) -> None:
+    """A train attempt continues from a checkpoint (shown as "resumed from iteration N")."""
+    guard(session, stage_id, attempt)
+    stage = session.get(Stage, stage_id)
+    assert stage is not None
+    stage.resumed_from = iteration
+    session.add(stage)
+    row = session.exec(
+        select(StageAttempt).where(
+            StageAttempt.stage_id == stage_id, StageAttempt.attempt == attempt
+        )
+    ).first()
+    if row is not None:
+        row.resumed_from = iteration
+        session.add(row)
+
+
+# --- ending an attempt -------------------------------------------------------------
+
+
+def _owned(session: Session, stage_id: int, attempt: int) -> Stage | None:
+    stage = session.get(Stage, stage_id)
+    if stage is None:
+        return None
+    session.refresh(stage)
+    if stage.attempt != attempt or stage.status != StageStatus.RUNNING:
+        _end_attempt(session, stage_id, attempt, AttemptOutcome.STALE, "a newer attempt took over")
+        return None
+    return stage
+
+
+def finish(session: Session, stage_id: int, attempt: int) -> list[Ticket]:
+    """The attempt succeeded: the stage is done and its children are queued."""
+    stage = _owned(session, stage_id, attempt)
+    if stage is None:
+        return []
+    stage.status, stage.finished_at = StageStatus.DONE, utcnow()
+    session.add(stage)
+    _end_attempt(session, stage_id, attempt, AttemptOutcome.DONE, None)
+    _count_job(session, stage.worker)
+    tickets = queue_runnable_children(session, stage)
+    if stage.kind == "eval" and stage.variant.startswith("ckpt-"):
+        tickets += release_after_checkpoints(session, stage.run_id)
+    update_run_status(session, stage.run_id)
+    return tickets
+
+
+def fail(
+    session: Session, stage_id: int, attempt: int, reason: str, *, retry: bool
+) -> list[Ticket]:
+    """The attempt ended badly. A stage that died (signal, out of memory, lost
+    Redis) gets a new attempt while retries last; one whose own code raised
+    fails for good, and everything below it is skipped."""
+    stage = _owned(session, stage_id, attempt)
+    if stage is None:
+        return []
+    _count_job(session, stage.worker)
+    outcome = AttemptOutcome.DIED if retry else AttemptOutcome.FAILED
+    return _end_running(session, stage, outcome, reason)
+
+
+def lose(session: Session, stage: Stage, reason: str) -> list[Ticket]:
+    """The stage's worker stopped beating: a new attempt, elsewhere if need be."""
+    set_worker_stage(session, stage.worker or "", None)
+    return _end_running(session, stage, AttemptOutcome.LOST, reason)
+
+
+def _end_running(
+    session: Session, stage: Stage, outcome: AttemptOutcome, reason: str
+) -> list[Ticket]:
+    _end_attempt(session, stage.id or 0, stage.attempt, outcome, reason)
+    run = session.get(Run, stage.run_id)
+    assert run is not None
+    allowed = retries_allowed(_spec(session, run))
+    used = _retries_used(session, stage.id or 0)
+    if outcome != AttemptOutcome.FAILED and used <= allowed:
+        ticket = queue_stage(session, stage)
+        stage.error = f"attempt {stage.attempt} {outcome.value}: {reason}; retrying"
+        session.add(stage)
+        update_run_status(session, stage.run_id)
+        return [ticket]
+    if outcome != AttemptOutcome.FAILED:
+        reason = f"{reason} (gave up after {used} retries)"
+    stage.status, stage.finished_at, stage.error = StageStatus.FAILED, utcnow(), reason
+    session.add(stage)
+    skip_descendants(session, stage, f"skipped: {stage.kind} {stage.variant} failed")
+    update_run_status(session, stage.run_id)
+    return []
+
+
+def _retries_used(session: Session, stage_id: int) -> int:
+    """Attempts that died or were lost; a re-planned run starts its count over."""
+    rows = session.exec(
+        select(StageAttempt).where(StageAttempt.stage_id == stage_id).order_by(StageAttempt.attempt)
+    ).all()
+    used = 0
+    for row in rows:
+        if row.outcome == AttemptOutcome.REPLANNED:
+            used = 0
+        elif row.outcome in (AttemptOutcome.DIED, AttemptOutcome.LOST):
+            used += 1
+    return used
+
+
+def _count_job(session: Session, worker: str | None) -> None:
+    row = session.exec(select(WorkerRow).where(WorkerRow.name == (worker or ""))).first()
+    if row is not None:
+        row.jobs_done += 1
+        row.current_stage_id, row.status = None, WorkerStatus.IDLE
+        session.add(row)
+
+
+def skip(session: Session, stage: Stage, reason: str) -> list[str]:
+    """Skip a stage and everything below it; returns RQ job ids to drop."""
+    jobs = []
+    if stage.status not in FINISHED:
+        stage.status, stage.error, stage.finished_at = StageStatus.SKIPPED, reason, utcnow()
+        session.add(stage)
+        if stage.rq_job_id:
+            jobs.append(stage.rq_job_id)
+    return jobs + skip_descendants(session, stage, reason)
+
+
+def skip_descendants(session: Session, stage: Stage, reason: str) -> list[str]:
+    run_stages = session.exec(select(Stage).where(Stage.run_id == stage.run_id)).all()
+    jobs = []
+    for child in descendants(run_stages, stage.id or -1):
+        if child.status in FINISHED:
+            continue
+        child.status, child.error, child.finished_at = StageStatus.SKIPPED, reason, utcnow()
+        session.add(child)
+        if child.rq_job_id:
+            jobs.append(child.rq_job_id)
+    return jobs
+
+
+def descendants(stages: Iterable[Stage], stage_id: int) -> list[Stage]:
+    by_parent: dict[int | None, list[Stage]] = {}
+    for stage in stages:
+        by_parent.setdefault(stage.depends_on, []).append(stage)
+    found: list[Stage] = []
+    frontier = list(by_parent.get(stage_id, []))
+    while frontier:
+        stage = frontier.pop()
+        found.append(stage)
+        frontier.extend(by_parent.get(stage.id, []))
+    return found
+
+
+def cancel(
+    session: Session, stages: Sequence[Stage], reason: str = "cancelled by user"
+) -> list[str]:
+    """Cancel unfinished stages; returns the RQ job ids to stop. Their workers
+    show idle at once: the stop command kills the stage within seconds, and a
+    running attempt also sees the cancel at its next heartbeat."""
+    jobs = []
+    for stage in stages:
+        if stage.status in FINISHED:
+            continue
+        if stage.status == StageStatus.RUNNING:
+            _end_attempt(session, stage.id or 0, stage.attempt, AttemptOutcome.CANCELLED, reason)
+            if stage.worker:
+                set_worker_stage(session, stage.worker, None)
+        stage.status, stage.finished_at, stage.error = StageStatus.CANCELLED, utcnow(), reason
+        session.add(stage)
+        if stage.rq_job_id:
+            jobs.append(stage.rq_job_id)
+    for run_id in {s.run_id for s in stages}:
+        update_run_status(session, run_id)
+    return jobs
+
+
+# --- re-planning a run whose artifacts are gone ----------------------------------------
+
+
+def replan_run(session: Session, run: Run, reason: str) -> list[Ticket]:
+    """The worker holding a run's artifacts has been gone too long and nobody
+    else can see them: forget what depended on its disk and train again on any
+    worker. Finished evals of stages that are kept stay as they are."""
+    stages = session.exec(select(Stage).where(Stage.run_id == run.id)).all()
+    train = next(s for s in stages if s.kind == "train")
+    reset = [train, *descendants(stages, train.id or -1)]
+    ids = [s.id for s in reset]
+    for table in (EvalResult, Metric, Artifact):
+        session.execute(delete(table).where(col(table.stage_id).in_(ids)))
+    for stage in reset:
+        if stage.status == StageStatus.RUNNING:
+            _end_attempt(session, stage.id or 0, stage.attempt, AttemptOutcome.REPLANNED, reason)
+        elif stage.attempt:
+            last = session.exec(
+                select(StageAttempt)
+                .where(StageAttempt.stage_id == stage.id)
+                .order_by(col(StageAttempt.attempt).desc())
+            ).first()
+            if last is not None and last.outcome != AttemptOutcome.REPLANNED:
+                session.add(
+                    StageAttempt(
+                        stage_id=stage.id or 0,
+                        attempt=stage.attempt,
+                        worker=last.worker,
+                        host=last.host,
+                        outcome=AttemptOutcome.REPLANNED,
+                        reason=reason,
+                        ended_at=utcnow(),
+                    )
+                )
+        for name in _SUMMARY_FIELDS:
+            setattr(stage, name, None)
+        stage.status = StageStatus.WAITING
+        session.add(stage)
+    train.error = f"re-planned: {reason}"
+    run.host, run.finished_at = None, None
+    session.add(run)
+    ticket = queue_stage(session, train, tier_queue_name(min_memory_gb(_spec(session, run))))
+    update_run_status(session, run.id or 0)
+    return [ticket]
+
+
+# --- runs ------------------------------------------------------------------------------
+
+
+def update_run_status(session: Session, run_id: int) -> str:
+    """A run is running while any stage is, failed if any failed, else done."""
+    run = session.get(Run, run_id)
+    assert run is not None
+    statuses = [s.status for s in session.exec(select(Stage).where(Stage.run_id == run_id)).all()]
+    if any(s in ACTIVE for s in statuses):
+        started = any(s not in (StageStatus.WAITING, StageStatus.QUEUED) for s in statuses)
+        run.status = "running" if started else "queued"
+        run.finished_at = None
+    elif StageStatus.CANCELLED in statuses:
+        run.status = "cancelled"
+    elif StageStatus.FAILED in statuses:
+        run.status = "failed"
+    else:
+        run.status = "done"
+    if run.status in FINISHED and run.finished_at is None:
+        run.finished_at = utcnow()
+    session.add(run)
+    return run.status
+
+
+def seconds_since(moment: datetime | None, now: datetime | None = None) -> float:
+    if moment is None:
+        return float("inf")
+    return ((now or utcnow()) - as_utc(moment)).total_seconds()  # type: ignore[operator]
+
+
+def lost_cutoff(now: datetime | None = None) -> datetime:
+    return (now or utcnow()) - timedelta(seconds=settings.lost_after_s())
