@@ -8,8 +8,12 @@ import subprocess
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psutil
+import pytest
+from redis import Redis
+from redis.exceptions import RedisError
 
 from jobs.services import free_port
 from tests.conftest import PROJECT_ROOT, wait_until
@@ -20,6 +24,18 @@ def healthy(url: str) -> bool:
         return urllib.request.urlopen(url, timeout=2).read() == b"ok"
     except OSError:
         return False
+
+
+def embedded_redis_is_private(started: list[psutil.Process]) -> None:
+    """The embedded Redis wants the password the workers and the UI got in their
+    environment, and that password is on no command line on this machine."""
+    worker = next(p for p in started if "jobs.cli worker" in " ".join(p.cmdline()))
+    url = urlsplit(worker.environ()["REDIS_URL"])
+    assert url.hostname == "127.0.0.1" and url.password and len(url.password) >= 32
+    with pytest.raises(RedisError, match="NOAUTH|[Aa]uthentication"):
+        Redis(host="127.0.0.1", port=url.port, protocol=2).get("rq:workers")
+    for process in psutil.process_iter(["cmdline"]):
+        assert url.password not in " ".join(process.info["cmdline"] or [])
 
 
 def test_farm_up_serves_the_ui_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
@@ -48,6 +64,7 @@ def test_farm_up_serves_the_ui_and_ctrl_c_stops_everything(tmp_path: Path) -> No
         assert any("redis-server" in c for c in commands)  # the embedded Redis
         assert any("streamlit" in c for c in commands)
         assert (tmp_path / "home" / "farm.db").exists()  # SQLite under FARM_HOME
+        embedded_redis_is_private(started)
 
         farm = next(p for p in started if " up " in " ".join(p.cmdline()) + " ")
         os.killpg(up.pid, signal.SIGINT)
