@@ -159,13 +159,30 @@ def _has_token_loop(tokens: list[str]) -> bool:
         # `need` equal pairs (seq[i], seq[i+p]) in a row = a span of need+p tokens
         # with period p, i.e. the unit repeated _repeats_needed(p) times.
         need = (_repeats_needed(p) - 1) * p
-        if need + p > n:
+        if need + p <= n and _has_equal_run(seq, p, need):
+            return True
+    return False
+
+
+def _has_equal_run(seq: list[int], p: int, need: int) -> bool:
+    """True when seq[i] == seq[i + p] for `need` consecutive i.
+
+    Any such run covers one of the anchors need-1, 2*need-1, …, so only runs
+    through an anchor where the pair is equal are measured: most periods cost
+    n/need comparisons instead of n, and no period more than about 2n.
+    """
+    last = len(seq) - p  # pairs (i, i + p) for i in [0, last)
+    for anchor in range(need - 1, last, need):
+        if seq[anchor] != seq[anchor + p]:
             continue
-        run = 0
-        for a, b in zip(seq, seq[p:], strict=False):
-            run = run + 1 if a == b else 0
-            if run >= need:
-                return True
+        lo = anchor
+        while lo > anchor - need + 1 and lo > 0 and seq[lo - 1] == seq[lo - 1 + p]:
+            lo -= 1
+        hi = anchor
+        while hi - lo + 1 < need and hi + 1 < last and seq[hi + 1] == seq[hi + 1 + p]:
+            hi += 1
+        if hi - lo + 1 >= need:
+            return True
     return False
 
 

@@ -269,6 +269,35 @@ def test_linear_segmenting_finds_what_the_regular_expressions_found() -> None:
         assert strip_fence(text.strip()) == reference_strip_fence(text.strip()), text
 
 
+def reference_has_token_loop(tokens: list[str]) -> bool:
+    """The plain scan the loop detector replaced: every period over every pair."""
+    ids: dict[str, int] = {}
+    seq = [ids.setdefault(t, len(ids)) for t in tokens]
+    for p in range(1, min(256, len(seq) // 4) + 1):
+        need = (max(4, -(-32 // p)) - 1) * p
+        run = 0
+        for a, b in zip(seq, seq[p:], strict=False):
+            run = run + 1 if a == b else 0
+            if run >= need:
+                return True
+    return False
+
+
+def test_anchored_loop_detection_finds_what_the_plain_scan_found() -> None:
+    rnd = random.Random(11)
+    loops = 0
+    for _ in range(3000):
+        unit = [str(rnd.randrange(20)) for _ in range(rnd.randrange(1, 30))]
+        tokens = [str(rnd.randrange(20)) for _ in range(rnd.randrange(0, 40))]
+        tokens += unit * rnd.randrange(1, 12) + [str(rnd.randrange(3)) for _ in range(60)]
+        for _ in range(rnd.randrange(0, 3)):
+            tokens[rnd.randrange(len(tokens))] = "x"
+        expected = reference_has_token_loop(tokens)
+        loops += expected
+        assert scorer._has_token_loop(tokens) == expected, tokens
+    assert 300 < loops < 2700  # both answers were exercised
+
+
 # --------------------------------------------------------------------------- farm score
 
 
