@@ -119,13 +119,15 @@ def status(
     """Experiments and their runs, or one experiment's stages."""
     from jobs.db import migrate, session_scope
     from jobs.status import experiment_view, list_experiments
+    from jobs.workers import worker_rows, worker_status
 
     migrate()
     with session_scope() as session:
         if experiment_id is None:
             rows = list_experiments(session)
             if as_json:
-                print(json.dumps(rows, indent=2))
+                workers = [worker_status(w) for w in worker_rows(session)]
+                print(json.dumps({"experiments": rows, "workers": workers}, indent=2))
                 return
             table = Table("id", "name", "status", "runs", "by status", "created")
             for r in rows:

@@ -11,11 +11,10 @@ from rq.registry import DeferredJobRegistry, FailedJobRegistry, StartedJobRegist
 from rq.serializers import JSONSerializer
 from sqlmodel import Session, select
 
+from jobs import settings
 from jobs.db import Experiment, Run, Stage, WorkerRow, utcnow
 from jobs.runs_view import aware
-
-# RQ's worker_ttl is 25 s and the DB heartbeat is mirrored every 5 s.
-STALE_AFTER_S = 60.0
+from jobs.states import WorkerStatus
 
 
 def worker_rows(session: Session, now: datetime | None = None) -> list[dict[str, Any]]:
@@ -41,8 +40,8 @@ def worker_rows(session: Session, now: datetime | None = None) -> list[dict[str,
         beat = aware(w.last_heartbeat)
         age = (now - beat).total_seconds() if beat else None
         status = w.status
-        if status != "offline" and age is not None and age > STALE_AFTER_S:
-            status = "lost"  # no heartbeat: crashed, asleep, or cut off the network
+        if status != WorkerStatus.OFFLINE and age is not None and age > settings.lost_after_s():
+            status = WorkerStatus.LOST  # no heartbeat: crashed, asleep, or cut off the network
         rows.append(
             {
                 "name": w.name,
@@ -89,3 +88,17 @@ def _queue_key(queue: Queue) -> tuple[int, int, str]:
 def live_worker_names(redis: Redis) -> set[str]:
     """Workers registered in Redis right now (RQ drops them when their TTL lapses)."""
     return {w.name for w in Worker.all(connection=redis)}
+
+
+def worker_status(row: dict[str, Any]) -> dict[str, Any]:
+    """A worker as `farm status --json` prints it."""
+    beat = row["heartbeat_s"]
+    return {
+        "name": row["name"],
+        "host": row["host"],
+        "status": str(row["status"]),
+        "current_stage": row["running"] or None,
+        "last_heartbeat_s_ago": None if beat is None else round(beat, 1),
+        "memory_gb": row["memory_gb"],
+        "jobs_done": row["jobs_done"],
+    }
