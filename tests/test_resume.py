@@ -20,13 +20,14 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
+import psutil
 import pytest
 from sqlmodel import select
 
 from jobs.db import Artifact, Metric, Run, Stage, session_scope
 from jobs.spec import parse_spec
 from jobs.submit import create_rows
-from tests.conftest import PROJECT_ROOT, write_spec
+from tests.conftest import PROJECT_ROOT, Workers, wait_until, write_spec
 from worker.checkpoint import (
     adapters_file,
     marker_file,
@@ -265,3 +266,63 @@ def test_a_retry_after_the_last_checkpoint_trains_nothing_again(
     assert sorted(train) == list(range(1, ITERS + 1))
     assert not [i for i, r in train.items() if r.attempt == 3]
     assert (adapter_dir / "adapters.safetensors").is_file()
+
+
+# --------------------------------------------------------------------------- on a worker
+
+
+def is_our_child(process: psutil.Process, farm_home: Path, stage_id: int) -> bool:
+    """The stage's child process of this test's farm (others may run alongside)."""
+    if (process.info["cmdline"] or [])[-3:-1] != ["worker.child", str(stage_id)]:
+        return False
+    try:
+        return process.environ().get("FARM_HOME") == str(farm_home)
+    except psutil.Error:
+        return False
+
+
+def test_a_worker_retries_a_sigkilled_train_stage_from_its_checkpoint(
+    workers: Workers, tiny_model: Path, tmp_path: Path, farm_home: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from jobs.cli import app
+
+    train = {"iters": 60, "save_every": 8, "steps_per_report": 1, "steps_per_eval": 20}
+    # Nothing after the train stage but one short eval: the test is the retry.
+    spec = write_spec(
+        tmp_path / "spec.yaml",
+        tiny_model,
+        train=train,
+        fuse=None,
+        quantize=[],
+        eval={"variants": ["base"]},
+    )
+    result = CliRunner().invoke(app, ["submit", str(spec)])
+    assert result.exit_code == 0, result.output
+    with session_scope() as session:
+        stage = session.exec(select(Stage).where(Stage.kind == "train")).one()
+    stage_id = stage.id or 0
+    adapter_dir = farm_home / "artifacts" / f"run-{stage.run_id}" / "adapter"
+
+    workers.start("w1")
+    wait_until(marker_file(adapter_dir, 16).exists, timeout=180, what="checkpoint 16")
+    child = next(
+        p for p in psutil.process_iter(["cmdline"]) if is_our_child(p, farm_home, stage_id)
+    )
+    child.send_signal(signal.SIGKILL)  # what the out-of-memory killer does
+
+    def finished() -> Stage | None:
+        with session_scope() as session:
+            row = session.get(Stage, stage_id)
+        return row if row is not None and row.status in ("done", "failed") else None
+
+    row = wait_until(finished, timeout=300, what="the retried train stage")
+    assert row.status == "done" and row.attempt == 2, row.error
+    assert row.resumed_from is not None and 16 <= row.resumed_from < 60
+    assert row.resumed_from % 8 == 0
+    train_rows, _ = curve(stage_id)
+    assert sorted(train_rows) == list(range(1, 61))
+    assert {i for i, r in train_rows.items() if r.attempt == 2} == set(
+        range(row.resumed_from + 1, 61)
+    )
