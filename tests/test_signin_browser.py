@@ -9,6 +9,7 @@ traceback, a server path or the database password.
 
 from __future__ import annotations
 
+import http.cookiejar
 import os
 import re
 import signal
@@ -16,8 +17,11 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,8 +71,9 @@ def healthy(url: str) -> bool:
         return False
 
 
-@pytest.fixture
-def web(tmp_path: Path) -> Iterator[Web]:
+@contextmanager
+def farm_web(tmp_path: Path, database_url: str) -> Iterator[Web]:
+    """`farm web` with a password and a lock-out after LOCK_AFTER failures."""
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is missing: apt-get install -y chromium")
     host = lan_address() or "127.0.0.1"
@@ -78,7 +83,7 @@ def web(tmp_path: Path) -> Iterator[Web]:
         "FARM_HOME": str(tmp_path / "farm"),
         "FARM_UI_PASSWORD": PASSWORD,
         "FARM_SIGNIN_LOCK_AFTER": str(LOCK_AFTER),
-        "DATABASE_URL": f"postgresql://lorafarm_nobody:{DB_SECRET}@127.0.0.1:5432/no_such_db",
+        "DATABASE_URL": database_url,
     }
     log = tmp_path / "web.log"
     process = subprocess.Popen(
@@ -103,6 +108,20 @@ def web(tmp_path: Path) -> Iterator[Web]:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+@pytest.fixture
+def web(tmp_path: Path) -> Iterator[Web]:
+    """The UI over a PostgreSQL it cannot sign in to: every page errors."""
+    url = f"postgresql://lorafarm_nobody:{DB_SECRET}@127.0.0.1:5432/no_such_db"
+    with farm_web(tmp_path, url) as web:
+        yield web
+
+
+@pytest.fixture
+def working_web(tmp_path: Path) -> Iterator[Web]:
+    with farm_web(tmp_path, f"sqlite:///{tmp_path / 'farm.db'}") as web:
+        yield web
 
 
 def test_guessing_the_password_in_a_browser(web: Web) -> None:
@@ -200,3 +219,82 @@ def right_password_refused_while_locked(page: Any, expect: Any) -> None:
     page.wait_for_timeout(1000)
     assert page.get_by_role("link", name="Leaderboard").count() == 0
     assert "could not be shown" not in page.locator("body").inner_text()
+
+
+def test_only_signed_in_sessions_upload(working_web: Web, tmp_path: Path) -> None:
+    """Any websocket session may call Streamlit's upload route: one that has not
+    signed in is refused, and a signed-in one uploads its spec."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with anonymous_session(working_web) as (session_id, xsrf):
+        assert upload(working_web, session_id, xsrf, 100_000) == 403
+        assert upload(working_web, session_id, xsrf, 2 * 2**20) == 413  # server.maxUploadSize
+    assert "upload refused: session" in working_web.log_text()
+
+    expect.set_options(timeout=LOAD_MS)
+    spec = PROJECT_ROOT / "data" / "specs" / "demo.yaml"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(f"{working_web.url}/submit")
+            sign_in(page, PASSWORD)
+            page.get_by_text("Upload a spec YAML").click()
+            page.locator('input[type="file"]').set_input_files(str(spec))
+            expect(page.get_by_text("Loaded demo.yaml into the form.")).to_be_visible()
+        finally:
+            browser.close()
+
+
+@contextmanager
+def anonymous_session(web: Web) -> Iterator[tuple[str, str]]:
+    """A websocket session that has run the app (so it shows the sign-in form),
+    as any client can open, and the XSRF token the upload route wants."""
+    from streamlit.proto.BackMsg_pb2 import BackMsg
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    opener.open(f"{web.url}/_stcore/health").read()
+    xsrf = next(c.value for c in jar if c.name == "_streamlit_xsrf")
+    ws_url = web.url.replace("http://", "ws://") + "/_stcore/stream"
+    with connect(ws_url, subprotocols=["streamlit", xsrf]) as ws:  # type: ignore[list-item]
+        rerun = BackMsg()
+        rerun.rerun_script.query_string = ""
+        ws.send(rerun.SerializeToString())
+        session_id, finished = "", False
+        while not finished:
+            message = ForwardMsg()
+            message.ParseFromString(ws.recv(timeout=60))
+            kind = message.WhichOneof("type")
+            if kind == "new_session":
+                session_id = message.new_session.initialize.session_id
+            finished = kind == "script_finished"
+        yield session_id, xsrf  # the session lives as long as its websocket
+
+
+def upload(web: Web, session_id: str, xsrf: str, size: int) -> int:
+    boundary = uuid.uuid4().hex
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="s.yaml"\r\n'
+            "Content-Type: application/x-yaml\r\n\r\n"
+        ).encode()
+        + b"#" * size
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    request = urllib.request.Request(
+        f"{web.url}/_stcore/upload_file/{session_id}/{uuid.uuid4().hex}",
+        data=body,
+        method="PUT",
+        headers={
+            "Content-Type": f"multipart/form-data; boundary={boundary}",
+            "X-Xsrftoken": xsrf,
+            "Cookie": f"_streamlit_xsrf={xsrf}",
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from web import ui
+from web import ui, uploads
 
 st.set_page_config(page_title="lorafarm", page_icon=":material/science:", layout="wide")
 ui.log_to_stderr()
+uploads.guard_uploads()
 
 # (script, title, icon, url path); the first is the home page.
 PAGES = [
@@ -27,6 +28,7 @@ PAGES = [
 ]
 
 if ui.signed_in():
+    uploads.allow_this_session()
     pages = [
         st.Page(script, title=title, icon=ui.ICONS[icon], url_path=path, default=index == 0)
         for index, (script, title, icon, path) in enumerate(PAGES)
