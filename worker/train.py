@@ -33,6 +33,7 @@ from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers, print_trai
 from mlx_lm.utils import load, save_config
 from sqlmodel import and_, col, delete, or_, select
 
+from jobs import lifecycle
 from jobs.dag import checkpoint_variant
 from jobs.db import Artifact, Metric, Stage, session_scope
 from worker.checkpoint import (
@@ -316,7 +317,10 @@ def run_train(ctx: StageContext) -> None:
     np.random.seed(args.seed)  # mlx-lm's run() seeds numpy (validation batches) the same way
     start = newest_complete_checkpoint(ctx.adapter_dir, args.iters) or 0
     forget_after(ctx, start)
-    update_stage(ctx, progress=start, total=args.iters, resumed_from=start or None)
+    update_stage(ctx, progress=start, total=args.iters)
+    if start:
+        with stage_write(ctx) as session:  # "resumed from iteration N (attempt k)"
+            lifecycle.record_resume(session, ctx.stage_id, ctx.attempt, start)
 
     print(f"loading {args.model}")
     model, tokenizer = load(args.model)
