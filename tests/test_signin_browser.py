@@ -1,10 +1,11 @@
-"""A password guesser against the real UI (`farm web`), in Debian's headless Chromium.
+"""Hostile clients against the real UI (`farm web`), in Debian's headless Chromium.
 
 The UI listens on this machine's LAN address when it has one (so the server sees
 a real client address, as a guesser on the LAN would have), with a password and a
-lock-out after 4 failures. Its database is a PostgreSQL it cannot sign in to, so
-every page errors once signed in: the page must show a short message, never a
-traceback, a server path or the database password.
+lock-out after 4 failures. In the guessing test its database is a PostgreSQL it
+cannot sign in to, so every page errors once signed in: the page must show a
+short message, never a traceback, a server path or the database password. The
+upload test talks to Streamlit's upload route as a script would, without signing in.
 """
 
 from __future__ import annotations
