@@ -214,6 +214,19 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+# A worker cut off from the coordinator must notice within seconds, not after
+# TCP's 15-minute retransmission limit: bounded connects, keepalives, and
+# unacknowledged writes failing after 15 s (libpq parameters).
+_PG_TIMEOUTS = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 15000,
+}
+
+
 def normalize_url(url: str) -> str:
     # Users write postgresql://…; SQLAlchemy's default driver for that is
     # psycopg2, which we do not ship. psycopg 3 is the one installed.
@@ -236,7 +249,7 @@ def get_engine(url: str | None = None) -> Engine:
                 )
                 event.listen(engine, "connect", _sqlite_pragmas)
             else:
-                engine = create_engine(url, pool_pre_ping=True)
+                engine = create_engine(url, pool_pre_ping=True, connect_args=_PG_TIMEOUTS)
             _engines[url] = engine
         return engine
 

@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+from redis import Redis
 
 from jobs import settings
 from jobs.db import migrate
+from jobs.reconcile import reconcile
 from jobs.services import EmbeddedRedis, start_embedded_redis
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -153,6 +155,11 @@ def farm_stack(
         redis_url = embedded.url
     stack = Stack(redis_url=redis_url, embedded=embedded)
     try:
+        # The embedded Redis starts empty: work the DB says is queued or lost
+        # from an earlier session goes back on the queues before workers start.
+        repairs = reconcile(Redis.from_url(redis_url), wait_for_lock=10.0)
+        if repairs:
+            print("reconciled: " + "; ".join(repairs.lines()), flush=True)
         host = os.uname().nodename.split(".")[0]
         for index in range(workers):
             start_worker(stack, f"{host}-{index + 1}")

@@ -115,9 +115,16 @@ def trained_iterations(stage_id: int, attempt: int) -> list[int]:
     return sorted(rows)
 
 
-def assert_resumed_without_retraining(stage_id: int) -> tuple[int, int]:
+def last_trained(stage_id: int) -> int:
+    """The last iteration the stage reported, read while nothing runs it."""
+    done = trained_iterations(stage_id, 1)
+    return max(done) if done else 0
+
+
+def assert_resumed_without_retraining(stage_id: int, reached: int) -> tuple[int, int]:
     """The second attempt resumed at the first one's newest checkpoint and
-    trained only what came after it; returns (checkpoint, iterations lost)."""
+    trained only what came after it; returns (checkpoint, iterations lost:
+    those the dead attempt had reached past it)."""
     first, second = attempts_of(stage_id)[:2]
     assert first.outcome == "lost" and second.outcome == "done", (first, second)
     resumed = second.resumed_from
@@ -126,12 +133,13 @@ def assert_resumed_without_retraining(stage_id: int) -> tuple[int, int]:
     before = trained_iterations(stage_id, 1)
     after = trained_iterations(stage_id, 2)
     assert after[0] == resumed + 1 and after[-1] == TRAIN["iters"]
-    assert not set(after) & {i for i in before if i <= resumed}  # nothing trained twice
+    assert before and max(before) <= resumed  # the dead attempt's rows past it are gone
+    assert not set(after) & set(before)  # nothing trained twice
     with session_scope() as session:
         stage = session.get(Stage, stage_id)
         assert stage is not None and stage.resumed_from == resumed and stage.attempt == 2
-    # Iterations trained by the dead attempt past its last checkpoint: lost work.
-    return resumed, max(before) - resumed
+    assert reached - resumed <= TRAIN["save_every"]
+    return resumed, reached - resumed
 
 
 def worker_row(name: str) -> WorkerRow | None:
@@ -159,10 +167,12 @@ def test_killed_worker_tree_resumes_on_another_worker_from_the_shared_checkpoint
     experiment_id = submit(write_spec(tmp_path / "s.yaml", tiny_model, train=TRAIN, **ONLY_ADAPTER))
     first = private_workers.start("mac-a")
     train = train_of(experiment_id)
-    wait_until(lambda: checkpoint_reached(train.id or 0, 20), timeout=240, what="checkpoint 20")
+    # Mid-way between the checkpoints at 20 and 30: the iterations after 20 are lost.
+    wait_until(lambda: last_trained(train.id or 0) >= 25, timeout=240, what="iteration 25")
 
     fault_at = time.monotonic()
     kill_tree(first.pid)  # the worker, its horse and the MLX child, all at once
+    reached = last_trained(train.id or 0)
     private_workers.start("mac-b")
     wait_until(
         lambda: attempts_of(train.id or 0)[0].outcome == "lost", timeout=60, what="loss detected"
@@ -171,7 +181,7 @@ def test_killed_worker_tree_resumes_on_another_worker_from_the_shared_checkpoint
     wait_until(lambda: run_done(experiment_id), timeout=300, what="the run to finish")
     finished = time.monotonic() - fault_at
 
-    checkpoint, lost = assert_resumed_without_retraining(train.id or 0)
+    checkpoint, lost = assert_resumed_without_retraining(train.id or 0, reached)
     second = attempts_of(train.id or 0)[1]
     assert second.worker == "mac-b"
     assert "stopped sending heartbeats" in (attempts_of(train.id or 0)[0].reason or "")
@@ -187,10 +197,11 @@ def test_same_name_restart_after_a_crash_starts_at_once_and_resumes_its_own_chec
     experiment_id = submit(write_spec(tmp_path / "s.yaml", tiny_model, train=TRAIN, **ONLY_ADAPTER))
     first = private_workers.start("mac-a")
     train = train_of(experiment_id)
-    wait_until(lambda: checkpoint_reached(train.id or 0, 10), timeout=240, what="checkpoint 10")
+    wait_until(lambda: last_trained(train.id or 0) >= 15, timeout=240, what="iteration 15")
 
     fault_at = time.monotonic()
     kill_tree(first.pid)
+    reached = last_trained(train.id or 0)
     # Restarted at once, while Redis still holds the dead process's registration.
     again = private_workers.start("mac-a")
     wait_until(
@@ -203,7 +214,7 @@ def test_same_name_restart_after_a_crash_starts_at_once_and_resumes_its_own_chec
     wait_until(lambda: run_done(experiment_id), timeout=300, what="the run to finish")
     finished = time.monotonic() - fault_at
     # No shared folder: the checkpoint is on mac-a's own disk, and mac-a resumed it.
-    checkpoint, lost = assert_resumed_without_retraining(train.id or 0)
+    checkpoint, lost = assert_resumed_without_retraining(train.id or 0, reached)
     assert again.poll() is None
     record_timing("worker tree killed, same-name restart (own disk)",
                   listening_again_s=round(started, 1), finish_s=round(finished, 1),
@@ -394,3 +405,16 @@ def test_a_stale_attempt_cannot_write_over_the_attempt_that_replaced_it(
         assert lifecycle.finish(session, stage_id, 1) == []
         assert session.get(Stage, stage_id).status == "running"  # type: ignore[union-attr]
     assert os.environ["REDIS_URL"] == redis_url
+
+
+def test_farm_up_puts_queued_work_back_on_an_empty_redis(
+    private_redis: PrivateRedis, tiny_model: Path, tmp_path: Path
+) -> None:
+    from jobs.stack import farm_stack
+
+    experiment_id = submit(write_spec(tmp_path / "s.yaml", tiny_model, **ONLY_ADAPTER))
+    redis = Redis.from_url(private_redis.url)
+    redis.flushall()  # the embedded Redis of the next `farm up` starts empty too
+    with farm_stack(workers=0):
+        queue = Queue(tier_queue_name(0), connection=redis, serializer=JSONSerializer)
+        assert queue.job_ids == [train_of(experiment_id).rq_job_id]

@@ -240,7 +240,15 @@ def run_worker(name: str, memory_gb: float, redis_url: str, burst: bool = False)
     migrate()
     queues = farm_queue.queues_for_worker(name, memory_gb)
     register_worker(name, memory_gb, queues)
-    redis = Redis.from_url(redis_url, health_check_interval=10)
+    # Bounded waits: a worker cut off from Redis gets an error to retry on,
+    # not a read that blocks forever (RQ's blocking pop waits at most 10 s).
+    redis = Redis.from_url(
+        redis_url,
+        health_check_interval=10,
+        socket_connect_timeout=5,
+        socket_timeout=30,
+        socket_keepalive=True,
+    )
     stopped = signals_stop_worker()
     print(f"worker {name}: {memory_gb:g} GB, queues {', '.join(queues)}", flush=True)
     try:
