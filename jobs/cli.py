@@ -154,11 +154,24 @@ def status(
         for s in run.stages:
             progress = f"{s.progress}/{s.total}" if s.total else ""
             score = f"adherence {s.adherence:.3f}" if s.adherence is not None else ""
-            console.print(f"  {s.kind:9} {s.variant:14} {s.status:10} {progress:>11} {score}")
+            line = f"  {s.kind:9} {s.variant:14} {s.status:10} {progress:>11} {score}"
+            console.print(
+                line.rstrip() + _attempt_note(s.attempt, s.resumed_from),
+                markup=False,
+                soft_wrap=True,
+            )
             if s.status == "failed" and s.error:
                 console.print("    " + s.error.strip().splitlines()[-1], markup=False)
+            for told in s.history:  # retried, resumed, lost or re-planned: say so
+                console.print("      " + told, markup=False, soft_wrap=True)
         for d in run.diagnostics:
             console.print(f"  [yellow]{d['severity']}[/] {d['pattern']}: {d['message']}")
+
+
+def _attempt_note(attempt: int, resumed_from: int | None) -> str:
+    """ " · attempt 2 · resumed from 20" on a stage line; nothing for a first try."""
+    note = f" · attempt {attempt}" if attempt > 1 else ""
+    return note + (f" · resumed from {resumed_from}" if resumed_from is not None else "")
 
 
 @app.command()

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import func
 from sqlmodel import Session, select
 
+from jobs.attempts_view import attempt_lines, attempts_by_stage, has_history, run_story
 from jobs.db import Artifact, Diagnostic, EvalResult, Experiment, Metric, Run, Stage
 from jobs.runs_view import elapsed_s
 
@@ -135,9 +136,11 @@ def throughput_series(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def stage_timeline(session: Session, run_id: int) -> list[dict[str, Any]]:
     stages = session.exec(select(Stage).where(Stage.run_id == run_id).order_by(Stage.id)).all()
     label = {s.id: _stage_label(s.kind, s.variant) for s in stages}
+    tries = attempts_by_stage(session, [s.id or 0 for s in stages])
     out = []
     for s in stages:
         error = (s.error or "").strip()
+        rows = tries[s.id or 0]
         out.append(
             {
                 "id": s.id,
@@ -154,11 +157,30 @@ def stage_timeline(session: Session, run_id: int) -> list[dict[str, Any]]:
                 "finished_at": s.finished_at,
                 "seconds": elapsed_s(s.started_at, s.finished_at),
                 "adherence": s.adherence,
+                "attempt": s.attempt,
+                "resumed_from": s.resumed_from,
                 "error": error.splitlines()[-1] if error else "",
                 "error_full": error,
+                # In words, only when retried, resumed, lost or re-planned.
+                "attempts": attempt_lines(s, rows) if has_history(s, rows) else [],
+                "attempts_title": _attempts_title(label[s.id], s),
             }
         )
     return out
+
+
+def _attempts_title(label: str, stage: Stage) -> str:
+    """ "train: attempt 2, resumed from 20", the heading of a stage's attempt list."""
+    resumed = f", resumed from {stage.resumed_from}" if stage.resumed_from is not None else ""
+    return f"{label}: attempt {stage.attempt}{resumed}"
+
+
+def attempt_story(session: Session, run_id: int) -> str:
+    """One sentence on what the run went through (lost workers, retries, resumes,
+    re-plans), for the top of the run page; empty for a run that ran straight."""
+    stages = session.exec(select(Stage).where(Stage.run_id == run_id).order_by(Stage.id)).all()
+    tries = attempts_by_stage(session, [s.id or 0 for s in stages])
+    return run_story((s, tries[s.id or 0]) for s in stages)
 
 
 def _stage_label(kind: str, variant: str) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import func
 from sqlmodel import Session, select
 
+from jobs.attempts_view import progress_note
 from jobs.db import Experiment, Metric, Run, Stage, utcnow
 from jobs.states import ACTIVE, FINISHED, RETRYABLE
 from jobs.status import experiment_status
@@ -60,6 +61,8 @@ class StageState:
     adherence: float | None
     started_at: datetime | None
     finished_at: datetime | None
+    attempt: int = 0
+    resumed_from: int | None = None  # train: the checkpoint iteration this attempt resumed at
 
     @property
     def label(self) -> str:
@@ -118,6 +121,9 @@ class RunRow:
         if train is None:
             return ""
         text = f"train {train.progress or 0}/{train.total or '?'}"
+        note = progress_note(train)  # a retried or resumed train stage says so
+        if note:
+            text += f" · {note}"
         if self.train_loss is not None:
             text += f" · train loss {self.train_loss:.3f}"
         if self.val_loss is not None:
@@ -225,6 +231,8 @@ def stage_states(session: Session, run_ids: list[int]) -> list[tuple[int, StageS
             Stage.adherence,
             Stage.started_at,
             Stage.finished_at,
+            Stage.attempt,
+            Stage.resumed_from,
             Stage.params,
         )
         .where(Stage.run_id.in_(run_ids))  # type: ignore[attr-defined]

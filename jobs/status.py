@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import func
 from sqlmodel import Session, select
 
+from jobs.attempts_view import attempt_dicts, attempt_lines, attempts_by_stage, has_history
 from jobs.db import Diagnostic, Experiment, Run, Stage, utcnow
 
 
@@ -27,6 +28,12 @@ class StageView:
     started_at: datetime | None
     finished_at: datetime | None
     error: str | None
+    attempt: int = 0
+    resumed_from: int | None = None
+    # Every attempt (`attempt_dicts`), and the same in words when there is a
+    # story to tell (retried, resumed, lost, re-planned); empty otherwise.
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    history: list[str] = field(default_factory=list)
 
     @property
     def elapsed_s(self) -> float | None:
@@ -115,6 +122,7 @@ def experiment_view(session: Session, experiment_id: int) -> ExperimentView | No
     diagnostics = session.exec(
         select(Diagnostic).where(Diagnostic.experiment_id == experiment_id).order_by(Diagnostic.id)
     ).all()
+    tries = attempts_by_stage(session, [s.id or 0 for s in stages])
     for run in runs:
         run_view = RunView(id=run.id or 0, seed=run.seed, status=run.status, host=run.host)
         for s in stages:
@@ -133,12 +141,20 @@ def experiment_view(session: Session, experiment_id: int) -> ExperimentView | No
                         started_at=s.started_at,
                         finished_at=s.finished_at,
                         error=s.error,
+                        attempt=s.attempt,
+                        resumed_from=s.resumed_from,
+                        attempts=attempt_dicts(tries[s.id or 0]),
+                        history=_history(s, tries[s.id or 0]),
                     )
                 )
         run_view.diagnostics = [_diag(d) for d in diagnostics if d.run_id == run.id]
         view.runs.append(run_view)
     view.diagnostics = [_diag(d) for d in diagnostics if d.run_id is None]
     return view
+
+
+def _history(stage: Stage, rows: list[Any]) -> list[str]:
+    return attempt_lines(stage, rows) if has_history(stage, rows) else []
 
 
 def list_experiments(session: Session, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:

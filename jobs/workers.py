@@ -13,7 +13,7 @@ from sqlmodel import Session, select
 
 from jobs import settings
 from jobs.db import Experiment, Run, Stage, WorkerRow, utcnow
-from jobs.runs_view import aware
+from jobs.runs_view import aware, format_duration
 from jobs.states import WorkerStatus
 
 
@@ -60,6 +60,21 @@ def worker_rows(session: Session, now: datetime | None = None) -> list[dict[str,
             }
         )
     return rows
+
+
+def lost_note(rows: list[dict[str, Any]]) -> str:
+    """A sentence on the workers that stopped beating, so a user sees them without
+    reading the table: "mac-b (last heartbeat 10m 00s ago) is lost: …"."""
+    lost = [r for r in rows if r["status"] == WorkerStatus.LOST]
+    if not lost:
+        return ""
+    each = [f"{r['name']} (last heartbeat {format_duration(r['heartbeat_s'])} ago)" for r in lost]
+    one = len(lost) == 1
+    return (
+        f"{', '.join(each)} {'is' if one else 'are'} lost: crashed, asleep or off the network. "
+        f"Stages {'it was' if one else 'they were'} running get a new attempt on another "
+        f"worker; {'it rejoins' if one else 'each rejoins'} when it beats again."
+    )
 
 
 def queue_depths(redis: Redis) -> list[dict[str, Any]]:

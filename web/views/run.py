@@ -91,6 +91,11 @@ if preflight:
             SHOW.get(d["severity"], st.info)(f"**{d['pattern']}**: {d['message']}")
 
 with ui.db() as session:
+    story = run_detail.attempt_story(session, header.id)
+if story:  # retried, resumed or re-planned: say it before the charts do
+    st.info(story, icon=":material/restart_alt:")
+
+with ui.db() as session:
     metrics = run_detail.training_metrics(session, header.id)
     timeline = run_detail.stage_timeline(session, header.id)
     files = run_detail.artifacts(session, header.id)
@@ -156,9 +161,17 @@ if not timed.empty:
     )
     st.altair_chart(gantt, width="stretch")
 st.dataframe(
-    pd.DataFrame(timeline).drop(columns=["id", "kind", "variant", "error_full"]),
+    pd.DataFrame(timeline).drop(
+        columns=["id", "kind", "variant", "error_full", "attempts", "attempts_title"]
+    ),
     hide_index=True,
     column_config={
+        "attempt": st.column_config.NumberColumn(
+            "attempt", help="how many times a worker has claimed this stage"
+        ),
+        "resumed_from": st.column_config.NumberColumn(
+            "resumed from", help="the checkpoint iteration the current attempt resumed at"
+        ),
         "adherence": st.column_config.ProgressColumn(
             "adherence", min_value=0, max_value=1, format="percent"
         ),  # fmt: skip
@@ -168,6 +181,11 @@ st.dataframe(
         "finished_at": st.column_config.DatetimeColumn("finished", format="HH:mm:ss"),
     },
 )
+for t in timeline:
+    if t["attempts"]:
+        with st.expander(t["attempts_title"], icon=":material/history:"):
+            for line in t["attempts"]:
+                st.text(line)
 for t in timeline:
     if t["error_full"] and t["status"] == "failed":
         with st.expander(f"{t['stage']} failed: {t['error'][:120]}", icon=":material/error:"):

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from jobs.runs_view import format_duration
-from jobs.workers import live_worker_names, queue_depths, worker_rows
+from jobs.workers import live_worker_names, lost_note, queue_depths, worker_rows
 from web import ui
 
 st.title("Workers")
@@ -35,6 +35,9 @@ def workers_panel() -> None:
             table.insert(2, "in_redis", table["name"].isin(live))
         busy = int((table["status"] == "busy").sum())
         st.caption(f"{len(rows)} workers, {busy} busy")
+        lost = lost_note(rows)
+        if lost:
+            st.warning(lost, icon=":material/wifi_off:")
         st.dataframe(
             table,
             hide_index=True,
