@@ -114,7 +114,7 @@ def attempt_line(row: AttemptLike, stage: StageLike, rows: Sequence[AttemptLike]
     if row.outcome == AttemptOutcome.RUNNING:
         doing = "running" + (_progress(stage) if row.attempt == stage.attempt else "")
         return f"{head}: {resumed} — {doing}" if resumed else f"{head}: {doing}"
-    words = OUTCOME_WORDS.get(AttemptOutcome(row.outcome), row.outcome)
+    words = OUTCOME_WORDS.get(row.outcome, row.outcome)  # type: ignore[call-overload]
     if resumed:
         words = f"{resumed}, then {words}"
     line = f"{head}: {words}"
@@ -163,7 +163,8 @@ def _iso(moment: datetime | None) -> str | None:
 
 
 def progress_note(stage: StageLike) -> str:
-    """A short note for a progress bar, e.g. "attempt 2, resumed from 20"."""
+    """A short note for a progress bar or a stage line, e.g. "attempt 2, resumed
+    from 20", or "attempt 3 queued" while the next try waits for a worker."""
     if stage.status == StageStatus.QUEUED and stage.attempt >= 1:
         return f"attempt {stage.attempt + 1} queued"
     if stage.attempt <= 1 and stage.resumed_from is None:

@@ -117,6 +117,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Experiments and their runs, or one experiment's stages."""
+    from jobs.attempts_view import progress_note
     from jobs.db import migrate, session_scope
     from jobs.status import experiment_view, list_experiments
     from jobs.workers import worker_rows, worker_status
@@ -155,10 +156,9 @@ def status(
             progress = f"{s.progress}/{s.total}" if s.total else ""
             score = f"adherence {s.adherence:.3f}" if s.adherence is not None else ""
             line = f"  {s.kind:9} {s.variant:14} {s.status:10} {progress:>11} {score}"
+            note = progress_note(s)  # "attempt 2, resumed from 20" after a retry
             console.print(
-                line.rstrip() + _attempt_note(s.attempt, s.resumed_from),
-                markup=False,
-                soft_wrap=True,
+                line.rstrip() + (f" · {note}" if note else ""), markup=False, soft_wrap=True
             )
             if s.status == "failed" and s.error:
                 console.print("    " + s.error.strip().splitlines()[-1], markup=False)
@@ -166,12 +166,6 @@ def status(
                 console.print("      " + told, markup=False, soft_wrap=True)
         for d in run.diagnostics:
             console.print(f"  [yellow]{d['severity']}[/] {d['pattern']}: {d['message']}")
-
-
-def _attempt_note(attempt: int, resumed_from: int | None) -> str:
-    """ " · attempt 2 · resumed from 20" on a stage line; nothing for a first try."""
-    note = f" · attempt {attempt}" if attempt > 1 else ""
-    return note + (f" · resumed from {resumed_from}" if resumed_from is not None else "")
 
 
 @app.command()

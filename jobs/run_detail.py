@@ -14,7 +14,13 @@ from typing import Any
 from sqlalchemy import func
 from sqlmodel import Session, select
 
-from jobs.attempts_view import attempt_lines, attempts_by_stage, has_history, run_story
+from jobs.attempts_view import (
+    attempt_lines,
+    attempts_by_stage,
+    has_history,
+    progress_note,
+    run_story,
+)
 from jobs.db import Artifact, Diagnostic, EvalResult, Experiment, Metric, Run, Stage
 from jobs.runs_view import elapsed_s
 
@@ -170,9 +176,8 @@ def stage_timeline(session: Session, run_id: int) -> list[dict[str, Any]]:
 
 
 def _attempts_title(label: str, stage: Stage) -> str:
-    """ "train: attempt 2, resumed from 20", the heading of a stage's attempt list."""
-    resumed = f", resumed from {stage.resumed_from}" if stage.resumed_from is not None else ""
-    return f"{label}: attempt {stage.attempt}{resumed}"
+    """The heading of a stage's attempt list, e.g. "train: attempt 2, resumed from 20"."""
+    return f"{label}: {progress_note(stage) or f'attempt {stage.attempt}'}"
 
 
 def attempt_story(session: Session, run_id: int) -> str:

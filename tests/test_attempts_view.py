@@ -177,13 +177,31 @@ def test_farm_status_tells_the_attempts_of_a_stage(farm_home: Path) -> None:
     lines = result.output.splitlines()
     train = next(line for line in lines if line.strip().startswith("train"))
     assert "running" in train and "34/60" in train
-    assert train.endswith("· attempt 2 · resumed from 20")
+    assert train.endswith("34/60 · attempt 2, resumed from 20")
     below = lines[lines.index(train) + 1 : lines.index(train) + 3]
     assert below[0].startswith("      attempt 1 on mac-a: lost — worker mac-a stopped sending ")
     assert "UTC (lost after 60 s)" in below[0]
     assert below[1] == "      attempt 2 on mac-b: resumed from iteration 20 — running 34/60"
     # Stages that ran once and plainly get no such lines.
     assert sum("attempt 1 on" in line for line in lines) == 1
+
+
+def test_farm_status_after_a_resumed_attempt_is_killed(farm_home: Path) -> None:
+    experiment_id, _, train_id = lost_then_resumed()
+    with session_scope() as session:  # the stage process on mac-b is SIGKILLed
+        lifecycle.fail(session, train_id, 2, KILLED, retry=True)
+    result = CliRunner().invoke(app, ["status", str(experiment_id)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    train = next(line for line in lines if line.strip().startswith("train"))
+    assert "queued" in train and train.endswith("· attempt 3 queued")
+    below = lines[lines.index(train) + 2 : lines.index(train) + 4]
+    assert below == [
+        "      attempt 2 on mac-b: resumed from iteration 20, then died — stage process killed "
+        "by SIGKILL (the system may have run out of memory); retrying",
+        "      attempt 3: queued, waiting for a worker",
+    ]
+    assert "Traceback" not in result.output
 
 
 def test_farm_status_json_lists_every_attempt(farm_home: Path) -> None:
