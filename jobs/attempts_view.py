@@ -210,7 +210,10 @@ def _event(label: str, row: AttemptLike, lost: list[str]) -> str:
     if row.outcome == AttemptOutcome.DIED:
         return f"{label} attempt {row.attempt} on {row.worker} died ({one_line(row.reason)})"
     if row.outcome == AttemptOutcome.REPLANNED:
-        return f"{label} was re-planned after worker {row.worker} stayed away{at}"
+        return (
+            f"{label} was re-planned{at}: worker {row.worker}, which holds its checkpoints, "
+            "was gone too long"
+        )
     return ""
 
 

@@ -114,7 +114,10 @@ def test_a_re_planned_run_says_it_trains_again_from_zero() -> None:
     assert lines[1].startswith("re-planned: worker mac-a holds this run's checkpoints")
     assert lines[1].endswith("training again from iteration 0 on another worker")
     assert has_history(stage, rows)
-    assert "train was re-planned after worker mac-a stayed away" in run_story([(stage, rows)])
+    assert run_story([(stage, rows)]) == (
+        "In this run, train was re-planned: worker mac-a, which holds its checkpoints, was gone "
+        "too long; train is queued for attempt 2."
+    )
 
 
 def test_a_first_attempt_that_runs_is_not_news() -> None:
@@ -244,6 +247,36 @@ def test_run_page_tells_what_the_run_went_through(farm_home: Path) -> None:
     stages = next(d for d in at.dataframe if "attempt" in d.value.columns).value
     train = stages.set_index("stage").loc["train"]
     assert train["attempt"] == 2 and train["resumed_from"] == 20
+
+
+def test_run_page_of_a_re_planned_run(farm_home: Path) -> None:
+    spec = parse_spec(SPEC.format(root=ROOT), check_files=False)
+    with session_scope() as session:
+        experiment = create_rows(session, spec)
+        run = session.exec(select(Run).where(Run.experiment_id == experiment.id)).one()
+        lifecycle.queue_train_stages(session, [run])
+        train = session.exec(
+            select(Stage).where(Stage.run_id == run.id, Stage.kind == "train")
+        ).one()
+        run_id, train_id = run.id or 0, train.id or 0
+    with session_scope() as session:
+        lifecycle.claim(session, train_id, "mac-a")
+        lifecycle.finish(session, train_id, 1)
+    with session_scope() as session:  # mac-a, holding the adapter, never came back
+        run = session.get(Run, run_id)
+        assert run is not None
+        lifecycle.replan_run(session, run, REPLANNED)
+    at = open_page("views/run.py", run=str(run_id))
+    (story,) = [i.value for i in at.info if "re-planned" in i.value]
+    assert story.startswith("In this run, train was re-planned at ")
+    assert story.endswith("worker mac-a, which holds its checkpoints, was gone too long; "
+                          "train is queued for attempt 2.")  # fmt: skip
+    (history,) = [e for e in at.expander if e.label == "train: attempt 2 queued"]
+    assert [t.value for t in history.text] == [
+        "attempt 1 on mac-a: done",
+        f"re-planned: {REPLANNED}",
+        "attempt 2: queued, waiting for a worker",
+    ]
 
 
 def test_run_page_of_a_plain_run_has_no_story(farm_home: Path) -> None:
