@@ -15,6 +15,7 @@ from the DB, and a duplicate ticket is harmless because only one claim wins.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -127,13 +128,19 @@ def job_is_live(redis: Redis, job_id: str | None) -> bool:
 
 def job_is_waiting_in(redis: Redis, job_id: str, queue: str) -> bool:
     """The job is live and, unless running, really in its queue's list (a
-    restored Redis can hold the job hash without the queue entry)."""
-    if not job_is_live(redis, job_id):
-        return False
-    status = Job.fetch(job_id, connection=redis, serializer=JSONSerializer).get_status()
-    if status != JobStatus.QUEUED:
-        return True
-    return job_id in _queue(queue, redis).get_job_ids()
+    restored Redis can hold the job hash without the queue entry).
+
+    A worker pops a job from the list a moment before marking it started; a
+    job seen in that moment is looked at again before it is called missing."""
+    for recheck in (False, True):
+        if recheck:
+            time.sleep(1.0)
+        if not job_is_live(redis, job_id):
+            return False
+        status = Job.fetch(job_id, connection=redis, serializer=JSONSerializer).get_status()
+        if status != JobStatus.QUEUED or job_id in _queue(queue, redis).get_job_ids():
+            return True
+    return False
 
 
 def stop_job(redis: Redis | None, job_id: str | None) -> None:
