@@ -339,8 +339,12 @@ def fail(
 
 
 def lose(session: Session, stage: Stage, reason: str) -> list[Ticket]:
-    """The stage's worker stopped beating: a new attempt, elsewhere if need be."""
-    set_worker_stage(session, stage.worker or "", None)
+    """The stage's worker stopped beating: a new attempt, elsewhere if need be.
+    The worker's row keeps its `lost` status; it only stops naming the stage."""
+    row = session.exec(select(WorkerRow).where(WorkerRow.name == (stage.worker or ""))).first()
+    if row is not None and row.current_stage_id == stage.id:
+        row.current_stage_id = None
+        session.add(row)
     return _end_running(session, stage, AttemptOutcome.LOST, reason)
 
 
