@@ -386,7 +386,12 @@ def make_tiny_model_cmd(
 def worker(
     name: Annotated[str | None, typer.Option(help="Worker name (default: host-pid)")] = None,
     memory_gb: Annotated[
-        float | None, typer.Option("--memory-gb", help="Memory this worker offers")
+        float | None,
+        typer.Option(
+            "--memory-gb",
+            help="Memory this worker offers (default: on a Mac, the GPU working set MLX "
+            "recommends; elsewhere total RAM)",
+        ),
     ] = None,
     burst: Annotated[bool, typer.Option(help="Exit when the queues are empty")] = False,
 ) -> None:

@@ -167,7 +167,8 @@ class WorkerRow(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(index=True, unique=True)
     host: str
-    memory_gb: float
+    memory_gb: float  # what it offers jobs: on a Mac, the GPU working set
+    total_memory_gb: float | None = None  # its RAM (None: registered before this was kept)
     chip: str = ""
     mlx_version: str = ""
     platform: str = ""

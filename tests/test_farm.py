@@ -338,5 +338,6 @@ def test_worker_registers_itself_with_its_machine(workers: Workers, redis_url: s
 
     found = wait_until(row, timeout=60, what="worker row")
     assert found.memory_gb == 24 and found.mlx_version and found.host == os.uname().nodename
+    assert found.total_memory_gb == round(psutil.virtual_memory().total / 1e9, 1)
     assert found.queues.split(",")[0] == worker_queue_name("reg")
     assert "farm:mem:32" not in found.queues and "farm:mem:24" in found.queues

@@ -121,15 +121,17 @@ def test_workers_page(farm_home: Path, redis_url: str, finished_run: int) -> Non
     with session_scope() as session:
         train = session.exec(select(Stage).where(Stage.kind == "train")).first()
         assert train is not None
-        session.add(WorkerRow(name="mac-a", host="mac-a.lan", memory_gb=64, chip="Apple M2 Max",
-                              mlx_version="0.29.1", status="busy", current_stage_id=train.id,
-                              jobs_done=7))  # fmt: skip
+        session.add(WorkerRow(name="mac-a", host="mac-a.lan", memory_gb=72, total_memory_gb=96,
+                              chip="Apple M2 Max", mlx_version="0.29.1", status="busy",
+                              current_stage_id=train.id, jobs_done=7))  # fmt: skip
         session.add(WorkerRow(name="mac-b", host="mac-b.lan", memory_gb=16, status="idle",
                               last_heartbeat=utcnow() - timedelta(minutes=10)))  # fmt: skip
     at = open_page("views/workers.py")
     workers = next(d for d in at.dataframe if "chip" in d.value.columns).value
     rows = workers.set_index("name")
     assert rows.loc["mac-a", "chip"] == "Apple M2 Max" and rows.loc["mac-a", "jobs_done"] == 7
+    # What it offers (a Mac's GPU working set) beside its RAM.
+    assert (rows.loc["mac-a", "memory_gb"], rows.loc["mac-a", "total_memory_gb"]) == (72, 96)
     assert rows.loc["mac-a", "running"].startswith("train 12/12 · quick, seed 1")
     assert rows.loc["mac-b", "status"] == "lost"  # no heartbeat for 10 minutes
     assert rows.loc["mac-b", "heartbeat_s"].startswith("10m")

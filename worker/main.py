@@ -7,11 +7,13 @@ environment, never on its command line, so a password stays out of `ps`.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
 import signal
 import socket
+import subprocess
 import sys
 import time
 from typing import Any
@@ -34,21 +36,63 @@ from jobs.reconcile import reconcile
 from jobs.states import StageStatus, WorkerStatus
 
 
-def default_memory_gb() -> float:
-    return round(psutil.virtual_memory().total / 1e9, 1)
+def total_memory_gb(total_bytes: int | None = None) -> float:
+    """This machine's RAM in GB (decimal, like the memory tiers)."""
+    total = psutil.virtual_memory().total if total_bytes is None else total_bytes
+    return round(total / 1e9, 1)
 
 
-def chip_name() -> str:
-    if sys.platform == "darwin":
-        try:
-            import subprocess
+def metal_device_info() -> dict[str, Any]:
+    """`mx.device_info()`, asked in a short-lived child process: the long-lived
+    worker never loads Metal (only stage processes do), so it holds no GPU
+    memory between stages. {} when MLX cannot answer."""
+    code = "import json, mlx.core as mx; print(json.dumps(mx.device_info()))"
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+        )
+        info = json.loads(result.stdout) if result.returncode == 0 else {}
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
 
-            out = subprocess.run(
-                ["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True
-            )
-            return out.stdout.strip() or platform.machine()
-        except OSError:
-            return platform.machine()
+
+def default_memory_gb(
+    sys_platform: str = sys.platform,
+    device_info: dict[str, Any] | None = None,
+    total_bytes: int | None = None,
+) -> float:
+    """The memory a worker offers when --memory-gb is not given.
+
+    On a Mac, MLX's recommended GPU working set: mlx-lm wires memory only up to
+    `max_recommended_working_set_size`, well below total RAM, so offering all of
+    RAM would take jobs the GPU cannot hold. Elsewhere MLX runs on the CPU and
+    can use total RAM. `device_info` and `total_bytes` default to this machine's."""
+    total = total_memory_gb(total_bytes)
+    if sys_platform != "darwin":
+        return total
+    info = metal_device_info() if device_info is None else device_info
+    working_set = info.get("max_recommended_working_set_size")
+    if not isinstance(working_set, int) or working_set <= 0:
+        return total  # MLX without Metal (or too old to say): RAM is the best guess
+    return min(round(working_set / 1e9, 1), total)
+
+
+def sysctl_value(key: str) -> str:
+    """A sysctl value such as machdep.cpu.brand_string; '' where there is none."""
+    try:
+        result = subprocess.run(["sysctl", "-n", key], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return result.stdout.strip() if result.returncode == 0 else ""
+
+
+def chip_name(sys_platform: str = sys.platform, brand: str | None = None) -> str:
+    """On a Mac the CPU brand sysctl reports (or `brand`), such as "Apple M2 Max";
+    elsewhere the processor or machine name."""
+    if sys_platform == "darwin":
+        brand = sysctl_value("machdep.cpu.brand_string") if brand is None else brand
+        return brand or platform.machine()
     return platform.processor() or platform.machine()
 
 
@@ -66,6 +110,7 @@ def register_worker(name: str, memory_gb: float, queues: list[str]) -> None:
         row = session.exec(select(WorkerRow).where(WorkerRow.name == name)).first()
         row = row or WorkerRow(name=name, host=socket.gethostname(), memory_gb=memory_gb)
         row.host, row.memory_gb = socket.gethostname(), memory_gb
+        row.total_memory_gb = total_memory_gb()
         row.chip, row.mlx_version = chip_name(), mlx_version()
         row.platform = f"{platform.system()} {platform.machine()}"
         row.queues, row.status, row.current_stage_id = ",".join(queues), WorkerStatus.IDLE, None

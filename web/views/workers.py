@@ -42,7 +42,15 @@ def workers_panel() -> None:
             table,
             hide_index=True,
             column_config={
-                "memory_gb": st.column_config.NumberColumn("memory GB", format="%.0f"),
+                # Both figures: on a Mac a worker offers MLX's GPU working set,
+                # well below its RAM, and a user comparing tiers needs to see why.
+                "memory_gb": st.column_config.NumberColumn(
+                    "memory offered GB",
+                    format="%.1f",
+                    help="what jobs may use: on a Mac, the GPU working set MLX recommends; "
+                    "elsewhere total RAM; or the worker's --memory-gb",
+                ),
+                "total_memory_gb": st.column_config.NumberColumn("total RAM GB", format="%.1f"),
                 "mlx": st.column_config.TextColumn("MLX"),
                 "in_redis": st.column_config.CheckboxColumn(
                     "in Redis", help="registered with RQ right now"
