@@ -52,9 +52,14 @@ def all_finished(experiment_id: int) -> bool:
 
 
 def stage_children(stage_id: int) -> list[psutil.Process]:
+    """The stage processes of this test's own workers (other farms may run a
+    stage with the same id on this machine)."""
     found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmd = proc.info["cmdline"] or []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            cmd = proc.cmdline()
+        except psutil.Error:
+            continue
         if "worker.child" in cmd and cmd[cmd.index("worker.child") + 1 :][:1] == [str(stage_id)]:
             found.append(proc)
     return found

@@ -142,7 +142,8 @@ def test_guessing_the_password_in_a_browser(web: Web) -> None:
 
     # Each answer to a wrong password comes later than the one before.
     print("answer times (s):", [round(a, 2) for a in answers])
-    assert answers[1] > answers[0] + 0.5 and answers[2] > answers[1] + 1.0, answers
+    # (The first answer also pays for the page's first render, so compare from the third.)
+    assert answers[2] > answers[1] + 1.0 and answers[2] > answers[0] + 2.0, answers
 
     log = web.log_text()
     failures = [line for line in log.splitlines() if "sign-in failed" in line]

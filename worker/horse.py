@@ -15,6 +15,8 @@ from rq.executions import Execution
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from worker.main import refuse_foreign_job
+
 
 def main() -> None:
     redis = Redis.from_url(os.environ["REDIS_URL"])
@@ -24,6 +26,11 @@ def main() -> None:
     if worker is None:
         sys.exit(1)
     job = Job.fetch(os.environ["FARM_HORSE_JOB"], connection=redis, serializer=JSONSerializer)
+    # Checked again here: the job was read from Redis anew after the worker's check.
+    why = refuse_foreign_job(job)
+    if why is not None:
+        print(f"refused job {job.id}: {why}", file=sys.stderr, flush=True)
+        sys.exit(1)
     queue = Queue(os.environ["FARM_HORSE_QUEUE"], connection=redis, serializer=JSONSerializer)
     worker.execution = Execution.fetch(os.environ["RQ_EXECUTION_ID"], job.id, connection=redis)
     os.setpgrp()  # a stop command kills this group: the horse and its MLX child

@@ -317,7 +317,8 @@ def run_worker(name: str, memory_gb: float, redis_url: str, burst: bool = False)
             except Exception as exc:
                 if not _is_redis_down(exc):
                     raise
-            if burst or worker._stop_requested:
+            # RQ marks a stop asked for while idle only by its date.
+            if burst or worker._stop_requested or worker._shutdown_requested_date:
                 break
             time.sleep(1.0)
     finally:
