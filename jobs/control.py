@@ -14,21 +14,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from redis import Redis
-from sqlalchemy import delete
 from sqlmodel import Session, select
 
 from jobs import lifecycle
-from jobs.db import Artifact, EvalResult, Metric, Run, Stage
+from jobs.db import Run, Stage
 from jobs.lifecycle import descendants, update_run_status
 from jobs.queue import push_all, stop_job
 from jobs.states import ACTIVE, RETRYABLE, StageStatus
-
-# Per-attempt results a retried stage starts over without.
-_SUMMARY_FIELDS = (
-    "worker", "queue", "rq_job_id", "enqueued_at", "started_at", "finished_at", "error",
-    "progress", "total", "adherence", "n_prompts", "label_counts", "hit_max_share", "latency_s",
-    "tokens_per_sec", "peak_memory_gb", "size_bytes", "val_loss", "heartbeat_at", "resumed_from",
-)  # fmt: skip
 
 
 class RetryError(ValueError):
@@ -142,13 +134,5 @@ def _first_unfinished_ancestor(stage: Stage, by_id: dict[int | None, Stage]) -> 
 
 
 def _forget_attempt(session: Session, reset: dict[int, Stage], redis: Redis) -> None:
-    ids = list(reset)
-    for table in (EvalResult, Metric, Artifact):
-        session.execute(delete(table).where(table.stage_id.in_(ids)))  # type: ignore[attr-defined]
-    for stage in reset.values():
-        stop_job(redis, stage.rq_job_id)
-        for name in _SUMMARY_FIELDS:
-            setattr(stage, name, None)
-        stage.status = StageStatus.WAITING
-        session.add(stage)
-    session.flush()
+    for job_id in lifecycle.forget_results(session, list(reset.values())):
+        stop_job(redis, job_id)

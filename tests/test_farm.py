@@ -217,9 +217,7 @@ def test_a_killed_stage_without_retries_fails_with_its_cause_and_dependents_are_
     workers: Workers, tiny_model: Path, tmp_path: Path
 ) -> None:
     experiment_id = submit(
-        write_spec(
-            tmp_path / "spec.yaml", tiny_model, train=LONG_TRAIN, resources={"retries": 0}
-        )
+        write_spec(tmp_path / "spec.yaml", tiny_model, train=LONG_TRAIN, resources={"retries": 0})
     )
     workers.start("w1")
     train = stages_of(experiment_id)[0]
