@@ -18,11 +18,12 @@ from sqlmodel import select
 from typer.testing import CliRunner
 
 from jobs.cli import app
-from jobs.db import Artifact, EvalResult, Experiment, Metric, Run, Stage, WorkerRow, session_scope
+from jobs.db import Artifact, EvalResult, Experiment, Metric, Stage, WorkerRow, session_scope
 from jobs.leaderboard import leaderboard
 from jobs.queue import stage_job_id, tier_queue_name, worker_queue_name
 from jobs.services import free_port
 from tests.conftest import Workers, wait_until, write_spec
+from tests.farm_support import all_finished, stage_children, stages_of, submit
 
 runner = CliRunner()
 LONG_TRAIN = {
@@ -31,38 +32,6 @@ LONG_TRAIN = {
     "steps_per_eval": 100_000,
     "save_every": 100_000,
 }
-
-
-def submit(spec: Path) -> int:
-    result = runner.invoke(app, ["submit", str(spec)])
-    assert result.exit_code == 0, result.output
-    return int(result.stdout.strip().splitlines()[-1])
-
-
-def stages_of(experiment_id: int) -> list[Stage]:
-    with session_scope() as session:
-        runs = session.exec(select(Run.id).where(Run.experiment_id == experiment_id)).all()
-        return list(session.exec(select(Stage).where(Stage.run_id.in_(runs)).order_by(Stage.id)))  # type: ignore[union-attr]
-
-
-def all_finished(experiment_id: int) -> bool:
-    return all(
-        s.status in ("done", "failed", "skipped", "cancelled") for s in stages_of(experiment_id)
-    )
-
-
-def stage_children(stage_id: int) -> list[psutil.Process]:
-    """The stage processes of this test's own workers (other farms may run a
-    stage with the same id on this machine)."""
-    found = []
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            cmd = proc.cmdline()
-        except psutil.Error:
-            continue
-        if "worker.child" in cmd and cmd[cmd.index("worker.child") + 1 :][:1] == [str(stage_id)]:
-            found.append(proc)
-    return found
 
 
 def test_submit_writes_rows_and_enqueues_only_train(

@@ -19,15 +19,14 @@ from redis import Redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 from sqlmodel import select
-from typer.testing import CliRunner
 
 from jobs.cli import app
-from jobs.db import Artifact, Metric, Run, Stage, StageAttempt, WorkerRow, session_scope
+from jobs.db import Artifact, Metric, Stage, StageAttempt, WorkerRow, session_scope
 from jobs.queue import tier_queue_name, worker_queue_name
 from tests.conftest import Workers, wait_until, write_spec
+from tests.farm_support import runner, stages_of, submit
 from tests.fault_support import PrivateRedis, kill_tree, record_timing
 
-runner = CliRunner()
 LOST_AFTER_S = 6
 # Long enough to kill mid-run, with a checkpoint every 10 iterations.
 TRAIN = {"iters": 60, "save_every": 10, "steps_per_report": 1, "steps_per_eval": 1000,
@@ -58,18 +57,6 @@ def private_workers(private_redis: PrivateRedis, farm_home: Path) -> Iterator[Wo
     pool = Workers(farm_home)
     yield pool
     pool.stop_all()
-
-
-def submit(spec: Path) -> int:
-    result = runner.invoke(app, ["submit", str(spec)])
-    assert result.exit_code == 0, result.output
-    return int(result.stdout.strip().splitlines()[-1])
-
-
-def stages_of(experiment_id: int) -> list[Stage]:
-    with session_scope() as session:
-        runs = session.exec(select(Run.id).where(Run.experiment_id == experiment_id)).all()
-        return list(session.exec(select(Stage).where(Stage.run_id.in_(runs)).order_by(Stage.id)))  # type: ignore[union-attr]
 
 
 def train_of(experiment_id: int) -> Stage:
