@@ -362,8 +362,9 @@ def test_jobs_that_are_not_stage_jobs_are_refused_and_the_worker_keeps_serving(
 
 
 def test_a_stale_attempt_cannot_write_over_the_attempt_that_replaced_it(
-    farm_home: Path, tiny_model: Path, tmp_path: Path, redis_url: str
+    database: str, tiny_model: Path, tmp_path: Path, redis_url: str
 ) -> None:
+    """On SQLite and PostgreSQL alike."""
     from jobs import lifecycle
     from worker.context import StaleAttempt, load_context, stage_write, update_stage
 
@@ -405,3 +406,24 @@ def test_farm_up_puts_queued_work_back_on_an_empty_redis(
     with farm_stack(workers=0):
         queue = Queue(tier_queue_name(0), connection=redis, serializer=JSONSerializer)
         assert queue.job_ids == [train_of(experiment_id).rq_job_id]
+
+
+def test_two_claims_of_one_stage_at_once_make_one_attempt(
+    database: str, tiny_model: Path, tmp_path: Path, redis_url: str
+) -> None:
+    """Duplicate tickets (a re-push racing a pop) are harmless: one claim wins."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from jobs import lifecycle
+
+    experiment_id = submit(write_spec(tmp_path / "s.yaml", tiny_model, **ONLY_ADAPTER))
+    stage_id = train_of(experiment_id).id or 0
+
+    def claim(worker: str) -> int | None:
+        with session_scope() as session:
+            return lifecycle.claim(session, stage_id, worker)
+
+    with ThreadPoolExecutor(8) as pool:
+        won = [a for a in pool.map(claim, [f"mac-{i}" for i in range(8)]) if a is not None]
+    assert won == [1]
+    assert len(attempts_of(stage_id)) == 1
