@@ -2,14 +2,17 @@
 
 - overhead: one training config through the farm and as a bare `mlx_lm lora`
   command, tokens/s of each as mlx-lm itself reports them (target ≥ 0.97×).
-- eval: the demo suite on one model through the farm's batched eval and
-  through a one-prompt-at-a-time loop over HTTP to `mlx_lm server`, the way
-  eval harnesses commonly do it; same prompts, greedy (target ≥ 4× faster).
+- eval: the demo suite on one model (the tiny one, or `--model DIR`) through
+  the farm's batched eval (with and without the shared prefix prefilled once),
+  an in-process one-prompt-at-a-time `stream_generate` loop, and one prompt at
+  a time over HTTP to `mlx_lm server`, the way eval harnesses commonly do it;
+  same prompts, greedy, every path warmed up, rounds alternated, medians
+  (target ≥ 4× faster than HTTP).
 - dispatch: submit → stage started on an idle worker, p50 and p95, before any
   model is loaded.
 - pages: leaderboard and runs page queries at 100,000 runs (see bench_pages).
 
-Everything runs in a temporary FARM_HOME on the tiny local model.
+Everything runs in a temporary FARM_HOME on the tiny local model unless `--model` says otherwise.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -169,22 +174,99 @@ def bench_overhead(model: Path, redis_url: str, workdir: Path, rounds: int = 2) 
 # --- eval -----------------------------------------------------------------------
 
 
-def bench_eval(model: Path, workdir: Path) -> dict[str, Any]:
-    from mlx_lm.utils import load
+EVAL_ROUNDS = 3
 
-    from jobs.suite import load_suite
-    from worker.eval import cut_at_stop, generate_suite, render_prompt
 
-    suite = load_suite(DATA_DIR / "evals" / "code_mode.yaml")
-    max_tokens = suite.generation.max_tokens
-    loaded, tokenizer = load(str(model))
-    prompts = list(suite.prompts)
+@dataclass
+class PathRun:
+    """One pass of one eval path over the prompts: its answers and where the time went."""
+
+    texts: list[str]
+    wall_s: float
+    prefill_tokens: int = 0
+    prefill_s: float = 0.0
+    decode_tokens: int = 0
+    decode_s: float = 0.0
+    prefix_tokens: int = 0
+    stop_reasons: dict[str, int] = field(default_factory=dict)
+
+
+def batched_path(
+    model: Any, tokenizer: Any, suite: Any, prompts: list[Any], max_tokens: int, share: bool
+) -> PathRun:
+    """The farm's eval: one mlx-lm batch, stops inside it, the shared prefix once."""
+    from worker.eval import generate_suite
+
     tic = time.perf_counter()
-    batched, _ = generate_suite(loaded, tokenizer, suite, prompts, max_tokens)
-    batched_s = time.perf_counter() - tic
-    texts = [tokenizer.decode(render_prompt(tokenizer, suite, p)) for p in prompts]
-    del loaded
+    generated, stats = generate_suite(
+        model, tokenizer, suite, prompts, max_tokens, share_prefix=share
+    )
+    return PathRun(
+        texts=[g.text for g in generated],
+        wall_s=time.perf_counter() - tic,
+        prefill_tokens=stats.prefix_tokens + stats.prompt_tokens,
+        prefill_s=stats.prefill_s,
+        decode_tokens=stats.generation_tokens,
+        decode_s=stats.generation_s,
+        prefix_tokens=stats.prefix_tokens,
+        stop_reasons=dict(Counter(g.stop_reason for g in generated)),
+    )
 
+
+def loop_path(
+    model: Any, tokenizer: Any, suite: Any, prompts: list[Any], max_tokens: int
+) -> PathRun:
+    """One prompt at a time through mlx-lm's `stream_generate`, in this process: the
+    batch's gain without HTTP in the comparison. A stop string ends the prompt."""
+    from mlx_lm.generate import stream_generate
+
+    from worker.eval import cut_at_stop, render_prompt
+
+    stops = list(suite.generation.stop)
+    run = PathRun(texts=[], wall_s=0.0)
+    tic = time.perf_counter()
+    for prompt in prompts:
+        text, last = "", None
+        ids = render_prompt(tokenizer, suite, prompt)
+        for last in stream_generate(model, tokenizer, ids, max_tokens=max_tokens):
+            text += last.text
+            if any(stop in text for stop in stops):
+                break
+        run.texts.append(cut_at_stop(text, stops))
+        if last is not None:  # mlx-lm's own per-prompt figures
+            run.prefill_tokens += last.prompt_tokens
+            run.prefill_s += last.prompt_tokens / max(last.prompt_tps, 1e-9)
+            run.decode_tokens += last.generation_tokens
+            run.decode_s += last.generation_tokens / max(last.generation_tps, 1e-9)
+    run.wall_s = time.perf_counter() - tic
+    return run
+
+
+def http_path(port: int, texts: list[str], suite: Any, max_tokens: int) -> PathRun:
+    """One prompt at a time over HTTP to `mlx_lm server`, as eval harnesses do it."""
+    run = PathRun(texts=[], wall_s=0.0)
+    tic = time.perf_counter()
+    for text in texts:
+        body = {
+            "prompt": text,
+            "max_tokens": max_tokens,
+            "temperature": 0.0,
+            "stop": list(suite.generation.stop),
+        }
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/completions",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=600) as response:
+            answer = json.load(response)
+        run.texts.append(answer["choices"][0]["text"])
+        run.decode_tokens += int(answer.get("usage", {}).get("completion_tokens", 0))
+    run.wall_s = time.perf_counter() - tic
+    return run
+
+
+def _start_server(model: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     server = subprocess.Popen(
         [
@@ -204,41 +286,110 @@ def bench_eval(model: Path, workdir: Path) -> dict[str, Any]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    return server, port
+
+
+def _summary(runs: list[PathRun]) -> dict[str, Any]:
+    """Medians over the rounds; prefill and decode tokens/s kept apart where the
+    path can tell them apart (HTTP gives end-to-end figures only)."""
+    median = statistics.median
+    first = runs[0]
+    out: dict[str, Any] = {
+        "wall_s": median(r.wall_s for r in runs),
+        "decode_tokens": first.decode_tokens,
+        "tokens_per_sec": median(r.decode_tokens / max(r.wall_s, 1e-9) for r in runs),
+    }
+    if first.decode_s:
+        out["decode_tokens_per_sec"] = median(r.decode_tokens / max(r.decode_s, 1e-9) for r in runs)
+    if first.prefill_s:
+        out["prefill_tokens"] = first.prefill_tokens
+        out["prefill_s"] = median(r.prefill_s for r in runs)
+        out["prefill_tokens_per_sec"] = median(
+            r.prefill_tokens / max(r.prefill_s, 1e-9) for r in runs
+        )
+    if first.prefix_tokens:
+        out["shared_prefix_tokens"] = first.prefix_tokens
+    if first.stop_reasons:
+        out["stop_reasons"] = first.stop_reasons
+    return out
+
+
+def _same(a: list[str], b: list[str], stops: list[str]) -> int:
+    from worker.eval import cut_at_stop
+
+    return sum(
+        cut_at_stop(x, stops).strip() == cut_at_stop(y, stops).strip()
+        for x, y in zip(a, b, strict=True)
+    )
+
+
+def bench_eval(
+    model: Path, workdir: Path, rounds: int = EVAL_ROUNDS, limit: int | None = None
+) -> dict[str, Any]:
+    """The suite through four paths on one model, warmed up, alternated over
+    `rounds` (each round in another order) and reported as medians: the farm's
+    batch with and without the shared prefix, an in-process one-by-one loop, and
+    one-by-one over HTTP."""
+    import mlx.core as mx
+    from mlx_lm.utils import load
+
+    from jobs.suite import load_suite
+    from worker.eval import render_prompt
+
+    suite = load_suite(DATA_DIR / "evals" / "code_mode.yaml")
+    max_tokens = suite.generation.max_tokens
+    prompts = list(suite.prompts)[:limit] if limit else list(suite.prompts)
+    stops = list(suite.generation.stop)
+
+    tic = time.perf_counter()
+    loaded, tokenizer = load(str(model))
+    mx.eval(loaded.parameters())
+    load_s = time.perf_counter() - tic
+    # The server gets the very prompt text the batch renders.
+    texts = {p.id: tokenizer.decode(render_prompt(tokenizer, suite, p)) for p in prompts}
+
+    server, port = _start_server(model)
     try:
-        _wait_http(f"http://127.0.0.1:{port}/v1/models", server)
-        tic = time.perf_counter()
-        served = []
-        for text in texts:
-            body = {
-                "prompt": text,
-                "max_tokens": max_tokens,
-                "temperature": 0.0,
-                "stop": list(suite.generation.stop),
-            }
-            request = urllib.request.Request(
-                f"http://127.0.0.1:{port}/v1/completions",
-                data=json.dumps(body).encode(),
-                headers={"Content-Type": "application/json"},
-            )
-            with urllib.request.urlopen(request, timeout=120) as response:
-                served.append(json.load(response)["choices"][0]["text"])
-        http_s = time.perf_counter() - tic
+        _wait_http(f"http://127.0.0.1:{port}/v1/models", server, timeout=600)
+        paths: dict[str, Any] = {
+            "batched": lambda p, m: batched_path(loaded, tokenizer, suite, p, m, True),
+            "batched_no_prefix": lambda p, m: batched_path(loaded, tokenizer, suite, p, m, False),
+            "loop": lambda p, m: loop_path(loaded, tokenizer, suite, p, m),
+            "http": lambda p, m: http_path(port, [texts[q.id] for q in p], suite, m),
+        }
+        # Warm-up: every path runs once untimed (kernels, allocations, the server's
+        # first request), so no path pays for it inside the figures.
+        for run_path in paths.values():
+            run_path(prompts[:2], min(max_tokens, 16))
+        results: dict[str, list[PathRun]] = {name: [] for name in paths}
+        names = list(paths)
+        for round_ in range(rounds):
+            for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+                results[name].append(paths[name](prompts, max_tokens))
     finally:
         server.terminate()
         server.wait()
-    same = sum(
-        cut_at_stop(a.text, suite.generation.stop).strip()
-        == cut_at_stop(b, suite.generation.stop).strip()
-        for a, b in zip(batched, served, strict=True)
-    )
+
+    summary = {name: _summary(runs) for name, runs in results.items()}
+    batched, answers = summary["batched"]["wall_s"], results["batched"][0].texts
     return {
+        "model": str(model),
         "prompts": len(prompts),
-        "batched_s": batched_s,
-        "http_one_by_one_s": http_s,
-        "speedup": http_s / batched_s,
+        "max_tokens": max_tokens,
+        "rounds": rounds,
+        "load_s": load_s,
+        "batched_s": batched,
+        "batched_no_prefix_s": summary["batched_no_prefix"]["wall_s"],
+        "loop_one_by_one_s": summary["loop"]["wall_s"],
+        "http_one_by_one_s": summary["http"]["wall_s"],
+        "speedup": summary["http"]["wall_s"] / batched,
+        "speedup_vs_loop": summary["loop"]["wall_s"] / batched,
         "target": 4.0,
-        "same_outputs": same,
-        "tokens_generated": sum(g.tokens for g in batched),
+        "same_outputs": _same(answers, results["http"][0].texts, stops),
+        "same_as_loop": _same(answers, results["loop"][0].texts, stops),
+        "same_without_prefix": _same(answers, results["batched_no_prefix"][0].texts, stops),
+        "tokens_generated": summary["batched"]["decode_tokens"],
+        "paths": summary,
     }
 
 
@@ -302,7 +453,15 @@ def bench_dispatch(model: Path, redis_url: str, n: int = 20) -> dict[str, Any]:
 # --- all ------------------------------------------------------------------------
 
 
-def run_benchmarks(only: str | None = None, console: Console | None = None) -> dict[str, Any]:
+def run_benchmarks(
+    only: str | None = None,
+    console: Console | None = None,
+    model: Path | None = None,
+    rounds: int = EVAL_ROUNDS,
+    prompts: int | None = None,
+) -> dict[str, Any]:
+    """`model` is the eval benchmark's model (default: the tiny one); the other
+    benchmarks always run on the tiny model."""
     from jobs.stack import farm_stack, wait_for_workers
     from jobs.tiny_model import make_tiny_model
 
@@ -316,19 +475,24 @@ def run_benchmarks(only: str | None = None, console: Console | None = None) -> d
         os.environ.pop("REDIS_URL", None)
         db.dispose_engines()
         try:
-            model = make_tiny_model(workdir / "tiny")
+            tiny = None
+            if only in (None, "overhead", "dispatch") or model is None:
+                tiny = make_tiny_model(workdir / "tiny")
             if only in (None, "overhead", "dispatch"):
+                assert tiny is not None
                 with farm_stack(workers=1) as stack:
                     wait_for_workers(stack.redis_url, 1)
                     if only in (None, "overhead"):
                         with console.status("overhead: farm vs bare mlx_lm lora"):
-                            results["overhead"] = bench_overhead(model, stack.redis_url, workdir)
+                            results["overhead"] = bench_overhead(tiny, stack.redis_url, workdir)
                     if only in (None, "dispatch"):
                         with console.status("dispatch latency"):
-                            results["dispatch"] = bench_dispatch(model, stack.redis_url)
+                            results["dispatch"] = bench_dispatch(tiny, stack.redis_url)
             if only in (None, "eval"):
-                with console.status("eval: batched vs one-by-one over HTTP"):
-                    results["eval"] = bench_eval(model, workdir)
+                eval_model = model or tiny
+                assert eval_model is not None
+                with console.status("eval: batched vs one-by-one in process and over HTTP"):
+                    results["eval"] = bench_eval(eval_model, workdir, rounds, prompts)
             if only in (None, "pages"):
                 from jobs.bench_pages import bench_pages
 
@@ -345,6 +509,46 @@ def run_benchmarks(only: str | None = None, console: Console | None = None) -> d
     return results
 
 
+def eval_rows(e: dict[str, Any]) -> list[tuple[str, str, str]]:
+    paths = e["paths"]
+    rows = [
+        (
+            f"eval of {e['prompts']} prompts, batched vs HTTP one-by-one",
+            f"{e['batched_s']:.2f} s vs {e['http_one_by_one_s']:.2f} s = {e['speedup']:.1f}×"
+            f" ({e['same_outputs']}/{e['prompts']} identical)",
+            "≥ 4×",
+        ),
+        (
+            "  batched vs in-process one-by-one loop",
+            f"{e['batched_s']:.2f} s vs {e['loop_one_by_one_s']:.2f} s"
+            f" = {e['speedup_vs_loop']:.1f}× ({e['same_as_loop']}/{e['prompts']} identical)",
+            "",
+        ),
+        (
+            "  batched without the shared prefix",
+            f"{e['batched_no_prefix_s']:.2f} s, prefill"
+            f" {paths['batched_no_prefix']['prefill_s']:.3f} s vs"
+            f" {paths['batched']['prefill_s']:.3f} s with"
+            f" {paths['batched'].get('shared_prefix_tokens', 0)} prefix tokens once"
+            f" ({e['same_without_prefix']}/{e['prompts']} identical)",
+            "",
+        ),
+        (f"  model load ({Path(e['model']).name})", f"{e['load_s']:.2f} s", ""),
+    ]
+    for name in ("batched", "batched_no_prefix", "loop"):
+        p = paths[name]
+        rows.append(
+            (
+                f"  {name}: prefill / decode tok/s",
+                f"{p['prefill_tokens_per_sec']:.0f} / {p['decode_tokens_per_sec']:.0f}",
+                "",
+            )
+        )
+    rows.append(("  http: end-to-end tok/s", f"{paths['http']['tokens_per_sec']:.0f}", ""))
+    rows.append(("  batched: stop reasons", str(paths["batched"].get("stop_reasons", {})), ""))
+    return rows
+
+
 def print_results(results: dict[str, Any], console: Console) -> None:
     table = Table("benchmark", "measured", "target")
     if "overhead" in results:
@@ -355,13 +559,8 @@ def print_results(results: dict[str, Any], console: Console) -> None:
             "≥ 0.97×",
         )
     if "eval" in results:
-        e = results["eval"]
-        table.add_row(
-            f"eval of {e['prompts']} prompts, batched vs HTTP one-by-one",
-            f"{e['batched_s']:.2f} s vs {e['http_one_by_one_s']:.2f} s = {e['speedup']:.1f}×"
-            f" ({e['same_outputs']}/{e['prompts']} identical)",
-            "≥ 4×",
-        )
+        for row in eval_rows(results["eval"]):
+            table.add_row(*row)
     if "dispatch" in results:
         d = results["dispatch"]
         table.add_row(

@@ -498,11 +498,20 @@ def demo(
 def bench(
     out: Annotated[Path | None, typer.Option(help="Write the JSON here too")] = None,
     only: Annotated[str | None, typer.Option(help="overhead, eval, dispatch or pages")] = None,
+    model: Annotated[
+        Path | None, typer.Option(help="A local model dir for the eval benchmark (default: tiny)")
+    ] = None,
+    rounds: Annotated[int, typer.Option(min=1, help="Eval rounds; medians are reported")] = 3,
+    prompts: Annotated[
+        int | None, typer.Option(min=1, help="Eval on the suite's first N prompts only")
+    ] = None,
 ) -> None:
-    """Benchmarks: farm overhead vs bare mlx_lm lora, batched vs HTTP eval, dispatch latency."""
+    """Benchmarks: farm vs bare mlx_lm lora, batched vs one-by-one eval, dispatch latency."""
     from jobs.bench import run_benchmarks
 
-    results = run_benchmarks(only=only, console=console)
+    results = run_benchmarks(
+        only=only, console=console, model=model, rounds=rounds, prompts=prompts
+    )
     text = json.dumps(results, indent=2)
     print(text)
     if out:

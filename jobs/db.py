@@ -129,6 +129,9 @@ class EvalResult(SQLModel, table=True):
     tokens: int = 0
     latency_s: float = 0.0
     hit_max_tokens: bool = False
+    # What ended the generation: eos, stop (a suite stop string) or max_tokens;
+    # "" on rows written before it was recorded.
+    stop_reason: str = Field(default="", sa_column_kwargs={"server_default": ""})
 
 
 class Artifact(SQLModel, table=True):

@@ -175,9 +175,11 @@ def test_eval_rows_round_trip(database: str) -> None:
                 tokens=12,
                 latency_s=0.2,
                 hit_max_tokens=True,
+                stop_reason="max_tokens",
             )
         )
     with session_scope() as session:
         row = session.exec(select(EvalResult)).one()
         assert (row.label, row.hit_max_tokens, row.tokens) == ("execute_code", True, 12)
+        assert row.stop_reason == "max_tokens"
         assert row.response == "<tool_call>…"

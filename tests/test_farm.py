@@ -84,6 +84,8 @@ def test_run_end_to_end_on_one_worker(workers: Workers, tiny_model: Path, tmp_pa
         } <= kinds
         evals = session.exec(select(EvalResult)).all()
         assert len(evals) == 3 * 27 and all(e.label for e in evals)
+        assert {e.stop_reason for e in evals} <= {"eos", "stop", "max_tokens"}
+        assert all(e.hit_max_tokens == (e.stop_reason == "max_tokens") for e in evals)
         rows = leaderboard(session)
         row = session.exec(select(WorkerRow).where(WorkerRow.name == "w1")).one()
         assert row.jobs_done == 6

@@ -2,7 +2,9 @@
 
 Prompts are rendered with the tokenizer's chat template (never plain text —
 the seeds lost 60 points that way), with thinking disabled where the template
-supports it, and generated greedily in one `batch_generate` call.
+supports it, and generated greedily in one mlx-lm batch (`BatchGenerator`):
+eos and the suite's stop strings end a sequence inside the batch, and a
+prefix every prompt shares (system prompt, tool schema) is prefilled once.
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
-from mlx_lm.generate import batch_generate
+from mlx_lm.generate import BatchGenerator, make_stop_sequences
+from mlx_lm.models.cache import make_prompt_cache
 from mlx_lm.utils import load
 
 from jobs.db import EvalResult
@@ -30,13 +33,52 @@ from worker.context import (
     update_stage,
 )
 
+# A suite's shared prefix (system prompt, tool schema) is prefilled once and
+# its KV cache reused by every prompt only when it is at least this long:
+# below that, the extra prefill call costs more than it saves.
+MIN_SHARED_PREFIX = 16
+
 
 @dataclass(frozen=True)
 class Generated:
     prompt: SuitePrompt
     text: str
-    tokens: int
+    tokens: int  # every token generated, the eos or stop string's included
     hit_max_tokens: bool
+    stop_reason: str = "eos"  # eos | stop (a suite stop string) | max_tokens
+
+
+@dataclass(frozen=True)
+class SuiteStats:
+    """Where the time of one suite's generation went."""
+
+    prefix_tokens: int  # the shared prefix, prefilled once (0: not shared)
+    prefix_s: float
+    prompt_tokens: int  # prefilled in the batch, after the shared prefix
+    prompt_s: float
+    generation_tokens: int
+    generation_s: float
+    wall_s: float
+
+    @property
+    def prefill_s(self) -> float:
+        return self.prefix_s + self.prompt_s
+
+    @property
+    def prefill_tps(self) -> float:
+        return (self.prefix_tokens + self.prompt_tokens) / max(self.prefill_s, 1e-9)
+
+    @property
+    def generation_tps(self) -> float:
+        return self.generation_tokens / max(self.generation_s, 1e-9)
+
+
+@dataclass
+class _Sequence:
+    """One prompt's generated tokens while its batch runs."""
+
+    tokens: list[int] = field(default_factory=list)
+    reason: str | None = None
 
 
 def render_prompt(tokenizer: Any, suite: EvalSuite, prompt: SuitePrompt) -> list[int]:
@@ -52,17 +94,13 @@ def render_prompt(tokenizer: Any, suite: EvalSuite, prompt: SuitePrompt) -> list
 
 
 def cut_at_stop(text: str, stops: list[str]) -> str:
-    """Cut at the first multi-token stop string (single-token ones stop generation)."""
+    """The text before the first stop string."""
     cut = len(text)
     for stop in stops:
         index = text.find(stop)
         if index != -1:
             cut = min(cut, index)
     return text[:cut]
-
-
-def single_token_stops(tokenizer: Any, stops: list[str]) -> list[str]:
-    return [s for s in stops if len(tokenizer.encode(s, add_special_tokens=False)) == 1]
 
 
 def select_prompts(suite: EvalSuite, ids: list[str] | None) -> list[SuitePrompt]:
@@ -72,22 +110,120 @@ def select_prompts(suite: EvalSuite, ids: list[str] | None) -> list[SuitePrompt]
     return [p for p in suite.prompts if p.id in wanted]
 
 
-def generate_suite(
-    model: Any, tokenizer: Any, suite: EvalSuite, prompts: list[SuitePrompt], max_tokens: int
-) -> tuple[list[Generated], Any]:
-    stops = list(suite.generation.stop)
-    for stop in single_token_stops(tokenizer, stops):
-        tokenizer.add_eos_token(stop)
-    rendered = [render_prompt(tokenizer, suite, p) for p in prompts]
-    response = batch_generate(
-        model, tokenizer, rendered, max_tokens=max_tokens, return_token_ids=True
-    )
-    results = []
-    for prompt, text, ids in zip(prompts, response.texts, response.token_ids, strict=True):
-        results.append(
-            Generated(prompt, cut_at_stop(text, stops), len(ids), len(ids) >= max_tokens)
+def shared_prefix_len(rendered: list[list[int]]) -> int:
+    """Tokens every prompt starts with, leaving each prompt at least one of its own
+    (the batch needs a last prompt token to start generating from)."""
+    if len(rendered) < 2:
+        return 0
+    limit = min(len(r) for r in rendered) - 1
+    first = rendered[0]
+    for i in range(limit):
+        if any(r[i] != first[i] for r in rendered):
+            return i
+    return max(limit, 0)
+
+
+def prefill_prefix(model: Any, tokens: list[int], step: int = 2048) -> list[Any] | None:
+    """The KV cache of `tokens`, or None when the model's caches cannot join a batch."""
+    cache = make_prompt_cache(model)
+    if not all(hasattr(c, "merge") for c in cache):
+        return None
+    ids = mx.array(tokens)[None]
+    for start in range(0, ids.shape[1], step):
+        model(ids[:, start : start + step], cache=cache)
+        mx.eval([c.state for c in cache])
+    return cache
+
+
+def _text_stop(tokenizer: Any, tokens: list[int], stops: list[str], window: int) -> bool:
+    """A stop string that the model spelled with other tokens than the stop's own
+    encoding (which mlx-lm's stop sequences catch) shows up in the decoded tail."""
+    tail = tokenizer.decode(tokens[-window:])
+    return any(stop in tail for stop in stops)
+
+
+def _run_batch(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[list[int]],
+    caches: list[list[Any]] | None,
+    max_tokens: int,
+    stops: list[str],
+) -> tuple[list[_Sequence], Any]:
+    """Generate greedily in one mlx-lm batch; eos and every stop string end a
+    sequence inside the batch, so nothing is generated past them."""
+    n = len(prompts)
+    stop_sequences = make_stop_sequences(tokenizer, stops)
+    window = max((len(s) for s in stops), default=0) + 4
+    gen = BatchGenerator(model, max_tokens=max_tokens)
+    try:
+        uids = gen.insert(
+            prompts, [max_tokens] * n, caches=caches, stop_sequences=[stop_sequences] * n
         )
-    return results, response.stats
+        state = {uid: _Sequence() for uid in uids}
+        with gen.stats() as stats:
+            while responses := gen.next_generated():
+                for r in responses:
+                    seq = state[r.uid]
+                    seq.tokens.append(r.token)
+                    if r.finish_reason == "stop":
+                        eos = r.token in tokenizer.eos_token_ids
+                        seq.reason = "eos" if eos else "stop"
+                    elif stops and _text_stop(tokenizer, seq.tokens, stops, window):
+                        seq.reason = "stop"
+                        if r.finish_reason is None:
+                            gen.remove([r.uid])
+                    elif r.finish_reason == "length":
+                        seq.reason = "max_tokens"
+    finally:
+        gen.close()
+    return [state[uid] for uid in uids], stats
+
+
+def _generated(prompt: SuitePrompt, seq: _Sequence, tokenizer: Any, stops: list[str]) -> Generated:
+    reason = seq.reason or "max_tokens"
+    # The eos token ends the turn and is no part of the answer; a stop string is
+    # cut from the text with anything after it in its last token.
+    tokens = seq.tokens[:-1] if reason == "eos" else seq.tokens
+    text = cut_at_stop(tokenizer.decode(tokens), stops)
+    return Generated(prompt, text, len(seq.tokens), reason == "max_tokens", reason)
+
+
+def generate_suite(
+    model: Any,
+    tokenizer: Any,
+    suite: EvalSuite,
+    prompts: list[SuitePrompt],
+    max_tokens: int,
+    share_prefix: bool = True,
+) -> tuple[list[Generated], SuiteStats]:
+    stops = list(suite.generation.stop)
+    rendered = [render_prompt(tokenizer, suite, p) for p in prompts]
+    tic = time.perf_counter()
+    prefix = shared_prefix_len(rendered) if share_prefix else 0
+    cache = prefill_prefix(model, rendered[0][:prefix]) if prefix >= MIN_SHARED_PREFIX else None
+    prefix = prefix if cache is not None else 0
+    prefix_s = time.perf_counter() - tic
+    # Every prompt starts from the one prefix cache: mlx-lm copies it into the
+    # batch's cache and never writes to it.
+    caches = [cache] * len(rendered) if cache is not None else None
+    rest = [r[prefix:] for r in rendered]
+    sequences, stats = _run_batch(model, tokenizer, rest, caches, max_tokens, stops)
+    wall_s = time.perf_counter() - tic
+    results = [
+        _generated(prompt, seq, tokenizer, stops)
+        for prompt, seq in zip(prompts, sequences, strict=True)
+    ]
+    timing = SuiteStats(
+        prefix_tokens=prefix,
+        prefix_s=prefix_s,
+        prompt_tokens=stats.prompt_tokens,
+        prompt_s=stats.prompt_time,
+        generation_tokens=stats.generation_tokens,
+        generation_s=stats.decode_time,
+        wall_s=wall_s,
+    )
+    return results, timing
 
 
 def score_generated(item: Generated, suite: EvalSuite) -> Score:
@@ -167,6 +303,7 @@ def run_eval(ctx: StageContext) -> None:
                 tokens=item.tokens,
                 latency_s=elapsed / max(len(generated), 1),
                 hit_max_tokens=item.hit_max_tokens,
+                stop_reason=item.stop_reason,
             )
         )
     with stage_write(ctx) as session:
@@ -188,4 +325,10 @@ def run_eval(ctx: StageContext) -> None:
     )
     print(
         f"adherence {sum(r.score for r in rows) / n:.3f} over {len(rows)} prompts: {dict(labels)}"
+    )
+    print(
+        f"prefill {stats.prefix_tokens + stats.prompt_tokens} tokens"
+        f" ({stats.prefix_tokens} shared, once) at {stats.prefill_tps:.0f} tok/s,"
+        f" decode {stats.generation_tokens} tokens at {stats.generation_tps:.0f} tok/s;"
+        f" ended by {dict(Counter(g.stop_reason for g in generated))}"
     )
