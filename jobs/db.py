@@ -218,17 +218,27 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-# A worker cut off from the coordinator must notice within seconds, not after
-# TCP's 15-minute retransmission limit: bounded connects, keepalives, and
-# unacknowledged writes failing after 15 s (libpq parameters).
-_PG_TIMEOUTS = {
-    "connect_timeout": 10,
-    "keepalives": 1,
-    "keepalives_idle": 5,
-    "keepalives_interval": 2,
-    "keepalives_count": 3,
-    "tcp_user_timeout": 15000,
-}
+def _pg_connect_args() -> dict[str, Any]:
+    """libpq settings for a farm whose workers can drop off the network.
+
+    A worker cut off from the coordinator must notice within seconds, not after
+    TCP's 15-minute retransmission limit: bounded connects, keepalives, and
+    unacknowledged writes failing after 15 s. On the server side, a worker cut
+    off in the middle of a transaction must not keep its row locks (the
+    reconciler needs them to give its stage away): such a session is ended
+    well before the worker would be declared lost, and no statement waits on
+    a lock for longer than that either."""
+    hold_ms = int(max(settings.lost_after_s() / 2, 1) * 1000)
+    return {
+        "connect_timeout": 10,
+        "keepalives": 1,
+        "keepalives_idle": 5,
+        "keepalives_interval": 2,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 15000,
+        "options": f"-c idle_in_transaction_session_timeout={hold_ms} "
+        f"-c lock_timeout={max(hold_ms, 15000)}",
+    }
 
 
 def normalize_url(url: str) -> str:
@@ -253,7 +263,7 @@ def get_engine(url: str | None = None) -> Engine:
                 )
                 event.listen(engine, "connect", _sqlite_pragmas)
             else:
-                engine = create_engine(url, pool_pre_ping=True, connect_args=_PG_TIMEOUTS)
+                engine = create_engine(url, pool_pre_ping=True, connect_args=_pg_connect_args())
             _engines[url] = engine
         return engine
 

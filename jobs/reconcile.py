@@ -65,7 +65,9 @@ class Repairs:
 
 def reconcile(redis: Redis, wait_for_lock: float = 0.0) -> Repairs | None:
     """One pass under the farm-wide lock; None when another pass holds it."""
-    lock = redis.lock(LOCK_NAME, timeout=120, blocking_timeout=wait_for_lock or None)
+    # The lock expires on its own, so a worker cut off mid-pass holds it up
+    # for half a minute at most.
+    lock = redis.lock(LOCK_NAME, timeout=30, blocking_timeout=wait_for_lock or None)
     if not lock.acquire(blocking=wait_for_lock > 0):
         return None
     try:
@@ -154,16 +156,20 @@ def replan_stranded_runs(session: Session, repairs: Repairs) -> list[Ticket]:
         run = session.get(Run, run_id)
         assert run is not None
         host = run.host or "?"
-        minutes = gone.get(host, settings.stranded_after_s()) / 60
         reason = (
             f"worker {host} holds this run's checkpoints and artifacts on its own disk and "
-            f"has been gone for {minutes:.0f} min; training again from iteration 0 on "
+            f"has been gone for {_duration(gone.get(host, settings.stranded_after_s()))}; "
+            "training again from iteration 0 on "
             "another worker (set FARM_SHARED_ARTIFACTS to a folder all workers see to "
             "resume instead)"
         )
         tickets += lifecycle.replan_run(session, run, reason)
         repairs.replanned_runs.append(run_id)
     return tickets
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 def queue_released_stages(session: Session, repairs: Repairs) -> list[Ticket]:

@@ -209,6 +209,15 @@ class FarmWorkerMixin:
                 raise
             self.heartbeat()
 
+    def set_current_job_working_time(self, *args: Any, **kwargs: Any) -> None:
+        # Bookkeeping in Redis while the horse works: never a reason to stop
+        # watching the horse (it would be left running, unreaped).
+        try:
+            super().set_current_job_working_time(*args, **kwargs)  # type: ignore[misc]
+        except Exception as exc:
+            if not _is_redis_down(exc):
+                raise
+
     def execute_job(self, job: Job, queue: Any) -> None:
         why = refuse_foreign_job(job)
         if why is None:
@@ -291,7 +300,7 @@ def run_worker(name: str, memory_gb: float, redis_url: str, burst: bool = False)
         redis_url,
         health_check_interval=10,
         socket_connect_timeout=5,
-        socket_timeout=30,
+        socket_timeout=15,
         socket_keepalive=True,
     )
     stopped = signals_stop_worker()
@@ -308,7 +317,9 @@ def run_worker(name: str, memory_gb: float, redis_url: str, burst: bool = False)
                 connection=redis,
                 name=name,
                 serializer=JSONSerializer,
-                worker_ttl=25,
+                # RQ waits on the queues for worker_ttl - 15 s at a time; the
+                # DB heartbeat and the reconciler run between two waits.
+                worker_ttl=15 + max(1, int(settings.heartbeat_every_s())),
                 job_monitoring_interval=max(1, int(settings.heartbeat_every_s())),
                 work_horse_killed_handler=on_horse_killed,
             )
