@@ -266,6 +266,16 @@ def http_path(port: int, texts: list[str], suite: Any, max_tokens: int) -> PathR
     return run
 
 
+def stop_server(server: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL: a server busy answering may not stop on the first."""
+    server.terminate()
+    try:
+        server.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
 def _start_server(model: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     server = subprocess.Popen(
@@ -367,8 +377,7 @@ def bench_eval(
             for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
                 results[name].append(paths[name](prompts, max_tokens))
     finally:
-        server.terminate()
-        server.wait()
+        stop_server(server)
 
     summary = {name: _summary(runs) for name, runs in results.items()}
     batched, answers = summary["batched"]["wall_s"], results["batched"][0].texts

@@ -459,12 +459,15 @@ def up(
 
 
 def stop_on_sigterm() -> None:
-    """Treat SIGTERM like Ctrl-C, so everything started gets stopped."""
+    """Treat SIGTERM like Ctrl-C, so everything started gets stopped. Ctrl-C
+    itself is restored too: a shell that starts commands in the background
+    hands them SIGINT ignored, and `farm up` must still stop on it."""
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def submit_demo(redis_url: str, seeds: list[int] | None = None) -> int:
