@@ -23,6 +23,7 @@ from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Worker
+from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.worker import SpawnWorker
@@ -187,6 +188,8 @@ class FarmWorkerMixin:
             self._last_db_beat = now
             try:
                 beat(self.name)  # type: ignore[attr-defined]
+            except StopRequested:  # RQ's signal handler: a stop, not a DB hiccup
+                raise
             except Exception as exc:  # a DB hiccup must not stop the worker
                 self.log.warning("heartbeat to database failed: %s", exc)  # type: ignore[attr-defined]
         try:
@@ -268,6 +271,8 @@ def worker_class() -> type[Worker]:
 def run_reconciler(redis: Redis, logger: Any) -> None:
     try:
         repairs = reconcile(redis)
+    except StopRequested:
+        raise
     except Exception as exc:  # Redis or the DB away: the next pass will try again
         logger.warning("reconciler skipped: %s", exc)
         return
