@@ -32,7 +32,7 @@ from jobs import settings
 log = logging.getLogger(__name__)
 
 MEMORY_TIERS_GB = (0, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512)
-# The only function a farm worker executes (see `worker.main.refuse_foreign_job`).
+# The only function a farm worker executes (see `worker.allowlist`).
 STAGE_FUNCTION = "worker.stage_job.run_stage"
 DOWNSTREAM_TIMEOUT_S = 6 * 3600
 _LIVE = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}

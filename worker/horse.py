@@ -15,7 +15,7 @@ from rq.executions import Execution
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from worker.main import refuse_foreign_job
+from worker.allowlist import refuse_foreign_job
 
 
 def main() -> None:

@@ -32,9 +32,10 @@ from sqlmodel import select
 from jobs import lifecycle, settings
 from jobs import queue as farm_queue
 from jobs.db import Stage, WorkerRow, migrate, session_scope, utcnow
-from jobs.queue import STAGE_FUNCTION, push_all
+from jobs.queue import push_all
 from jobs.reconcile import reconcile
 from jobs.states import StageStatus, WorkerStatus
+from worker.allowlist import refuse_foreign_job
 
 
 def total_memory_gb(total_bytes: int | None = None) -> float:
@@ -144,30 +145,6 @@ def on_horse_killed(job: Job, pid: int, status: int, rusage: Any) -> None:
         reason = f"work horse {pid} died (wait status {status}); the system may be out of memory"
         tickets = lifecycle.fail(session, stage_id, stage.attempt, reason, retry=True)
     push_all(job.connection, tickets)
-
-
-def refuse_foreign_job(job: Job) -> str | None:
-    """Why a job must not run, or None for the farm's own stage jobs.
-
-    Redis carries work; it is not trusted with code. Whoever can write to it
-    could name any importable callable, so the check reads the job's function
-    name and arguments as data, before RQ imports or calls anything."""
-    try:
-        name, args, kwargs = job.func_name, job.args, job.kwargs
-        callbacks = [
-            job._success_callback_name,  # RQ keeps only the names until a callback runs
-            job._failure_callback_name,
-            job._stopped_callback_name,
-        ]
-    except Exception as exc:  # undecodable job data is refused like any other stranger
-        return f"job data cannot be read ({type(exc).__name__})"
-    if name != STAGE_FUNCTION:
-        return f"function {str(name)[:200]!r} is not the farm's stage runner"
-    if len(args) != 1 or type(args[0]) is not int or kwargs:
-        return f"arguments {str(args)[:200]} {str(kwargs)[:200]} are not one stage id"
-    if any(callbacks):
-        return f"callbacks {[c for c in callbacks if c]} are not the farm's"
-    return None
 
 
 def _is_redis_down(exc: BaseException) -> bool:
