@@ -42,7 +42,8 @@ from jobs.stack import DATA_DIR
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # mlx-lm's training report row: iter, train loss (and trend arrow), tok/s, tokens.
-REPORT_ROW = re.compile(r"^\s*(\d+)\s+([\d.]+)\s*[▼▲=]?\s+([\d.]+)\s+([\d.]+k?)\s*$")
+# Figures of 1,000 and more come with a thousands separator.
+REPORT_ROW = re.compile(r"^\s*(\d+)\s+([\d.]+)\s*[▼▲=]?\s+([\d.,]+)\s+([\d.,]+k?)\s*$")
 
 BENCH_TRAIN = {
     "iters": 60,
@@ -76,7 +77,7 @@ def tokens_per_sec_from_log(text: str) -> list[float]:
     for line in ANSI.sub("", text).splitlines():
         match = REPORT_ROW.match(line)
         if match:
-            values.append(float(match.group(3)))
+            values.append(float(match.group(3).replace(",", "")))
     return values
 
 
