@@ -39,6 +39,7 @@ from sqlmodel import select
 from jobs import db
 from jobs.services import free_port
 from jobs.stack import DATA_DIR
+from jobs.states import StageStatus
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # mlx-lm's training report row: iter, train loss (and trend arrow), tok/s, tokens.
@@ -133,8 +134,8 @@ def farm_train(model: Path, redis_url: str, seed: int) -> list[float]:
         with session_scope() as session:
             stage = session.get(Stage, stage_id)
             assert stage is not None
-            if stage.status in ("done", "failed"):
-                if stage.status == "failed":
+            if stage.status in (StageStatus.DONE, StageStatus.FAILED):
+                if stage.status == StageStatus.FAILED:
                     raise RuntimeError(f"bench training failed: {stage.error}")
                 rows = session.exec(
                     select(Metric)

@@ -21,7 +21,7 @@ from typing import Any
 from sqlmodel import Session, select
 
 from jobs.db import Metric, Stage
-from jobs.states import FINISHED
+from jobs.states import FINISHED, StageStatus
 
 CKPT_RE = re.compile(r"^ckpt-(\d+)$")
 BEST = "best"
@@ -145,8 +145,8 @@ def checkpoint_points(session: Session, run_id: int) -> list[CheckpointPoint]:
     """Every checkpoint of a run: adherence of its finished eval, val loss from Metric."""
     checkpoints = {
         iteration: (
-            stage.adherence if stage.status == "done" else None,
-            stage.n_prompts if stage.status == "done" else None,
+            stage.adherence if stage.status == StageStatus.DONE else None,
+            stage.n_prompts if stage.status == StageStatus.DONE else None,
         )
         for iteration, stage in _checkpoint_stages(session, run_id)
     }

@@ -17,7 +17,7 @@ from jobs import settings
 from jobs.db import session_scope
 from jobs.spec import ExperimentSpec, parse_spec
 from jobs.stack import DATA_DIR, PROJECT_ROOT, farm_stack, wait_for_workers
-from jobs.states import FINISHED
+from jobs.states import FINISHED, StageStatus
 from jobs.status import ExperimentView, experiment_view
 
 DEMO_SPEC = DATA_DIR / "specs" / "demo.yaml"
@@ -54,7 +54,7 @@ def demo_spec(
 def stage_line(view: ExperimentView, run_index: int) -> tuple[str, int, int]:
     run = view.runs[run_index]
     done = sum(s.status in FINISHED for s in run.stages)
-    active = [s for s in run.stages if s.status == "running"]
+    active = [s for s in run.stages if s.status == StageStatus.RUNNING]
     what = ", ".join(
         f"{s.kind} {s.variant}"
         + (f" {s.progress}/{s.total}" if s.kind == "train" and s.total else "")
@@ -119,7 +119,7 @@ def run_demo(workers: int = 2, web_port: int | None = None, console: Console | N
     print_leaderboard(rows)
     for d in diagnostics:
         console.print(f"[yellow]{d.severity}[/] {d.pattern}: {d.message}")
-    failed = [s for r in view.runs for s in r.stages if s.status != "done"]
+    failed = [s for r in view.runs for s in r.stages if s.status != StageStatus.DONE]
     for stage in failed:
         console.print(f"[red]{stage.kind} {stage.variant}: {stage.status}[/] {stage.error or ''}")
     return not failed

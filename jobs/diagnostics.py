@@ -63,6 +63,7 @@ from jobs.checks import (
 )
 from jobs.db import Diagnostic, EvalResult, Experiment, Run, Stage
 from jobs.leaderboard import LOCK_THRESHOLD  # a seed that "locked" the format (0.8)
+from jobs.states import StageStatus
 
 QUANT_LOSS_POINTS = 20.0
 RUNAWAY_SHARE = 0.5
@@ -448,7 +449,7 @@ def variant_results(session: Session, run_id: int) -> list[VariantResult]:
         select(Stage).where(
             Stage.run_id == run_id,
             Stage.kind == "eval",
-            Stage.status == "done",
+            Stage.status == StageStatus.DONE,
             col(Stage.adherence).is_not(None),
         )
     ).all()
@@ -549,7 +550,7 @@ def seed_scores(session: Session, fingerprint: str) -> dict[str, list[SeedScore]
         .where(
             Run.fingerprint == fingerprint,
             Stage.kind == "eval",
-            Stage.status == "done",
+            Stage.status == StageStatus.DONE,
             col(Stage.adherence).is_not(None),
         )
         .order_by(col(Run.id))

@@ -19,6 +19,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session
 
 from jobs.db import Experiment, Run, Stage
+from jobs.states import StageStatus
 
 LOCK_THRESHOLD = 0.8
 
@@ -76,7 +77,7 @@ def aggregate_query(
         .scalar_subquery()
     )
     adherence = Stage.adherence
-    conditions = [Stage.kind == "eval", Stage.status == "done", adherence.is_not(None)]
+    conditions = [Stage.kind == "eval", Stage.status == StageStatus.DONE, adherence.is_not(None)]
     if base_model:
         conditions.append(Experiment.base_model == base_model)
     if dataset:
@@ -187,7 +188,7 @@ def _attach_details(session: Session, rows: list[LeaderboardRow]) -> None:
         .join(Run, Run.id == Stage.run_id)
         .where(
             Stage.kind == "eval",
-            Stage.status == "done",
+            Stage.status == StageStatus.DONE,
             Stage.adherence.is_not(None),  # type: ignore[union-attr]
             Run.fingerprint.in_(fingerprints),  # type: ignore[attr-defined]
         )

@@ -17,7 +17,7 @@ from sqlmodel import Session, select
 
 from jobs.attempts_view import progress_note
 from jobs.db import Experiment, Metric, Run, Stage, utcnow
-from jobs.states import ACTIVE, FINISHED, RETRYABLE
+from jobs.states import ACTIVE, FINISHED, RETRYABLE, StageStatus
 from jobs.status import experiment_status
 
 
@@ -94,14 +94,14 @@ class RunRow:
 
     @property
     def worker(self) -> str | None:
-        running = [s.worker for s in self.stages if s.status == "running" and s.worker]
+        running = [s.worker for s in self.stages if s.status == StageStatus.RUNNING and s.worker]
         return running[0] if running else self.host
 
     @property
     def current(self) -> str:
         """What the run is doing after training, e.g. 'eval q4 12/27' (the progress bar
         shows training)."""
-        running = [s for s in self.stages if s.status == "running" and s.kind != "train"]
+        running = [s for s in self.stages if s.status == StageStatus.RUNNING and s.kind != "train"]
         parts = []
         for s in running:
             progress = f" {s.progress}/{s.total}" if s.total else ""
@@ -207,7 +207,9 @@ def runs_page(
     for stage in stage_states(session, list(by_run)):
         by_run[stage[0]].stages.append(stage[1])
     running_train = {
-        run.train.id: run for run in by_run.values() if run.train and run.train.status == "running"
+        run.train.id: run
+        for run in by_run.values()
+        if run.train and run.train.status == StageStatus.RUNNING
     }
     for stage_id, (train_loss, val_loss) in latest_losses(session, list(running_train)).items():
         running_train[stage_id].train_loss = train_loss
