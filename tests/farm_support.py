@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import psutil
-from sqlmodel import select
+from sqlmodel import col, select
 from typer.testing import CliRunner
 
 from jobs.cli import app
-from jobs.db import Run, Stage, session_scope
+from jobs.db import Run, Stage, StageAttempt, session_scope
 from jobs.states import FINISHED
 
 runner = CliRunner()
@@ -44,3 +44,16 @@ def stage_children(stage_id: int) -> list[psutil.Process]:
         if "worker.child" in cmd and cmd[cmd.index("worker.child") + 1 :][:1] == [str(stage_id)]:
             found.append(proc)
     return found
+
+
+def attempts_of(stage_id: int) -> list[StageAttempt]:
+    """A stage's attempt rows in the order they were written (a `replanned`
+    row follows the attempt it ended)."""
+    with session_scope() as session:
+        return list(
+            session.exec(
+                select(StageAttempt)
+                .where(StageAttempt.stage_id == stage_id)
+                .order_by(col(StageAttempt.id))
+            )
+        )

@@ -21,10 +21,10 @@ from rq.serializers import JSONSerializer
 from sqlmodel import select
 
 from jobs.cli import app
-from jobs.db import Artifact, Metric, Stage, StageAttempt, WorkerRow, session_scope
+from jobs.db import Artifact, Metric, Stage, WorkerRow, session_scope
 from jobs.queue import tier_queue_name, worker_queue_name
 from tests.conftest import Workers, wait_until, write_spec
-from tests.farm_support import runner, stages_of, submit
+from tests.farm_support import attempts_of, runner, stages_of, submit
 from tests.fault_support import PrivateRedis, kill_tree, record_timing
 
 LOST_AFTER_S = 6
@@ -65,17 +65,6 @@ def train_of(experiment_id: int) -> Stage:
 
 def run_done(experiment_id: int) -> bool:
     return all(s.status == "done" for s in stages_of(experiment_id))
-
-
-def attempts_of(stage_id: int) -> list[StageAttempt]:
-    with session_scope() as session:
-        return list(
-            session.exec(
-                select(StageAttempt)
-                .where(StageAttempt.stage_id == stage_id)
-                .order_by(StageAttempt.attempt)  # type: ignore[arg-type]
-            )
-        )
 
 
 def checkpoint_reached(stage_id: int, iteration: int) -> bool:

@@ -42,6 +42,7 @@ from jobs.lifecycle import as_utc
 from jobs.queue import worker_queue_name
 from jobs.reconcile import LOCK_NAME
 from tests.conftest import wait_until, write_spec
+from tests.farm_support import attempts_of
 from tests.fault_support import record_timing
 from tests.netns_support import (
     CoordPostgres,
@@ -203,17 +204,6 @@ def run_done(experiment_id: int) -> bool:
     with session_scope() as session:
         run = session.exec(select(Run).where(Run.experiment_id == experiment_id)).one()
         return run.status == "done"
-
-
-def attempts_of(stage_id: int) -> list[StageAttempt]:
-    with session_scope() as session:
-        return list(
-            session.exec(
-                select(StageAttempt)
-                .where(StageAttempt.stage_id == stage_id)
-                .order_by(col(StageAttempt.id))
-            )
-        )
 
 
 def outcome_of(stage_id: int, attempt: int) -> str | None:
