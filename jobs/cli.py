@@ -151,11 +151,13 @@ def status(
     for d in view.diagnostics:
         console.print(f"  [yellow]{d['severity']}[/] {d['pattern']}: {d['message']}")
     for run in view.runs:
-        console.print(f"run {run.id} seed {run.seed}: {run.status} on {run.host or '-'}")
+        evals = f" · eval {run.eval_seconds:.1f} s" if run.eval_seconds_by_variant else ""
+        console.print(f"run {run.id} seed {run.seed}: {run.status} on {run.host or '-'}{evals}")
         for s in run.stages:
             progress = f"{s.progress}/{s.total}" if s.total else ""
+            took = f"{s.seconds:.1f} s" if s.seconds is not None else ""
             score = f"adherence {s.adherence:.3f}" if s.adherence is not None else ""
-            line = f"  {s.kind:9} {s.variant:14} {s.status:10} {progress:>11} {score}"
+            line = f"  {s.kind:9} {s.variant:14} {s.status:10} {progress:>11} {took:>8} {score}"
             note = progress_note(s)  # "attempt 2, resumed from 20" after a retry
             console.print(
                 line.rstrip() + (f" · {note}" if note else ""), markup=False, soft_wrap=True

@@ -37,6 +37,15 @@ def checkpoint_variant(iteration: int) -> str:
     return f"ckpt-{iteration:07d}"
 
 
+def weights_of(variant: str) -> str:
+    """The weights an eval of `variant` loads: the base model serves the base,
+    the adapter, every checkpoint and `best` (adapters swap in); a fused or
+    quantized variant is a model of its own."""
+    if variant in ("base", "adapter", "best") or variant.startswith("ckpt-"):
+        return "base"
+    return variant
+
+
 def plan_run(spec: ExperimentSpec) -> list[PlannedStage]:
     """Every stage of one run of `spec`, parents before children.
 

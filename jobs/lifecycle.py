@@ -30,7 +30,7 @@ from sqlalchemy import delete, update
 from sqlmodel import Session, col, select
 
 from jobs import settings
-from jobs.dag import HOLD
+from jobs.dag import HOLD, weights_of
 from jobs.db import (
     Artifact,
     EvalResult,
@@ -294,6 +294,52 @@ def record_resume(session: Session, stage_id: int, attempt: int, iteration: int)
         session.add(row)
 
 
+# --- eval sessions: one child, one load per weights ---------------------------------
+
+
+def next_in_session(session: Session, run_id: int, queue: str, last_variant: str) -> int | None:
+    """The queued eval stage of a run that a session which just evaluated
+    `last_variant` should take next: one on the weights it holds first (the
+    plain base before any adapter, so the layers need no unwrapping), then the
+    others, oldest first. Only stages on the session's own queue: the others
+    belong to other workers."""
+    queued = session.exec(
+        select(Stage).where(
+            Stage.run_id == run_id,
+            Stage.kind == "eval",
+            Stage.status == StageStatus.QUEUED,
+            Stage.queue == queue,
+        )
+    ).all()
+    if not queued:
+        return None
+    held = weights_of(last_variant)
+    best = min(
+        queued,
+        key=lambda s: (weights_of(s.variant) != held, s.variant != "base", s.id or 0),
+    )
+    return best.id
+
+
+def held_for_session(session: Session, stage_id: int, worker: str) -> bool:
+    """Another worker runs an eval of this stage's run on the same weights and
+    queue: its session takes this stage next, with the model it has loaded.
+    (Should that session end first, the reconciler pushes the stage again.)"""
+    stage = session.get(Stage, stage_id)
+    if stage is None or stage.kind != "eval" or stage.status != StageStatus.QUEUED:
+        return False
+    running = session.exec(
+        select(Stage).where(
+            Stage.run_id == stage.run_id,
+            Stage.kind == "eval",
+            Stage.status == StageStatus.RUNNING,
+            Stage.queue == stage.queue,
+            Stage.worker != worker,
+        )
+    ).all()
+    return any(weights_of(s.variant) == weights_of(stage.variant) for s in running)
+
+
 # --- ending an attempt -------------------------------------------------------------
 
 
@@ -367,8 +413,12 @@ def _end_running(
     stage.status, stage.finished_at, stage.error = StageStatus.FAILED, utcnow(), reason
     session.add(stage)
     skip_descendants(session, stage, f"skipped: {stage.kind} {stage.variant} failed")
+    tickets = []
+    if stage.kind == "eval" and stage.variant.startswith("ckpt-"):
+        # The other checkpoints still choose `best`; this one just has no score.
+        tickets = release_after_checkpoints(session, stage.run_id)
     update_run_status(session, stage.run_id)
-    return []
+    return tickets
 
 
 def _retries_used(session: Session, stage_id: int) -> int:

@@ -34,6 +34,7 @@ class StageView:
     # story to tell (retried, resumed, lost, re-planned); empty otherwise.
     attempts: list[dict[str, Any]] = field(default_factory=list)
     history: list[str] = field(default_factory=list)
+    seconds: float | None = None  # how long the stage took, once finished
 
     @property
     def elapsed_s(self) -> float | None:
@@ -51,6 +52,25 @@ class RunView:
     host: str | None
     stages: list[StageView] = field(default_factory=list)
     diagnostics: list[dict[str, Any]] = field(default_factory=list)
+    # What evaluating the run cost: every finished eval stage, and each variant's.
+    eval_seconds: float = 0.0
+    eval_seconds_by_variant: dict[str, float] = field(default_factory=dict)
+
+
+def stage_seconds(started_at: datetime | None, finished_at: datetime | None) -> float | None:
+    if started_at is None or finished_at is None:
+        return None
+    return (finished_at - started_at).total_seconds()
+
+
+def eval_seconds(stages: list[StageView]) -> tuple[float, dict[str, float]]:
+    """Seconds the run's finished eval stages took: (total, by variant). With one
+    load per weights the first eval on a model carries the load, the rest only
+    their generation."""
+    by_variant = {
+        s.variant: s.seconds for s in stages if s.kind == "eval" and s.seconds is not None
+    }
+    return sum(by_variant.values()), by_variant
 
 
 @dataclass
@@ -145,8 +165,10 @@ def experiment_view(session: Session, experiment_id: int) -> ExperimentView | No
                         resumed_from=s.resumed_from,
                         attempts=attempt_dicts(tries[s.id or 0]),
                         history=_history(s, tries[s.id or 0]),
+                        seconds=stage_seconds(s.started_at, s.finished_at),
                     )
                 )
+        run_view.eval_seconds, run_view.eval_seconds_by_variant = eval_seconds(run_view.stages)
         run_view.diagnostics = [_diag(d) for d in diagnostics if d.run_id == run.id]
         view.runs.append(run_view)
     view.diagnostics = [_diag(d) for d in diagnostics if d.run_id is None]

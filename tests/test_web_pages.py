@@ -61,6 +61,7 @@ def finished_run(farm_home: Path, redis_url: str, tiny_model: Path) -> int:
                         category="files" if p % 2 else "git", expect="tool",
                         prompt=f"prompt number {p}", response=f"response {p} of {stage.variant}",
                         label=label, score=score, tokens=10, latency_s=0.1,
+                        stop_reason="max_tokens" if label == "prose" else "eos",
                     ))  # fmt: skip
             session.add(stage)
         run.status, run.host = "done", "mac-a"
@@ -85,6 +86,11 @@ def test_run_page_shows_curves_stages_artifacts_and_variants(finished_run: int) 
     variants = next(v for k, v in frames.items() if "label_mix" in k)
     adherence = dict(zip(variants["variant"], variants["adherence"], strict=True))
     assert adherence == {"adapter": 0.75, "fused": 1.0, "q8": 0.75, "q4": 0.0}
+    # What each eval cost and how its responses ended (a model that never stops shows).
+    ended = dict(zip(variants["variant"], variants["ended_by"], strict=True))
+    assert ended["q4"] == "max_tokens 3, eos 1" and ended["fused"] == "eos 4"
+    assert list(variants["eval_s"]) == [20.0] * 4
+    assert "eval 80.0 s over 4 variants (adapter 20.0 s, fused 20.0 s, q8 20.0 s" in page
     matrix = next(v for k, v in frames.items() if "prompt" in k and "q4" in k)
     assert list(matrix.columns) == ["prompt", "category", "expect", "adapter", "fused", "q8", "q4"]
     assert list(matrix.loc[3, ["adapter", "q4"]]) == ["prose (0)", "empty (0)"]

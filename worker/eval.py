@@ -20,7 +20,6 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, make_stop_sequences
 from mlx_lm.models.cache import make_prompt_cache
-from mlx_lm.utils import load
 
 from jobs.db import EvalResult
 from jobs.scorer import LABEL_SCORES, Score, score_response
@@ -32,6 +31,7 @@ from worker.context import (
     stage_write,
     update_stage,
 )
+from worker.weights import Weights
 
 # A suite's shared prefix (system prompt, tool schema) is prefilled once and
 # its KV cache reused by every prompt only when it is at least this long:
@@ -261,7 +261,10 @@ def variant_model(ctx: StageContext, workdir: Path) -> tuple[str, str | None]:
     return str(ctx.quantized_dir(variant)), None
 
 
-def run_eval(ctx: StageContext) -> None:
+def run_eval(ctx: StageContext, weights: Weights | None = None) -> None:
+    """Evaluate the stage's variant; `weights` is the session's model, kept
+    between the eval stages one child runs (a fresh one loads for this stage only)."""
+    weights = weights if weights is not None else Weights()
     spec_eval = ctx.spec["eval"]
     suite = load_suite(Path(spec_eval["suite"]))
     ids = spec_eval.get("checkpoint_prompts") if ctx.variant.startswith("ckpt-") else None
@@ -272,7 +275,7 @@ def run_eval(ctx: StageContext) -> None:
     with tempfile.TemporaryDirectory() as workdir:
         model_path, adapter_path = variant_model(ctx, Path(workdir))
         print(f"evaluating {ctx.variant}: {model_path} adapter={adapter_path}")
-        model, tokenizer = load(model_path, adapter_path=adapter_path)
+        model, tokenizer = weights.get(model_path, adapter_path)
         mx.reset_peak_memory()
         tic = time.perf_counter()
         generated, stats = generate_suite(model, tokenizer, suite, prompts, max_tokens)

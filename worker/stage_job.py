@@ -6,15 +6,25 @@ out-of-memory kill takes down only that child, a cancel can kill it (RQ stops
 a job by killing the horse's process group, the child included), and Metal
 memory goes back to the OS when the stage ends.
 
-While the child works, the horse beats the stage's heartbeat in the DB. A beat
-that finds the stage cancelled or taken over by a newer attempt stops the
-child; so does losing the DB for longer than FARM_LOST_AFTER_S, since by then
-another worker has been given the stage.
+An eval stage's child is a session: when its stage ends, the horse claims the
+run's next queued eval stage and hands it to the same child, which keeps the
+model it has loaded (adapters swap in; `worker/weights.py`). So a run's base,
+adapter, checkpoint and best evals load the base weights once, not once each.
+Each stage is still claimed, beaten, finished or failed on its own; a stage
+whose ticket reaches another worker while a session runs its run's weights is
+left to that session (`lifecycle.held_for_session`).
+
+While the child works, the horse beats the current stage's heartbeat in the
+DB. A beat that finds the stage cancelled or taken over by a newer attempt
+stops the child; so does losing the DB for longer than FARM_LOST_AFTER_S,
+since by then another worker has been given the stage.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -30,10 +40,11 @@ from jobs import lifecycle, settings
 from jobs.db import Run, Stage, forget_engines_after_fork, session_scope
 from jobs.diagnostics import record_config_diagnostics, record_run_diagnostics
 from jobs.queue import push_all
-from jobs.states import FINISHED
+from jobs.states import FINISHED, StageStatus
 
 LOG_TAIL_CHARS = 4000
-# Exit codes the child uses to say why it stopped (see worker/child.py).
+# Exit codes the child uses to say why a stage stopped (see worker/child.py).
+EXIT_ERROR = 1  # a Python error in the stage's own code
 EXIT_STALE = 75  # its attempt was superseded: nothing to record
 EXIT_DISK_FULL = 74  # out of disk space: failed, not retried here
 
@@ -42,6 +53,7 @@ EXIT_DISK_FULL = 74  # out of disk space: failed, not retried here
 class ChildEnd:
     returncode: int | None  # None: the horse stopped the child itself
     why: str = ""  # "stale" | "cancelled" | "no database" when the horse stopped it
+    child_alive: bool = False  # reported by a session child that can take another stage
 
 
 def run_stage(stage_id: int) -> dict[str, Any]:
@@ -50,33 +62,71 @@ def run_stage(stage_id: int) -> dict[str, Any]:
     redis = job.connection if job else None
     worker = os.environ.get("FARM_WORKER_NAME") or (job.worker_name if job else "") or "?"
     with session_scope() as session:
+        if lifecycle.held_for_session(session, stage_id, worker):
+            return {"stage_id": stage_id, "claimed": False, "held_for_session": True}
         attempt = lifecycle.claim(session, stage_id, worker, socket.gethostname())
     if attempt is None:
         # Cancelled, skipped, or claimed through another ticket: a stage never runs twice.
         return {"stage_id": stage_id, "claimed": False}
 
-    log_path = settings.farm_home() / "logs" / f"stage-{stage_id}.log"
+    budget_s = (job.timeout or 0) / 2 if job and job.timeout else float("inf")
+    child = StageChild.start(stage_id, attempt)
+    ran: list[int] = []
+    current: tuple[int, int] | None = (stage_id, attempt)
+    started = time.monotonic()
     try:
-        end = run_child(stage_id, attempt, log_path)
+        while current is not None:
+            end = child.wait_for(*current)
+            with session_scope() as session:
+                tickets = record_end(session, *current, end, stage_log(current[0]))
+            push_all(redis, tickets)
+            after_stage(current[0])
+            ran.append(current[0])
+            current = None
+            # A session goes on while its child lives, within half the job's time.
+            if end.child_alive and time.monotonic() - started < budget_s:
+                current = claim_next(current_stage=ran[-1], worker=worker)
+                if current is not None:
+                    child.assign(*current)
     except BaseException as exc:  # RQ's job timeout or a shutdown tears the horse down
-        # A stage that ran out of time would run out of time again: no retry.
-        timed_out = type(exc).__name__ == "JobTimeoutException"
-        reason = "stage timed out (resources.timeout_hours)" if timed_out else f"stopped: {exc!r}"
-        with session_scope() as session:
-            tickets = lifecycle.fail(session, stage_id, attempt, reason, retry=not timed_out)
-        push_all(redis, tickets)
+        child.kill()
+        if current is not None:
+            # A stage that ran out of time would run out of time again: no retry.
+            timed_out = type(exc).__name__ == "JobTimeoutException"
+            reason = f"stopped: {exc!r}"
+            if timed_out:
+                reason = "stage timed out (resources.timeout_hours)"
+            with session_scope() as session:
+                tickets = lifecycle.fail(session, *current, reason, retry=not timed_out)
+            push_all(redis, tickets)
         raise
+    finally:
+        child.close()
+    return {"stage_id": stage_id, "attempt": attempt, "stages": ran}
+
+
+def claim_next(current_stage: int, worker: str) -> tuple[int, int] | None:
+    """Claim the next eval stage for this session, or None when it should end."""
     with session_scope() as session:
-        tickets = record_end(session, stage_id, attempt, end, log_path)
-    push_all(redis, tickets)
-    after_stage(stage_id)
-    return {"stage_id": stage_id, "attempt": attempt, "returncode": end.returncode}
+        stage = session.get(Stage, current_stage)
+        if stage is None or stage.kind != "eval" or not stage.queue:
+            return None  # train, fuse and quantize run alone: their memory goes back
+        run_id, queue, variant = stage.run_id, stage.queue, stage.variant
+    while True:
+        with session_scope() as session:
+            next_id = lifecycle.next_in_session(session, run_id, queue, variant)
+            if next_id is None:
+                return None
+            attempt = lifecycle.claim(session, next_id, worker, socket.gethostname())
+        if attempt is not None:
+            return next_id, attempt
+        # Another worker claimed it between the look and the claim: look again.
 
 
 def record_end(
     session: Any, stage_id: int, attempt: int, end: ChildEnd, log_path: Path
 ) -> list[Any]:
-    """Turn how the child ended into a lifecycle transition."""
+    """Turn how the child ended a stage into a lifecycle transition."""
     if end.returncode == 0:
         return lifecycle.finish(session, stage_id, attempt)
     if end.why in ("stale", "cancelled") or end.returncode == EXIT_STALE:
@@ -93,55 +143,115 @@ def record_end(
     return lifecycle.fail(session, stage_id, attempt, error, retry=end.returncode < 0)
 
 
-def run_child(stage_id: int, attempt: int, log_path: Path) -> ChildEnd:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "worker.child", str(stage_id), str(attempt)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=child_environment(),
-        )
-        try:
-            return watch_child(child, stage_id, attempt)
-        except BaseException:
-            # The horse is being torn down (timeout, shutdown): take the child with it.
-            child.kill()
-            child.wait()
-            raise
+def stage_log(stage_id: int) -> Path:
+    return settings.farm_home() / "logs" / f"stage-{stage_id}.log"
 
 
-def watch_child(child: subprocess.Popen[bytes], stage_id: int, attempt: int) -> ChildEnd:
-    """Wait for the child, beating the stage's heartbeat; stop it when the beat
-    says it no longer owns the stage or the DB has been unreachable too long."""
-    every = settings.heartbeat_every_s()
-    last_beat = time.monotonic()
-    while True:
+class StageChild:
+    """The child process running a stage (and, for evals, the stages after it).
+
+    It reports each stage's end as a `STAGE CODE` line on a pipe; the horse
+    waits for that line, beating the stage's heartbeat meanwhile."""
+
+    def __init__(self, process: subprocess.Popen[bytes], reports: int) -> None:
+        self.process = process
+        self.reports = reports
+        self.buffer = b""
+
+    @classmethod
+    def start(cls, stage_id: int, attempt: int) -> StageChild:
+        log_path = stage_log(stage_id)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        read_end, write_end = os.pipe()
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "worker.child", str(stage_id), str(attempt)]
+                + ["--report-fd", str(write_end)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.PIPE,
+                env=child_environment(),
+                pass_fds=(write_end,),
+            )
+        os.close(write_end)  # the child holds it: end of file on the pipe means it exited
+        return cls(process, read_end)
+
+    def assign(self, stage_id: int, attempt: int) -> None:
+        assert self.process.stdin is not None
+        line = json.dumps({"stage": stage_id, "attempt": attempt, "log": str(stage_log(stage_id))})
+        stage_log(stage_id).parent.mkdir(parents=True, exist_ok=True)
+        self.process.stdin.write(line.encode() + b"\n")
+        self.process.stdin.flush()
+
+    def wait_for(self, stage_id: int, attempt: int) -> ChildEnd:
+        """Wait for the child to end this stage, beating its heartbeat; stop the
+        child when the beat says it no longer owns the stage or the DB has been
+        unreachable too long."""
+        every = settings.heartbeat_every_s()
+        last_beat = time.monotonic()
+        while True:
+            report = self._read_report(timeout=every)
+            if report is not None:
+                reported_stage, code = report
+                if reported_stage == stage_id:
+                    return ChildEnd(code, child_alive=True)
+                continue  # not ours (cannot happen: one stage at a time); keep waiting
+            if self.process.poll() is not None or self.reports < 0:
+                return ChildEnd(self.process.wait())
+            try:
+                with session_scope() as session:
+                    alive = lifecycle.heartbeat(session, stage_id, attempt)
+                    stage = session.get(Stage, stage_id)
+                    cancelled = stage is not None and stage.status == StageStatus.CANCELLED
+                last_beat = time.monotonic()
+            except Exception as exc:  # DB unreachable: keep working until we'd be lost
+                print(f"stage {stage_id}: heartbeat failed: {exc!r}", file=sys.stderr, flush=True)
+                if time.monotonic() - last_beat > settings.lost_after_s():
+                    self.kill()
+                    return ChildEnd(None, "no database")
+                continue
+            if not alive:
+                self.kill()
+                return ChildEnd(None, "cancelled" if cancelled else "stale")
+
+    def _read_report(self, timeout: float) -> tuple[int, int] | None:
+        """The next `STAGE CODE` line, or None after `timeout` or at end of file."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            remaining = deadline - time.monotonic()
+            if self.reports < 0 or remaining <= 0:
+                return None
+            ready, _, _ = select.select([self.reports], [], [], remaining)
+            if not ready:
+                return None
+            chunk = os.read(self.reports, 4096)
+            if not chunk:  # the child exited
+                os.close(self.reports)
+                self.reports = -1
+                return None
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        stage, code = line.split()
+        return int(stage), int(code)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+    def close(self) -> None:
+        """No more stages: let the child finish and exit."""
+        if self.process.stdin is not None and not self.process.stdin.closed:
+            try:
+                self.process.stdin.close()
+            except OSError:
+                pass
         try:
-            return ChildEnd(child.wait(timeout=every))
+            self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            pass
-        try:
-            with session_scope() as session:
-                alive = lifecycle.heartbeat(session, stage_id, attempt)
-                stage = session.get(Stage, stage_id)
-                cancelled = stage is not None and stage.status == "cancelled"
-            last_beat = time.monotonic()
-        except Exception as exc:  # DB unreachable: keep working until we'd be lost
-            print(f"stage {stage_id}: heartbeat failed: {exc!r}", file=sys.stderr, flush=True)
-            if time.monotonic() - last_beat > settings.lost_after_s():
-                stop(child)
-                return ChildEnd(None, "no database")
-            continue
-        if not alive:
-            stop(child)
-            return ChildEnd(None, "cancelled" if cancelled else "stale")
-
-
-def stop(child: subprocess.Popen[bytes]) -> None:
-    child.kill()
-    child.wait()
+            self.kill()
+        if self.reports >= 0:
+            os.close(self.reports)
+            self.reports = -1
 
 
 def child_environment() -> dict[str, str]:

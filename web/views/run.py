@@ -207,9 +207,13 @@ done = [s for s in summaries if s["adherence"] is not None]
 if not done:
     st.caption("No finished evals yet.")
 else:
+    st.caption(run_detail.eval_cost(summaries))
     table = pd.DataFrame(done)
     table["label_mix"] = table["label_mix"].map(
         lambda mix: ", ".join(f"{k} {v:.0%}" for k, v in sorted(mix.items(), key=lambda x: -x[1]))
+    )
+    table["ended_by"] = table["ended_by"].map(
+        lambda ends: ", ".join(f"{k} {v}" for k, v in sorted(ends.items(), key=lambda x: -x[1]))
     )
     st.dataframe(
         table,
@@ -217,6 +221,12 @@ else:
         column_config={
             "adherence": st.column_config.ProgressColumn(
                 "adherence", min_value=0, max_value=1, format="percent"
+            ),
+            "ended_by": st.column_config.TextColumn(
+                "ended by", help="responses that ended on eos, a stop string, or max_tokens"
+            ),
+            "eval_s": st.column_config.NumberColumn(
+                "eval s", format="%.1f", help="seconds this variant's eval stage took"
             ),
             "hit_max_tokens": st.column_config.NumberColumn("hit max_tokens", format="percent"),
             "latency_s": st.column_config.NumberColumn("s/prompt", format="%.3f"),
