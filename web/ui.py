@@ -23,7 +23,7 @@ from jobs import settings
 from jobs.access import configured_password
 from jobs.connection_errors import describe as describe_connection_error
 from jobs.db import migrate, session_scope
-from jobs.signin import process_throttle, sign_in
+from web.signin import process_throttle, sign_in
 
 log = logging.getLogger("lorafarm.web")
 
@@ -117,7 +117,7 @@ def sign_in_page() -> None:
 
 def run_page(navigation: Any) -> None:
     """Run the chosen page. Where error details are off (the farm's own server,
-    see jobs.stack), an error becomes a short message with a reference to the
+    see jobs.local.stack), an error becomes a short message with a reference to the
     full, password-masked traceback in the server log; elsewhere (development,
     tests) Streamlit shows it in full."""
     try:

@@ -19,35 +19,15 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from worker.context import StageContext, StaleAttempt, exit_with_parent, load_context
+from worker.context import StaleAttempt, exit_with_parent, load_context
 from worker.diskspace import DiskFull, disk_full, remove_partial_outputs
 from worker.stage_job import EXIT_DISK_FULL, EXIT_ERROR, EXIT_STALE
+from worker.stages import stage_function
 from worker.weights import Weights
-
-
-def stage_runner(kind: str) -> Callable[[StageContext, Weights], None]:
-    # Imported on demand: each pulls in MLX and mlx-lm.
-    if kind == "train":
-        from worker.train import run_train
-
-        return lambda ctx, _weights: run_train(ctx)
-    if kind == "fuse":
-        from worker.fuse import run_fuse
-
-        return lambda ctx, _weights: run_fuse(ctx)
-    if kind == "quantize":
-        from worker.quantize import run_quantize
-
-        return lambda ctx, _weights: run_quantize(ctx)
-    if kind == "eval":
-        from worker.eval import run_eval
-
-        return run_eval
-    raise SystemExit(f"unknown stage kind {kind!r}")
 
 
 def run_one(stage_id: int, attempt: int, weights: Weights, *, alone: bool) -> int:
@@ -60,9 +40,12 @@ def run_one(stage_id: int, attempt: int, weights: Weights, *, alone: bool) -> in
         f"(seed {ctx.seed}, attempt {ctx.attempt})",
         flush=True,
     )
-    run = stage_runner(ctx.kind)
+    run = stage_function(ctx.kind)
     try:
-        run(ctx, weights)
+        if ctx.kind == "eval":
+            run(ctx, weights)  # the session's model, kept between its eval stages
+        else:
+            run(ctx)
     except StaleAttempt as exc:
         print(f"stopping: {exc}; a newer attempt owns this stage", flush=True)
         return EXIT_STALE

@@ -6,10 +6,11 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from jobs import compare, leaderboard_view
-from jobs.forms import display_path
-from jobs.runs_view import count_experiments
+from jobs.views import compare
+from jobs.views import leaderboard as leaderboard_view
+from jobs.views.runs import count_experiments
 from web import ui
+from web.forms import display_path
 
 PER_PAGE = 25
 ALL = "all"

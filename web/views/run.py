@@ -6,7 +6,8 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from jobs import control, run_detail
+from jobs import control
+from jobs.views import run_detail
 from web import ui
 
 EVAL_ROWS_PER_PAGE = 25

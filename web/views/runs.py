@@ -7,7 +7,7 @@ from datetime import timedelta
 import streamlit as st
 
 from jobs import control
-from jobs.runs_view import (
+from jobs.views.runs import (
     ExperimentRow,
     RunRow,
     count_experiments,

@@ -6,10 +6,10 @@ from typing import Any
 
 import streamlit as st
 
-from jobs import forms, settings
+from jobs import settings
 from jobs.limits import spec_size_problem
 from jobs.problems import InputError
-from web import ui
+from web import forms, ui
 
 KEY = "f:"  # widget keys are KEY + the spec field's dotted path
 FORMATS = {"train.learning_rate": "%.2e", "train.lr_schedule.warmup_init": "%.2e"}

@@ -1,0 +1,229 @@
+"""End to end in a real browser: `uv run farm up --demo` on loopback, driven by headless
+Chromium (Debian's package, through Playwright's Python API — never a browser download).
+
+The test cancels the demo from the runs page (one worker, and the demo would keep it
+busy for minutes), submits a small experiment through the form, watches its training
+progress bar move, opens the run, sees the run ranked on the leaderboard, and stops
+the farm with Ctrl-C. Screenshots of every page go to test-artifacts/screenshots/.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from jobs.local.services import free_port
+from tests.support.processes import wait_until
+
+pytestmark = pytest.mark.browser
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+SHOTS = PROJECT_ROOT / "test-artifacts" / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+LOAD_S = 120_000  # ms: Streamlit's first page load on a slow 2-core machine
+ITERS = 200  # long enough (~20 s here) for the page to see the bar move twice
+
+
+@dataclass
+class Farm:
+    url: str
+    home: Path
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def query(self, sql: str, *args: object) -> list[tuple[object, ...]]:
+        with sqlite3.connect(self.home / "farm.db", timeout=30) as conn:
+            return list(conn.execute(sql, args))
+
+    def stage_statuses(self, experiment_id: int) -> dict[str, str]:
+        rows = self.query(
+            "SELECT stage.kind || ':' || stage.variant, stage.status FROM stage "
+            "JOIN run ON run.id = stage.run_id WHERE run.experiment_id = ?",
+            experiment_id,
+        )
+        return {str(k): str(v) for k, v in rows}
+
+
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+            return response.read().strip() == b"ok"
+    except OSError:
+        return False
+
+
+def _default_sigint() -> None:
+    """Ctrl-C must reach `farm up` even when pytest itself runs in the background
+    (a non-interactive shell starts background jobs with SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture
+def farm(tmp_path: Path) -> Iterator[Farm]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is missing: apt-get install -y chromium chromium-driver")
+    home = tmp_path / "farm"
+    port = free_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("REDIS_URL", "DATABASE_URL", "FARM_UI_PASSWORD", "FARM_SHARED_ARTIFACTS")
+    }
+    env["FARM_HOME"] = str(home)
+    log = tmp_path / "farm-up.log"
+    process = subprocess.Popen(
+        ["uv", "run", "farm", "up", "--demo", "--workers", "1", "--port", str(port)],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=open(log, "wb"),  # noqa: SIM115 - the child owns it
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group, as in a terminal
+        preexec_fn=_default_sigint,
+    )
+    farm = Farm(f"http://127.0.0.1:{port}", home, process, log)
+    try:
+        wait_until(
+            lambda: process.poll() is not None or (healthy(farm.url) and b"submitted" in
+                                                   log.read_bytes()),
+            timeout=180, what="farm up --demo to serve the UI and submit the demo",
+        )  # fmt: skip
+        assert process.poll() is None, log.read_text(errors="replace")
+        yield farm
+    finally:
+        started = psutil.Process(process.pid).children(recursive=True)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGINT)  # Ctrl-C
+            try:
+                process.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        _, alive = psutil.wait_procs(started, timeout=15)
+        left = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        for p in left:
+            p.kill()
+        assert not left, f"Ctrl-C left processes behind: {[p.cmdline() for p in left]}"
+
+
+def test_submit_watch_and_rank_in_a_browser(farm: Farm) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    expect.set_options(timeout=LOAD_S)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.set_default_timeout(LOAD_S)
+
+        try:
+            walk_through(farm, page, expect)
+        except BaseException:
+            page.screenshot(path=str(SHOTS / "failure.png"), full_page=True)
+            raise
+        finally:
+            browser.close()
+
+
+def walk_through(farm: Farm, page: Any, expect: Any) -> None:
+    def shot(name: str) -> None:
+        page.wait_for_timeout(1500)  # let charts and tables paint
+        page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+    # The leaderboard is the home page; nothing is ranked yet.
+    page.goto(farm.url)
+    expect(page.get_by_text("No finished evals yet")).to_be_visible()
+    shot("01-leaderboard-empty")
+
+    # The demo runs on the only worker: cancel it from the runs page.
+    page.goto(f"{farm.url}/runs")
+    page.get_by_role("button", name="Cancel all").first.click()
+    expect(
+        page.get_by_text(re.compile(r"cancel experiment 1: \d+ stages cancelled"))
+    ).to_be_visible()
+    wait_until(
+        lambda: set(farm.stage_statuses(1).values()) <= {"cancelled", "skipped", "done"},
+        timeout=60, what="the demo's stages to be cancelled",
+    )  # fmt: skip
+    shot("02-runs-demo-cancelled")
+
+    # The form: a problem shows under its field, then a valid submission.
+    page.goto(f"{farm.url}/submit")
+    seeds = page.get_by_label("Seeds", exact=True)
+    seeds.fill("3-1")
+    page.get_by_role("button", name="Validate").click()
+    expect(page.get_by_text("range '3-1' runs backwards — write 1-3")).to_be_visible()
+    shot("03-submit-problem-under-its-field")
+
+    values = {"Name": "browser-e2e", "Seeds": "7", "Iterations": str(ITERS),
+              "Batch size": "1", "Layers to adapt": "-1", "Max sequence length": "256",
+              "Steps per report": "1", "Steps per validation": "100",
+              "Validation batches": "1", "Save every": "1000", "Max tokens": "12"}  # fmt: skip
+    for label, value in values.items():
+        field = page.get_by_label(label, exact=True)
+        field.fill(value)
+        field.press("Tab")
+    page.get_by_text("Fuse the adapter", exact=True).click()
+    for variant in ("q8", "q4", "fused", "quantized"):
+        page.get_by_role("button", name=f"Remove {variant}").first.click()
+    page.get_by_role("button", name="Validate").click()
+    expect(page.get_by_text(re.compile(r"Valid: 1 runs × 2 stages"))).to_be_visible()
+    page.get_by_role("button", name="Submit").click()
+    expect(page.get_by_text(re.compile(r"Submitted experiment 2: 1 runs"))).to_be_visible()
+    shot("04-submit-done")
+    (spec,) = farm.query("SELECT spec_yaml FROM experiment WHERE id = 2")
+    assert f"iters: {ITERS}" in str(spec[0]) and "fuse: null" in str(spec[0])
+
+    # The runs page refreshes itself: the training bar moves without a reload.
+    page.goto(f"{farm.url}/runs")
+    seen: list[int] = []
+
+    def progress() -> bool:
+        for text in page.locator('[data-testid="stProgress"]').all_inner_texts():
+            match = re.search(rf"train (\d+)/{ITERS} · train loss", text)
+            if match:
+                if not seen or int(match.group(1)) != seen[-1]:
+                    seen.append(int(match.group(1)))
+                if len(seen) == 1:
+                    shot("05-runs-training")
+        return len(seen) >= 2
+
+    wait_until(progress, timeout=240, interval=0.5, what="the training bar to move")
+    assert seen == sorted(seen) and seen[-1] > seen[0], seen
+
+    # The run's page: loss curves, stages, artifacts, eval rows.
+    (run_id,) = farm.query("SELECT id FROM run WHERE experiment_id = 2")[0]
+    wait_until(
+        lambda: farm.stage_statuses(2).get("eval:adapter") in ("done", "failed"),
+        timeout=300, what="the adapter eval to finish",
+    )  # fmt: skip
+    assert farm.stage_statuses(2) == {"train:adapter": "done", "eval:adapter": "done"}
+    page.goto(f"{farm.url}/run?run={run_id}")
+    expect(page.get_by_text("browser-e2e · seed 7")).to_be_visible()
+    expect(page.get_by_text(re.compile(r"\d+ responses match"))).to_be_visible()
+    # Loss curve, tokens/s and memory, stage timeline.
+    expect(page.locator('[data-testid="stVegaLiteChart"]').nth(2)).to_be_visible()
+    shot("06-run-detail")
+
+    # Ranked on the leaderboard.
+    page.goto(farm.url)
+    cells = page.locator('[data-testid="stDataFrame"] td')
+    expect(cells.filter(has_text="browser-e2e")).to_have_count(1)
+    expect(page.get_by_text("Rows 1–1 of 1")).to_be_visible()
+    shot("07-leaderboard")
+
+    page.goto(f"{farm.url}/workers")
+    expect(page.locator('[data-testid="stDataFrame"] td').filter(has_text="idle")).to_have_count(1)
+    shot("08-workers")

@@ -1,0 +1,303 @@
+"""Hostile clients against the real UI (`farm web`), in Debian's headless Chromium.
+
+The UI listens on this machine's LAN address when it has one (so the server sees
+a real client address, as a guesser on the LAN would have), with a password and a
+lock-out after 4 failures. In the guessing test its database is a PostgreSQL it
+cannot sign in to, so every page errors once signed in: the page must show a
+short message, never a traceback, a server path or the database password. The
+upload test talks to Streamlit's upload route as a script would, without signing in.
+"""
+
+from __future__ import annotations
+
+import http.cookiejar
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from websockets.sync.client import connect
+
+from jobs.local.services import free_port
+from tests.support import PROJECT_ROOT
+from tests.support.processes import wait_until
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+PASSWORD = "right-horse-battery"
+DB_SECRET = "Db-Secret-not-for-browsers"
+LOCK_AFTER = 4
+LOAD_MS = 90_000
+
+
+@dataclass
+class Web:
+    url: str
+    host: str
+    client: str  # the address the server should log for this machine's browser
+    log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def lan_address() -> str | None:
+    """An address of this machine that is not loopback, if it has one."""
+    for addresses in psutil.net_if_addrs().values():
+        for address in addresses:
+            if address.family == socket.AF_INET and not address.address.startswith("127."):
+                return address.address
+    return None
+
+
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+            return response.read().strip() == b"ok"
+    except OSError:
+        return False
+
+
+@contextmanager
+def farm_web(tmp_path: Path, database_url: str) -> Iterator[Web]:
+    """`farm web` with a password and a lock-out after LOCK_AFTER failures."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is missing: apt-get install -y chromium")
+    host = lan_address() or "127.0.0.1"
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "FARM_SHARED_ARTIFACTS")}
+    env |= {
+        "FARM_HOME": str(tmp_path / "farm"),
+        "FARM_UI_PASSWORD": PASSWORD,
+        "FARM_SIGNIN_LOCK_AFTER": str(LOCK_AFTER),
+        "DATABASE_URL": database_url,
+    }
+    log = tmp_path / "web.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jobs.cli", "web", "--address", host, "--port", str(port)],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=open(log, "wb"),  # noqa: SIM115 - the child owns it
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://{host}:{port}"
+    try:
+        wait_until(lambda: process.poll() is not None or healthy(url), timeout=120, what="farm web")
+        assert process.poll() is None, log.read_text(errors="replace")
+        yield Web(url, host, host if host != "127.0.0.1" else "loopback", log)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+@pytest.fixture
+def web(tmp_path: Path) -> Iterator[Web]:
+    """The UI over a PostgreSQL it cannot sign in to: every page errors."""
+    url = f"postgresql://lorafarm_nobody:{DB_SECRET}@127.0.0.1:5432/no_such_db"
+    with farm_web(tmp_path, url) as web:
+        yield web
+
+
+@pytest.fixture
+def working_web(tmp_path: Path) -> Iterator[Web]:
+    with farm_web(tmp_path, f"sqlite:///{tmp_path / 'farm.db'}") as web:
+        yield web
+
+
+def test_guessing_the_password_in_a_browser(web: Web) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=LOAD_MS)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            signed_in_page_shows_no_details(web, browser.new_page(), expect)
+            guesser = browser.new_page()
+            answers = guess_until_locked(web, guesser, expect)
+            clear_caches_anonymously(web)
+            right_password_refused_while_locked(guesser, expect)
+        finally:
+            browser.close()
+
+    # Each answer to a wrong password comes later than the one before.
+    print("answer times (s):", [round(a, 2) for a in answers])
+    # (The first answer also pays for the page's first render, so compare from the third.)
+    assert answers[2] > answers[1] + 1.0 and answers[2] > answers[0] + 2.0, answers
+
+    log = web.log_text()
+    failures = [line for line in log.splitlines() if "sign-in failed" in line]
+    assert len(failures) == LOCK_AFTER, log
+    assert all(f"from {web.client}:" in line for line in failures), failures
+    assert re.search(rf"sign-in refused from {re.escape(web.client)}: locked", log)
+    assert PASSWORD not in log and "wrong-guess" not in log and DB_SECRET not in log
+
+
+def sign_in(page: Any, password: str) -> None:
+    field = page.get_by_label("Password", exact=True)
+    field.fill(password)
+    page.get_by_role("button", name="Sign in").click()
+
+
+def signed_in_page_shows_no_details(web: Web, page: Any, expect: Any) -> None:
+    """Signed in, the leaderboard fails on the unreachable database: a short
+    message, nothing of the server's insides."""
+    page.set_default_timeout(LOAD_MS)
+    page.goto(web.url)
+    sign_in(page, PASSWORD)
+    message = page.get_by_text(re.compile("This page could not be shown"))
+    expect(message).to_be_visible()
+    text = page.locator("body").inner_text()
+    assert "cannot use the database postgresql://lorafarm_nobody:***@127.0.0.1:5432" in text
+    for leak in (DB_SECRET, "Traceback", 'File "', str(PROJECT_ROOT), ".venv", "site-packages"):
+        assert leak not in text, leak
+    reference = re.search(r"See ([0-9a-f]{8}) in the server log", text)
+    assert reference, text
+    wait_until(lambda: f"page error {reference.group(1)}" in web.log_text(), timeout=10)
+
+    # A link to a run opens it after signing in (a new session: sign in again),
+    # and a run id no database could hold is no id at all, not an overflow.
+    page.goto(f"{web.url}/run?run=9{'9' * 40}")
+    sign_in(page, PASSWORD)
+    expect(page.get_by_text("Open a run from the Runs page")).to_be_visible()
+    assert "Traceback" not in page.locator("body").inner_text()
+
+
+def guess_until_locked(web: Web, page: Any, expect: Any) -> list[float]:
+    """Wrong passwords until the lock-out; returns how long each answer took."""
+    page.set_default_timeout(LOAD_MS)
+    page.goto(web.url)
+    expect(page.get_by_role("button", name="Sign in")).to_be_visible()
+    answers = []
+    for attempt in range(1, LOCK_AFTER):
+        started = time.monotonic()
+        sign_in(page, f"wrong-guess-{attempt}")
+        answer = page.get_by_text(f"Wrong password (failed attempt {attempt} from here).")
+        expect(answer).to_be_visible(timeout=30_000)
+        answers.append(time.monotonic() - started)
+    sign_in(page, f"wrong-guess-{LOCK_AFTER}")
+    expect(page.get_by_text("signing in is locked for 15 min")).to_be_visible(timeout=30_000)
+    return answers
+
+
+def clear_caches_anonymously(web: Web) -> None:
+    """What any websocket client may send, signed in or not: Streamlit's
+    "clear cache" message. The sign-in throttle must not be part of what it clears."""
+    from streamlit.proto.BackMsg_pb2 import BackMsg
+
+    ws_url = web.url.replace("http://", "ws://") + "/_stcore/stream"
+    with connect(ws_url, subprotocols=["streamlit"]) as ws:  # type: ignore[list-item]
+        message = BackMsg()
+        message.clear_cache = True
+        ws.send(message.SerializeToString())
+        time.sleep(1.0)
+
+
+def right_password_refused_while_locked(page: Any, expect: Any) -> None:
+    page.reload()
+    expect(page.get_by_role("button", name="Sign in")).to_be_visible()
+    sign_in(page, PASSWORD)
+    expect(page.get_by_text("signing in is locked for")).to_be_visible(timeout=30_000)
+    page.wait_for_timeout(1000)
+    assert page.get_by_role("link", name="Leaderboard").count() == 0
+    assert "could not be shown" not in page.locator("body").inner_text()
+
+
+def test_only_signed_in_sessions_upload(working_web: Web, tmp_path: Path) -> None:
+    """Any websocket session may call Streamlit's upload route: one that has not
+    signed in is refused, and a signed-in one uploads its spec."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with anonymous_session(working_web) as (session_id, xsrf):
+        assert upload(working_web, session_id, xsrf, 100_000) == 403
+        assert upload(working_web, session_id, xsrf, 2 * 2**20) == 413  # server.maxUploadSize
+    assert "upload refused: session" in working_web.log_text()
+
+    expect.set_options(timeout=LOAD_MS)
+    spec = PROJECT_ROOT / "data" / "specs" / "demo.yaml"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(f"{working_web.url}/submit")
+            sign_in(page, PASSWORD)
+            page.get_by_text("Upload a spec YAML").click()
+            page.locator('input[type="file"]').set_input_files(str(spec))
+            expect(page.get_by_text("Loaded demo.yaml into the form.")).to_be_visible()
+        finally:
+            browser.close()
+
+
+@contextmanager
+def anonymous_session(web: Web) -> Iterator[tuple[str, str]]:
+    """A websocket session that has run the app (so it shows the sign-in form),
+    as any client can open, and the XSRF token the upload route wants."""
+    from streamlit.proto.BackMsg_pb2 import BackMsg
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    opener.open(f"{web.url}/_stcore/health").read()
+    xsrf = next(c.value for c in jar if c.name == "_streamlit_xsrf")
+    ws_url = web.url.replace("http://", "ws://") + "/_stcore/stream"
+    with connect(ws_url, subprotocols=["streamlit", xsrf]) as ws:  # type: ignore[list-item]
+        rerun = BackMsg()
+        rerun.rerun_script.query_string = ""
+        ws.send(rerun.SerializeToString())
+        session_id, finished = "", False
+        while not finished:
+            message = ForwardMsg()
+            message.ParseFromString(ws.recv(timeout=60))
+            kind = message.WhichOneof("type")
+            if kind == "new_session":
+                session_id = message.new_session.initialize.session_id
+            finished = kind == "script_finished"
+        yield session_id, xsrf  # the session lives as long as its websocket
+
+
+def upload(web: Web, session_id: str, xsrf: str, size: int) -> int:
+    boundary = uuid.uuid4().hex
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="s.yaml"\r\n'
+            "Content-Type: application/x-yaml\r\n\r\n"
+        ).encode()
+        + b"#" * size
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    request = urllib.request.Request(
+        f"{web.url}/_stcore/upload_file/{session_id}/{uuid.uuid4().hex}",
+        data=body,
+        method="PUT",
+        headers={
+            "Content-Type": f"multipart/form-data; boundary={boundary}",
+            "X-Xsrftoken": xsrf,
+            "Cookie": f"_streamlit_xsrf={xsrf}",
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)

@@ -1,0 +1,137 @@
+"""The leaderboard page: ranking, filters, per-seed plot, comparing configs; fast paging."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+
+from jobs import settings
+from jobs.bench.pages import load_database
+from jobs.db import Experiment, session_scope
+from jobs.leaderboard import SORT_KEYS, LeaderboardRow, count_rows, leaderboard
+from jobs.views.leaderboard import leaderboard_page
+from tests.support.web import open_page, texts
+
+N_RUNS = 400  # 8 configurations × 50 seeds × 4 variants = 32 rows
+
+
+@pytest.fixture
+def farm_data(farm_home: Path) -> Path:
+    load_database(settings.database_url(), N_RUNS)
+    return farm_home
+
+
+def table(at):  # type: ignore[no-untyped-def]
+    return next(d for d in at.dataframe if "mean" in d.value.columns).value
+
+
+def test_leaderboard_ranks_by_mean_then_worst(farm_data: Path) -> None:
+    at = open_page()
+    rows = table(at)
+    with session_scope() as session:
+        expected = leaderboard(session, limit=25)
+        total = count_rows(session)
+    assert len(rows) == 25 and total == 32
+    assert f"Rows 1–25 of {total}" in texts(at)
+    assert list(rows["variant"]) == [r.variant for r in expected]
+    assert list(rows["mean"]) == pytest.approx([r.mean for r in expected])
+    assert list(rows["worst"]) == pytest.approx([r.worst for r in expected])
+    assert list(rows["mean"]) == sorted(rows["mean"], reverse=True)
+    # Every finished seed's score, for the strip of each row.
+    assert [list(s) for s in rows["per_seed"]] == [[x for _, x in r.seed_scores] for r in expected]
+    assert [len(s) for s in rows["per_seed"]] == list(rows["seeds"])
+    assert "execute_code" in rows["label_mix"][0]
+    # The per-seed strip plot and the val-loss scatter are drawn.
+    assert len(at.get("vega_lite_chart")) == 2
+
+    at.pagination(key="lb_page").select(2).run()
+    assert len(table(at)) == 7 and "Rows 26–32 of 32" in texts(at)
+
+
+def test_leaderboard_filters_and_sorts(farm_data: Path) -> None:
+    at = open_page()
+    with session_scope() as session:
+        models = sorted({e.base_model for e in session.exec(select(Experiment))})
+    at.selectbox(key="lb_base_model").select(models[1])
+    at.text_input(key="lb_variant").input("q4")
+    at.run()
+    rows = table(at)
+    assert set(rows["base_model"]) == {models[1]} and set(rows["variant"]) == {"q4"}
+    with session_scope() as session:
+        assert len(rows) == count_rows(session, base_model=models[1], variant="q4") == 2
+
+    at.selectbox(key="lb_base_model").select("all")
+    at.text_input(key="lb_variant").input("")
+    at.selectbox(key="lb_sort").select("worst")
+    at.run()
+    worst = list(table(at)["worst"])
+    assert worst == sorted(worst, reverse=True)
+
+
+def test_selecting_rows_compares_their_configs(farm_data: Path) -> None:
+    at = open_page()
+    assert "Select two or more rows" in texts(at)
+    at.session_state["lb_table"] = {"selection": {"rows": [0, 1], "columns": []}}
+    at.run()
+    diff = next(d for d in at.dataframe if "field" in d.value.columns).value
+    fields = dict(zip(diff["field"], diff["differs"], strict=True))
+    assert fields["train.max_seq_length"] is False  # the same in every config
+    assert any(fields.values())  # … and the ones that differ are marked
+    assert "name" not in fields and "seeds" not in fields  # not part of a configuration
+    assert f"{sum(fields.values())} of {len(fields)} fields differ" in texts(at)
+    assert len(at.get("vega_lite_chart")) == 3  # + label mixes side by side
+
+    at.toggle(key="lb_only_diff").set_value(True).run()
+    diff = next(d for d in at.dataframe if "field" in d.value.columns).value
+    assert diff["differs"].all()
+
+
+def test_empty_leaderboard_points_to_the_forms(farm_home: Path) -> None:
+    at = open_page()
+    assert "Nothing ranked yet" in texts(at)
+
+
+def same(row: LeaderboardRow) -> tuple[object, ...]:
+    """A row with its floats rounded: PostgreSQL may sum in another order."""
+
+    def r(value: object) -> object:
+        if isinstance(value, float):
+            return round(value, 9)
+        if isinstance(value, dict):
+            return {k: r(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(r(v) for v in value)
+        return value
+
+    return tuple(repr(r(v)) for v in asdict(row).values())
+
+
+def key(row: LeaderboardRow, sort: str) -> tuple[object, ...]:
+    value = getattr(row, sort)
+    rounded = round(value, 9) if isinstance(value, float) else value
+    return (rounded, round(row.worst, 9)) if sort == "mean" else (rounded,)
+
+
+@pytest.mark.parametrize("sort", SORT_KEYS)
+def test_leaderboard_page_matches_the_full_leaderboard(database: str, sort: str) -> None:
+    """The fast page query returns exactly `jobs.leaderboard`'s rows, on both backends."""
+    load_database(database, 150)
+    with session_scope() as session:
+        for filters in ({}, {"variant": "q8"}, {"base_model": "mlx-community/Qwen3-8B-4bit"}):
+            for descending in (True, False):
+                full = leaderboard(session, sort=sort, descending=descending, limit=1000, **filters)
+                for offset in (0, 5):
+                    page = leaderboard_page(
+                        session, sort=sort, descending=descending, limit=5, offset=offset,
+                        **filters,
+                    )  # fmt: skip
+                    assert page.total == len(full) == count_rows(session, **filters)
+                    expected = full[offset : offset + 5]
+                    # Same ranking (ties may fall either way: PostgreSQL sums floats in
+                    # any order), and the same rows with the same figures.
+                    assert [key(r, sort) for r in page.rows] == [key(r, sort) for r in expected]
+                    assert {same(r) for r in page.rows} <= {same(r) for r in full}
+        assert leaderboard_page(session, offset=10_000).rows == []

@@ -1,0 +1,207 @@
+"""Run detail, workers, the password gate and the page benchmark, in AppTest."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from redis import Redis
+from rq import Queue
+from rq.serializers import JSONSerializer
+from sqlmodel import select
+
+from jobs.bench.pages import bench_pages
+from jobs.db import Artifact, EvalResult, Metric, Run, Stage, WorkerRow, session_scope, utcnow
+from tests.support.web import APP, install_model, open_page, quick_form, texts
+from web import forms
+
+RUN = "views/run.py"
+
+
+@pytest.fixture
+def finished_run(farm_home: Path, redis_url: str, tiny_model: Path) -> int:
+    """A run whose stages have all reported, the way the worker stages write them."""
+    model = install_model(farm_home, tiny_model)
+    values = quick_form(model, seeds="1-2", quantize=["q8", "q4"])
+    result = forms.submit_form(values, Redis.from_url(redis_url))
+    assert result.experiment_id is not None, result.problems
+    with session_scope() as session:
+        run = session.exec(select(Run).where(Run.seed == 1)).one()
+        stages = session.exec(select(Stage).where(Stage.run_id == run.id)).all()
+        start = utcnow() - timedelta(minutes=10)
+        ok = ["execute_code"] * 3
+        labels = {"adapter": [*ok, "prose"], "fused": [*ok, "execute_code"],
+                  "q8": [*ok, "wrong_tool"], "q4": ["prose"] * 3 + ["empty"]}  # fmt: skip
+        for i, stage in enumerate(stages):
+            stage.status, stage.worker = "done", "mac-a"
+            stage.started_at = start + timedelta(seconds=30 * i)
+            stage.finished_at = stage.started_at + timedelta(seconds=20)
+            if stage.kind == "train":
+                stage.progress = stage.total = 12
+                stage.val_loss = 1.5
+                for it, loss in ((2, 3.0), (6, 2.0), (12, 1.25)):
+                    session.add(Metric(stage_id=stage.id or 0, run_id=run.id or 0, iteration=it,
+                                       train_loss=loss, tokens_per_sec=900.0 + it,
+                                       peak_memory_gb=0.5))  # fmt: skip
+                session.add(Metric(stage_id=stage.id or 0, run_id=run.id or 0, iteration=12,
+                                   val_loss=1.5))  # fmt: skip
+                session.add(Artifact(run_id=run.id or 0, stage_id=stage.id, kind="adapter",
+                                     variant="adapter", path="/farm/run-1/adapter", host="mac-a",
+                                     bytes=2_500_000))  # fmt: skip
+            if stage.kind == "eval":
+                got = labels[stage.variant]
+                scores = [1.0 if label == "execute_code" else 0.0 for label in got]
+                stage.adherence = sum(scores) / len(scores)
+                stage.label_counts = {label: got.count(label) for label in set(got)}
+                stage.n_prompts = len(got)
+                for p, (label, score) in enumerate(zip(got, scores, strict=True)):
+                    session.add(EvalResult(
+                        stage_id=stage.id or 0, run_id=run.id or 0, prompt_id=f"p{p}",
+                        category="files" if p % 2 else "git", expect="tool",
+                        prompt=f"prompt number {p}", response=f"response {p} of {stage.variant}",
+                        label=label, score=score, tokens=10, latency_s=0.1,
+                        stop_reason="max_tokens" if label == "prose" else "eos",
+                    ))  # fmt: skip
+            session.add(stage)
+        run.status, run.host = "done", "mac-a"
+        session.add(run)
+        return run.id or 0
+
+
+def test_run_page_shows_curves_stages_artifacts_and_variants(finished_run: int) -> None:
+    at = open_page(RUN, run=str(finished_run))
+    page = texts(at)
+    assert "quick · seed 1" in page and "artifacts on mac-a" in page
+    assert len(at.get("vega_lite_chart")) == 3  # loss, tokens/s + memory, stage timeline
+    frames = {tuple(d.value.columns): d.value for d in at.dataframe}
+
+    stages = next(v for k, v in frames.items() if "stage" in k and "after" in k)
+    assert list(stages["stage"])[:2] == ["train", "eval adapter"]
+    assert set(stages["status"]) == {"done"} and set(stages["worker"]) == {"mac-a"}
+    artifacts = next(v for k, v in frames.items() if "sha256" in k)
+    assert list(artifacts["size_mb"]) == [2.5] and list(artifacts["host"]) == ["mac-a"]
+
+    # Variants side by side: the 4-bit signal loss shows at a glance.
+    variants = next(v for k, v in frames.items() if "label_mix" in k)
+    adherence = dict(zip(variants["variant"], variants["adherence"], strict=True))
+    assert adherence == {"adapter": 0.75, "fused": 1.0, "q8": 0.75, "q4": 0.0}
+    # What each eval cost and how its responses ended (a model that never stops shows).
+    ended = dict(zip(variants["variant"], variants["ended_by"], strict=True))
+    assert ended["q4"] == "max_tokens 3, eos 1" and ended["fused"] == "eos 4"
+    assert list(variants["eval_s"]) == [20.0] * 4
+    assert "eval 80.0 s over 4 variants (adapter 20.0 s, fused 20.0 s, q8 20.0 s" in page
+    matrix = next(v for k, v in frames.items() if "prompt" in k and "q4" in k)
+    assert list(matrix.columns) == ["prompt", "category", "expect", "adapter", "fused", "q8", "q4"]
+    assert list(matrix.loc[3, ["adapter", "q4"]]) == ["prose (0)", "empty (0)"]
+
+
+def responses(at):  # type: ignore[no-untyped-def]
+    """The expandable eval responses (not the preflight findings)."""
+    return [e for e in at.expander if not e.label.startswith("Preflight")]
+
+
+def test_run_page_filters_eval_rows_by_label_and_category(finished_run: int) -> None:
+    at = open_page(RUN, run=str(finished_run))
+    assert "4 responses match" in texts(at)
+    assert len(responses(at)) == 4
+
+    at.selectbox(key="eval_variant").select("q8").run()
+    at.multiselect(key="eval_labels").select("wrong_tool").run()
+    assert "1 responses match" in texts(at)
+    (expander,) = responses(at)
+    assert "wrong_tool" in expander.label
+    assert "response 3 of q8" in [c.value for c in expander.code]
+
+    at.multiselect(key="eval_labels").unselect("wrong_tool")
+    at.multiselect(key="eval_categories").select("git").run()
+    assert "2 responses match" in texts(at)
+
+
+def test_run_page_for_a_missing_run(farm_home: Path) -> None:
+    at = open_page(RUN, run="999")
+    assert "No run 999." in texts(at)
+
+
+def test_workers_page(farm_home: Path, redis_url: str, finished_run: int) -> None:
+    with session_scope() as session:
+        train = session.exec(select(Stage).where(Stage.kind == "train")).first()
+        assert train is not None
+        session.add(WorkerRow(name="mac-a", host="mac-a.lan", memory_gb=72, total_memory_gb=96,
+                              chip="Apple M2 Max", mlx_version="0.29.1", status="busy",
+                              current_stage_id=train.id, jobs_done=7))  # fmt: skip
+        session.add(WorkerRow(name="mac-b", host="mac-b.lan", memory_gb=16, status="idle",
+                              last_heartbeat=utcnow() - timedelta(minutes=10)))  # fmt: skip
+    at = open_page("views/workers.py")
+    workers = next(d for d in at.dataframe if "chip" in d.value.columns).value
+    rows = workers.set_index("name")
+    assert rows.loc["mac-a", "chip"] == "Apple M2 Max" and rows.loc["mac-a", "jobs_done"] == 7
+    # What it offers (a Mac's GPU working set) beside its RAM.
+    assert (rows.loc["mac-a", "memory_gb"], rows.loc["mac-a", "total_memory_gb"]) == (72, 96)
+    assert rows.loc["mac-a", "running"].startswith("train 12/12 · quick, seed 1")
+    assert rows.loc["mac-b", "status"] == "lost"  # no heartbeat for 10 minutes
+    assert rows.loc["mac-b", "heartbeat_s"].startswith("10m")
+    queues = next(d for d in at.dataframe if "queue" in d.value.columns).value
+    # Both train jobs of the fixture's experiment sit on the tier queue (no worker ran them).
+    depth = Queue("farm:mem:0", connection=Redis.from_url(redis_url), serializer=JSONSerializer)
+    assert dict(zip(queues["queue"], queues["queued"], strict=True))["farm:mem:0"] == depth.count
+    assert depth.count == 2
+
+
+# --- access -----------------------------------------------------------------------------
+
+
+def test_password_gate_from_the_environment(
+    farm_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("FARM_UI_PASSWORD", "correct horse")
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert [t.value for t in at.title] == ["lorafarm"]
+    assert "Leaderboard" not in texts(at)
+    with pytest.raises(ValueError, match=r"Could not find a navigation page"):
+        at.switch_page("views/runs.py")  # only the sign-in form is registered, at every address
+
+    at.text_input(key="password").input("wrong")
+    at.button[0].click().run()
+    assert "Wrong password (failed attempt 1 from here)." in texts(at)
+    at.text_input(key="password").input("correct horse")
+    at.button[0].click().run()
+    assert "Leaderboard" in [t.value for t in at.title]
+
+
+def test_password_gate_from_streamlit_secrets(farm_home: Path) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.secrets["password"] = "s3cret"
+    at.run()
+    assert "Leaderboard" not in texts(at)
+    at.text_input(key="password").input("s3cret")
+    at.button[0].click().run()
+    assert "Leaderboard" in [t.value for t in at.title]
+
+
+def test_no_password_no_gate(farm_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FARM_UI_PASSWORD", raising=False)
+    at = open_page()
+    assert "Leaderboard" in [t.value for t in at.title]
+
+
+# --- farm bench --only pages -------------------------------------------------------------
+
+
+def test_bench_pages_seeds_both_backends_and_times_the_pages(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FARM_HOME", str(tmp_path / "home"))
+    admin = postgres_url.rsplit("/", 1)[0] + "/postgres"
+    results = bench_pages(300, workdir=tmp_path, postgres_admin_url=admin)
+    for backend in ("sqlite", "postgresql"):
+        assert results[f"{backend}_stages"] > 300 * 6
+        assert results[f"{backend}_eval_rows"] == (300 - 40) * 27
+        for page in ("leaderboard", "runs", "run"):
+            assert 0 < results[f"{backend}_{page}_page_s"] < 30
+            assert 0 < results[f"{backend}_{page}_queries_s"] < 30
+    assert results["slowest_page_s"] == max(v for k, v in results.items() if k.endswith("_page_s"))
