@@ -1,6 +1,6 @@
 """Checkpoint selection by format adherence, not by validation loss.
 
-The seeds shipped the checkpoint with the best val loss and got 22.2%: the loss
+Earlier runs shipped the checkpoint with the best val loss and got 22.2%: the loss
 kept falling while the model drifted into prose. With `eval.checkpoints: true`
 every saved checkpoint is evaluated (the eval stages `ckpt-0000100`, …), and
 the `best` variant is the checkpoint with the highest adherence, ties going to
@@ -13,17 +13,16 @@ The selection and the misleading-val-loss verdict are pure functions over
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlmodel import Session, select
 
+from jobs.dag import checkpoint_iteration
 from jobs.db import Metric, Stage
 from jobs.states import FINISHED, StageStatus
 
-CKPT_RE = re.compile(r"^ckpt-(\d+)$")
 BEST = "best"
 # mlx-lm reports the val loss of the weights after `it - 1` updates while the
 # checkpoint of iteration `it` holds `it` updates: a report at most this many
@@ -55,12 +54,6 @@ class ValLossVerdict:
     @property
     def misleading(self) -> bool:
         return self.gap_points >= MISLEADING_GAP_POINTS - 1e-9
-
-
-def checkpoint_iteration(variant: str) -> int | None:
-    """`ckpt-0000100` -> 100; None for any other variant."""
-    match = CKPT_RE.match(variant)
-    return int(match.group(1)) if match else None
 
 
 def best_by_adherence(points: Sequence[CheckpointPoint]) -> CheckpointPoint | None:

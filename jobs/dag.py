@@ -10,12 +10,16 @@ train ──► eval(adapter)
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from jobs.spec import ExperimentSpec
 
 HOLD = "after_checkpoints"  # stage params flag: enqueue once checkpoint evals are done
+# The eval variant of a saved checkpoint: "ckpt-" and the iteration, 7 digits
+# like mlx-lm's `{it:07d}_adapters.safetensors` so variants sort by iteration.
+_CHECKPOINT_VARIANT = re.compile(r"^ckpt-(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -34,14 +38,26 @@ def checkpoint_iterations(iters: int, save_every: int) -> list[int]:
 
 
 def checkpoint_variant(iteration: int) -> str:
+    """100 -> `ckpt-0000100`, the variant of the checkpoint saved at that iteration."""
     return f"ckpt-{iteration:07d}"
+
+
+def checkpoint_iteration(variant: str) -> int | None:
+    """`ckpt-0000100` -> 100; None for any other variant (`best` included)."""
+    match = _CHECKPOINT_VARIANT.match(variant)
+    return int(match.group(1)) if match else None
+
+
+def is_checkpoint_variant(variant: str) -> bool:
+    """True for the eval variant of one saved checkpoint (not `best`)."""
+    return checkpoint_iteration(variant) is not None
 
 
 def weights_of(variant: str) -> str:
     """The weights an eval of `variant` loads: the base model serves the base,
     the adapter, every checkpoint and `best` (adapters swap in); a fused or
     quantized variant is a model of its own."""
-    if variant in ("base", "adapter", "best") or variant.startswith("ckpt-"):
+    if variant in ("base", "adapter", "best") or is_checkpoint_variant(variant):
         return "base"
     return variant
 
@@ -85,7 +101,3 @@ def plan_run(spec: ExperimentSpec) -> list[PlannedStage]:
                     PlannedStage(f"eval:{q.variant}", "eval", q.variant, f"quantize:{q.variant}")
                 )
     return stages
-
-
-def children(stages: list[PlannedStage], key: str) -> list[PlannedStage]:
-    return [s for s in stages if s.parent == key]

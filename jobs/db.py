@@ -63,7 +63,8 @@ class Stage(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     run_id: int = Field(foreign_key="run.id", index=True)
     kind: str  # train | fuse | quantize | eval
-    variant: str = ""  # adapter | fused | q4 | ckpt-0000100 | best | base
+    # adapter | fused | q4 | best | base, or a checkpoint's `jobs.dag.checkpoint_variant`
+    variant: str = ""
     params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     depends_on: int | None = Field(default=None, foreign_key="stage.id")
     status: str = Field(default="waiting", index=True)  # a `jobs.states.StageStatus`

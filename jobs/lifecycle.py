@@ -30,7 +30,7 @@ from sqlalchemy import delete, update
 from sqlmodel import Session, col, select
 
 from jobs import settings
-from jobs.dag import HOLD, weights_of
+from jobs.dag import HOLD, is_checkpoint_variant, weights_of
 from jobs.db import (
     Artifact,
     EvalResult,
@@ -364,7 +364,7 @@ def finish(session: Session, stage_id: int, attempt: int) -> list[Ticket]:
     _end_attempt(session, stage_id, attempt, AttemptOutcome.DONE, None)
     _count_job(session, stage.worker)
     tickets = queue_runnable_children(session, stage)
-    if stage.kind == "eval" and stage.variant.startswith("ckpt-"):
+    if stage.kind == "eval" and is_checkpoint_variant(stage.variant):
         tickets += release_after_checkpoints(session, stage.run_id)
     update_run_status(session, stage.run_id)
     return tickets
@@ -414,7 +414,7 @@ def _end_running(
     session.add(stage)
     skip_descendants(session, stage, f"skipped: {stage.kind} {stage.variant} failed")
     tickets = []
-    if stage.kind == "eval" and stage.variant.startswith("ckpt-"):
+    if stage.kind == "eval" and is_checkpoint_variant(stage.variant):
         # The other checkpoints still choose `best`; this one just has no score.
         tickets = release_after_checkpoints(session, stage.run_id)
     update_run_status(session, stage.run_id)

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
+from jobs.dag import is_checkpoint_variant
 from jobs.db import Artifact, Diagnostic, EvalResult, Experiment, Metric, Run, Stage
 from jobs.views.attempts import (
     attempt_lines,
@@ -222,7 +223,7 @@ def variant_order(variant: str) -> tuple[int, int, str]:
     match = re.fullmatch(r"q(\d+)(g\d+)?", variant)
     if match:
         return (2, -int(match.group(1)), match.group(2) or "")
-    if variant.startswith("ckpt-"):
+    if is_checkpoint_variant(variant):
         return (3, 0, variant)
     return (4, 0, variant)
 
