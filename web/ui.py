@@ -69,13 +69,6 @@ def redis() -> Redis | None:
     return _redis(url) if url else None
 
 
-def require_redis() -> Redis | None:
-    client = redis()
-    if client is None:
-        st.warning("REDIS_URL is not set: this UI can show results but not queue or stop work.")
-    return client
-
-
 # --- access -------------------------------------------------------------------
 
 
@@ -182,10 +175,6 @@ def badge(status: str, text: str | None = None) -> str:
     """Markdown for a coloured status badge: `:green-badge[:material/check_circle: done]`."""
     colour, icon = STATUS_STYLE.get(status, ("gray", ":material/help:"))
     return f":{colour}-badge[{icon} {text if text is not None else status}]"
-
-
-def pct(value: float | None) -> str:
-    return "–" if value is None else f"{value:.1%}"
 
 
 def number(value: float | None, digits: int = 3) -> str:

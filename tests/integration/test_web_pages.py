@@ -13,6 +13,7 @@ from sqlmodel import select
 
 from jobs.bench.pages import bench_pages
 from jobs.db import Artifact, EvalResult, Metric, Run, Stage, WorkerRow, session_scope, utcnow
+from jobs.queue import stage_job_id
 from tests.support.web import APP, install_model, open_page, quick_form, texts
 from web import forms
 
@@ -121,6 +122,50 @@ def test_run_page_filters_eval_rows_by_label_and_category(finished_run: int) -> 
 def test_run_page_for_a_missing_run(farm_home: Path) -> None:
     at = open_page(RUN, run="999")
     assert "No run 999." in texts(at)
+
+
+@pytest.fixture
+def failed_run(farm_home: Path, redis_url: str, tiny_model: Path) -> int:
+    """A run whose first train attempt failed (so everything below it was skipped),
+    with the Redis queues empty."""
+    model = install_model(farm_home, tiny_model)
+    result = forms.submit_form(quick_form(model, seeds="1"), Redis.from_url(redis_url))
+    assert result.experiment_id is not None, result.problems
+    with session_scope() as session:
+        (run,) = session.exec(select(Run)).all()
+        for stage in session.exec(select(Stage).where(Stage.run_id == run.id)).all():
+            if stage.kind == "train":
+                stage.status, stage.attempt, stage.worker = "failed", 1, "mac-a"
+                stage.error = "Traceback …\nValueError: the loss is nan"
+            else:
+                stage.status, stage.error = "skipped", "skipped: train adapter failed"
+            session.add(stage)
+        run.status = "failed"
+        session.add(run)
+        run_id = run.id or 0
+    Redis.from_url(redis_url).flushdb()  # only the retry's job may be there afterwards
+    return run_id
+
+
+def test_run_page_retries_a_failed_stage(failed_run: int, redis_url: str) -> None:
+    with session_scope() as session:
+        train = session.exec(select(Stage).where(Stage.kind == "train")).one()
+    at = open_page(RUN, run=str(failed_run))
+    (failure,) = [e for e in at.expander if "failed" in e.label]
+    assert failure.label.startswith("train failed: ValueError: the loss is nan")
+
+    at.button(key=f"retry_stage_{train.id}").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "retry stage: " in texts(at)
+    with session_scope() as session:
+        again = session.get(Stage, train.id)
+        assert again is not None
+        assert again.status == "queued" and again.error is None
+        skipped = session.exec(select(Stage).where(Stage.kind != "train")).all()
+        assert {s.status for s in skipped} == {"waiting"}  # they follow the train stage
+    # A new attempt's ticket, on the memory tier (any worker may train it again).
+    tier = Queue("farm:mem:0", connection=Redis.from_url(redis_url), serializer=JSONSerializer)
+    assert tier.job_ids == [stage_job_id(train.id or 0, 2)]
 
 
 def test_workers_page(farm_home: Path, redis_url: str, finished_run: int) -> None:

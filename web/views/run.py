@@ -40,7 +40,8 @@ st.markdown(
 )
 
 
-def run_action(what: str) -> None:
+def run_action(what: str, stage_id: int | None = None) -> None:
+    """A cancel or retry button: jobs.control does it; the outcome shows on the next run."""
     client = ui.redis()
     if client is None:
         st.session_state["run_message"] = ("error", "REDIS_URL is not set")
@@ -49,6 +50,8 @@ def run_action(what: str) -> None:
         with ui.db() as session:
             if what == "cancel":
                 count = control.cancel_run(session, header.id, client)
+            elif stage_id is not None:
+                count = len(control.retry_stage(session, stage_id, client))
             else:
                 count = len(control.retry_run(session, header.id, client))
         st.session_state["run_message"] = ("success", f"{what}: {count} stages")
@@ -187,10 +190,26 @@ for t in timeline:
         with st.expander(t["attempts_title"], icon=":material/history:"):
             for line in t["attempts"]:
                 st.text(line)
+# Failed and cancelled stages, each with its error and a button to run it (and
+# whatever waits on it) again.
 for t in timeline:
-    if t["error_full"] and t["status"] == "failed":
-        with st.expander(f"{t['stage']} failed: {t['error'][:120]}", icon=":material/error:"):
-            st.code(t["error_full"])
+    if t["status"] not in ("failed", "cancelled"):
+        continue
+    about, retry = st.columns([8, 1], vertical_alignment="center")
+    with about:
+        if t["error_full"]:
+            title = f"{t['stage']} {t['status']}: {t['error'][:120]}"
+            with st.expander(title, icon=ui.status_icon(t["status"])):
+                st.code(t["error_full"])
+        else:
+            st.markdown(f"{ui.badge(t['status'])} {t['stage']}")
+    retry.button(
+        "Retry",
+        key=f"retry_stage_{t['id']}",
+        on_click=run_action,
+        args=("retry stage", t["id"]),
+        help="Run this stage again, with the stages that depend on it",
+    )
 
 st.header("Artifacts")
 if files:
