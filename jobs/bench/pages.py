@@ -391,7 +391,9 @@ def render_times(url: str, repeat: int = 3) -> dict[str, float]:
     """Seconds for the server to run each page script once (warm), via AppTest."""
     from streamlit.testing.v1 import AppTest
 
-    app = str(Path(__file__).resolve().parents[2] / "web" / "app.py")
+    from jobs.local.stack import WEB_APP
+
+    app = str(WEB_APP)
     saved = os.environ.get("DATABASE_URL")
     os.environ["DATABASE_URL"] = url
     out: dict[str, float] = {}

@@ -211,6 +211,7 @@ def leaderboard(
     from jobs.db import migrate, session_scope
     from jobs.diagnostics import badges
     from jobs.leaderboard import leaderboard as query
+    from jobs.views.tables import print_leaderboard
 
     migrate()
     with session_scope() as session:
@@ -224,49 +225,7 @@ def leaderboard(
         ]
         print(json.dumps(out, indent=2))
         return
-    print_leaderboard(rows, flags)
-
-
-def print_leaderboard(rows: list, flags: dict | None = None) -> None:  # type: ignore[type-arg]
-    """The leaderboard as a table; `flags` are the failure patterns detected per row."""
-    flags = flags or {}
-    out = console if console.is_terminal else Console(width=220)
-    table = Table(title="leaderboard — format adherence across seeds")
-    for column in (
-        "config",
-        "variant",
-        "seeds",
-        "mean ± std",
-        "worst",
-        "best",
-        "lock",
-        "val loss",
-        "labels",
-        "s/prompt",
-        "tok/s",
-        "MB",
-        "flags",
-    ):
-        left = column in ("config", "variant", "labels", "flags")
-        table.add_column(column, justify="left" if left else "right", no_wrap=column != "flags")
-    for r in rows:
-        top = sorted(r.label_mix.items(), key=lambda x: -x[1])[:2]
-        table.add_row(
-            f"{r.name} {r.fingerprint[:6]}",
-            r.variant,
-            str(r.seeds),
-            f"{r.mean:.2f} ± {r.std:.2f}",
-            f"{r.worst:.2f}",
-            f"{r.best:.2f}",
-            f"{r.lock_rate:.0%}",
-            "-" if r.val_loss is None else f"{r.val_loss:.3f}",
-            " ".join(f"{k} {v:.0%}" for k, v in top),
-            "-" if r.latency_s is None else f"{r.latency_s:.2f}",
-            "-" if r.tokens_per_sec is None else f"{r.tokens_per_sec:.0f}",
-            "-" if r.size_bytes is None else f"{r.size_bytes / 1e6:.1f}",
-            ", ".join(b.pattern for b in flags.get((r.fingerprint, r.variant), [])),
-        )
-    out.print(table)
+    print_leaderboard(rows, flags, console)
 
 
 # --- the scorer and checks on their own ----------------------------------------
@@ -441,6 +400,7 @@ def up(
     address: Annotated[str, typer.Option(help="Address the UI binds to")] = "127.0.0.1",
 ) -> None:
     """The whole farm on this machine: Redis, SQLite, workers and the web UI. Ctrl-C stops all."""
+    from jobs.local.demo import submit_demo
     from jobs.local.stack import farm_stack
 
     warn_if_exposed(address)
@@ -470,19 +430,6 @@ def stop_on_sigterm() -> None:
 
     signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
-def submit_demo(redis_url: str, seeds: list[int] | None = None) -> int:
-    """Build the tiny model if needed and submit the demo spec."""
-    from redis import Redis
-
-    from jobs.checks import preflight
-    from jobs.local.demo import DEMO_SPEC, demo_spec
-    from jobs.submit import submit_experiment
-
-    spec, text = demo_spec(seeds)
-    findings = preflight(spec, DEMO_SPEC)
-    return submit_experiment(spec, Redis.from_url(redis_url), text, findings)
 
 
 @app.command()

@@ -51,6 +51,18 @@ def demo_spec(
     return parse_spec(text, source=str(DEMO_SPEC), base_dir=PROJECT_ROOT), text
 
 
+def submit_demo(redis_url: str, seeds: list[int] | None = None) -> int:
+    """Build the tiny model if needed and submit the demo spec (`farm up --demo`)."""
+    from redis import Redis
+
+    from jobs.checks import preflight
+    from jobs.submit import submit_experiment
+
+    spec, text = demo_spec(seeds)
+    findings = preflight(spec, DEMO_SPEC)
+    return submit_experiment(spec, Redis.from_url(redis_url), text, findings)
+
+
 def stage_line(view: ExperimentView, run_index: int) -> tuple[str, int, int]:
     run = view.runs[run_index]
     done = sum(s.status in FINISHED for s in run.stages)
@@ -92,10 +104,10 @@ def run_demo(workers: int = 2, web_port: int | None = None, console: Console | N
     from redis import Redis
 
     from jobs.checks import preflight
-    from jobs.cli import print_leaderboard
     from jobs.db import Diagnostic
     from jobs.leaderboard import leaderboard
     from jobs.submit import submit_experiment
+    from jobs.views.tables import print_leaderboard
 
     console = console or Console()
     console.print(f"FARM_HOME {settings.farm_home()}")
@@ -116,7 +128,7 @@ def run_demo(workers: int = 2, web_port: int | None = None, console: Console | N
         diagnostics = (
             session.query(Diagnostic).filter(Diagnostic.experiment_id == experiment_id).all()
         )
-    print_leaderboard(rows)
+    print_leaderboard(rows, console=console)
     for d in diagnostics:
         console.print(f"[yellow]{d.severity}[/] {d.pattern}: {d.message}")
     failed = [s for r in view.runs for s in r.stages if s.status != StageStatus.DONE]

@@ -27,6 +27,7 @@ from jobs.reconcile import reconcile
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DATA_DIR = PROJECT_ROOT / "data"
+WEB_APP = PROJECT_ROOT / "web" / "app.py"  # the Streamlit script of the web UI
 
 
 @dataclass
@@ -86,8 +87,10 @@ STREAMLIT_HARDENING = {
 
 
 def streamlit_argv(port: int, address: str) -> list[str]:
-    """The command that serves the web UI (for `farm up`, `farm demo` and `farm web`)."""
-    argv = [sys.executable, "-m", "streamlit", "run", str(PROJECT_ROOT / "web" / "app.py")]
+    """The command that serves the web UI (for `farm up`, `farm demo` and `farm web`):
+    the one place the Streamlit command line is built, so every way of starting
+    the UI gets the same hardening."""
+    argv = [sys.executable, "-m", "streamlit", "run", str(WEB_APP)]
     argv += ["--server.port", str(port), "--server.address", address]
     for option, value in STREAMLIT_HARDENING.items():
         argv.append(f"--{option}={value}")
