@@ -3,8 +3,8 @@
 One row per config fingerprint × variant. Aggregation runs in SQL over the
 per-stage summaries that each eval stage writes once (adherence, label counts,
 latency…), so the query cost grows with runs, not with eval rows. Validation
-loss is shown for contrast and never used as the rank key: the seeds record a
-run whose val loss improved while adherence collapsed.
+loss is shown for contrast and never used as the rank key: among earlier runs
+is one whose val loss improved while adherence collapsed.
 """
 
 from __future__ import annotations

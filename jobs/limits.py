@@ -1,4 +1,4 @@
-"""Caps on what one submission may ask for (DESIGN.md "Limits").
+"""Caps on what one submission may ask for (docs/architecture.md, "Limits").
 
 The numbers live here once: the spec layer enforces them for `farm check`,
 `farm submit`, the web form and uploaded specs alike, and the form's own seed

@@ -9,10 +9,10 @@ tiny model:
 - quantization signal loss: a "fused" model whose greedy output is a correct
   Code-Mode call, carried by a small delta on top of large base weights (how a
   fused LoRA adapter looks), then real `mlx_lm.convert` to 2 and 8 bits;
-- mode collapse: a model whose next token is always its last one (the seeds'
-  newline loop) and one that loops a word;
+- mode collapse: a model whose next token is always its last one (the newline
+  loop of earlier runs) and one that loops a word;
 - runaway generation: the fused model with its config's eos switched to
-  `<|endoftext|>` (the seeds' eos mismatch).
+  `<|endoftext|>` (the eos mismatch of earlier runs).
 
 Prose drift, think-mode interference, wrapper not learned, distribution gaps,
 seed instability and misleading val loss use responses written to show the
@@ -343,7 +343,7 @@ def test_label_drift_is_named_after_its_pattern(
 
 
 def test_a_healthy_run_is_quiet(farm_home: Path, suite: EvalSuite) -> None:
-    # Like the seeds' best run: most calls wrapped, a few direct calls (below 25%).
+    # Like the best of earlier runs: most calls wrapped, a few direct calls (below 25%).
     with session_scope() as session:
         run = new_run(session)
         store_eval(session, run, "adapter", respond(suite, "direct_call", 0.18), suite)
@@ -381,7 +381,7 @@ def seeds_run(
 
 
 def test_seeds_that_disagree_are_flagged_per_config(farm_home: Path, suite: EvalSuite) -> None:
-    experiments = seeds_run(suite, [0.0, 0.7, 0.15])  # ≈ the seeds' 82 / 39 / 22 spread
+    experiments = seeds_run(suite, [0.0, 0.7, 0.15])  # ≈ 82 / 39 / 22, as earlier runs
     with session_scope() as session:
         rows = record_config_diagnostics(session, "fp-seeds")
         again = record_config_diagnostics(session, "fp-seeds")
@@ -433,7 +433,7 @@ def checkpoint_run(
 
 def test_misleading_val_loss_is_flagged(farm_home: Path, suite: EvalSuite) -> None:
     with session_scope() as session:
-        # Loss keeps falling while the model drifts into prose (the seeds' Phase 44).
+        # Loss keeps falling while the model drifts into prose (as in Phase 44 of earlier runs).
         run = checkpoint_run(session, suite, [0.0, 0.4, 0.7], [0.50, 0.30, 0.17])
         rows = record_run_diagnostics(session, run.id or 0)
     [d] = [d for d in rows if d.pattern == checks.MISLEADING_VAL_LOSS]
