@@ -1,12 +1,13 @@
 """Format-adherence scorer: one model response in, one label and score out.
 
 The contract (labels, scores, what counts as a call) is the "Scorer" section of
-DESIGN.md; the eval stage, `farm score` and the leaderboard all rely on it.
+docs/architecture.md; the eval stage, `farm score` and the leaderboard all rely on it.
 
-Calls are found by *parsing*, never by keyword search: Python code goes through
-`ast` (a tool named in a sentence, a comment or a string literal is not a call)
-and native tool calls through `json` or the Qwen3 XML grammar. Everything here is
-pure: strings in, `Score` out, no I/O.
+Calls are found by *parsing*, never by keyword search, by `jobs.formats` (the one
+tool-call parser of the farm): Python code goes through `ast` (a tool named in a
+sentence, a comment or a string literal is not a call) and native tool calls
+through `json` or the Qwen3 XML grammar. This module turns the calls found into
+a label. Everything here is pure: strings in, `Score` out, no I/O.
 
 Decisions the design table leaves open, made here once:
 
@@ -33,7 +34,7 @@ Decisions the design table leaves open, made here once:
   `direct_answer`.
 * Hostile text is scored in time linear in its length, and always labelled:
   a response is read up to MAX_RESPONSE_CHARS; code beyond MAX_CODE_CHARS (or
-  nested, or holding braces, beyond the bounds below) or that Python's parser
+  nested, or holding braces, beyond the bounds of `jobs.formats`) or that Python's parser
   gives up on (SyntaxError, MemoryError, RecursionError) is code that does not
   parse: `invalid_code` inside the wrapper, no call outside it; JSON nested
   deeper than MAX_NESTING is not read as a call. A response that exhausts the
@@ -42,22 +43,27 @@ Decisions the design table leaves open, made here once:
 
 from __future__ import annotations
 
-import ast
-import json
 import re
 import reprlib
-import textwrap
-import warnings
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from dataclasses import dataclass
+
+from jobs import formats
+from jobs.formats import (
+    MAX_RESPONSE_CHARS,
+    WRAPPER,
+    Call,
+    body_calls,
+    called_names,
+    code_argument,
+    parse_python,
+    split_think,
+)
 
 CODE_MODE = "code_mode"
 JSON_TOOLS = "json_tools"
-FORMATS = (CODE_MODE, JSON_TOOLS)
+FORMATS = tuple(formats.FORMATS)  # (CODE_MODE, JSON_TOOLS)
 EXPECTS = ("tool", "direct")
-
-# The Code-Mode wrapper: the one native tool whose `code` argument runs Python.
-WRAPPER = "execute_code"
 
 LABEL_SCORES: dict[str, float] = {
     # code_mode, expect=tool
@@ -78,7 +84,7 @@ LABEL_SCORES: dict[str, float] = {
     "empty": 0.0,
 }
 
-# The 26 tool names of the runtime in the seeds (the demo Code-Mode suite's tool API).
+# The 26 tool names of the runtime in earlier runs (the demo Code-Mode suite's tool API).
 DEFAULT_TOOL_NAMES: frozenset[str] = frozenset(
     {
         "read_file",
@@ -186,479 +192,6 @@ def _has_equal_run(seq: list[int], p: int, need: int) -> bool:
     return False
 
 
-# --------------------------------------------------------------------------- think
-
-
-def split_think(text: str) -> tuple[str, str]:
-    """Split a response into (thinking, the rest), in one pass over the text."""
-    thoughts: list[str] = []
-    # Qwen3 chat templates may put `<think>` in the prompt, so the response starts
-    # inside the block and only the closing tag is generated.
-    close, open_ = text.find("</think>"), text.find("<think>")
-    if close != -1 and (open_ == -1 or close < open_):
-        thoughts.append(text[:close])
-        text = text[close + len("</think>") :]
-    rest: list[str] = []
-    pos = 0
-    while (open_ := text.find("<think>", pos)) != -1:
-        close = text.find("</think>", open_ + len("<think>"))
-        if close == -1:
-            # An unclosed block runs to the end: generation stopped while thinking.
-            thoughts.append(text[open_ + len("<think>") :])
-            break
-        thoughts.append(text[open_ + len("<think>") : close])
-        rest.append(text[pos:open_])
-        pos = close + len("</think>")
-    else:
-        open_ = len(text)
-    rest.append(text[pos:open_])
-    return "\n".join(thoughts), "\n".join(rest)
-
-
-# --------------------------------------------------------------------------- bounds
-
-# What the scorer reads of a response and hands to Python's parsers. Responses
-# come from models gone wrong, so every step below is linear in the length of
-# what it reads and every parser call is bounded; a response beyond a bound gets
-# a label, never a crash or a minutes-long scan.
-#
-# A response is read up to MAX_RESPONSE_CHARS (about 250k tokens, far beyond any
-# eval's max_tokens); the rest is ignored as if generation had stopped there.
-MAX_RESPONSE_CHARS = 1_000_000
-# Code handed to `ast.parse`: longer code, or code nesting brackets deeper than
-# MAX_NESTING, counts as code that does not parse. The brace cap bounds
-# CPython's f-string parser, which is quadratic in the fields of one f-string.
-MAX_CODE_CHARS = 100_000
-MAX_CODE_BRACES = 5_000
-# JSON nested deeper than this is not read (the decoder recurses per level).
-MAX_NESTING = 100
-# Failed attempts to read bare JSON may scan at most this many times the text;
-# past that the rest of the text is not searched for bare JSON calls.
-_JSON_SCAN_BUDGET = 8
-
-
-class _Finder:
-    """Next occurrence of a needle at or after a position, for non-decreasing positions.
-
-    The last answer is kept, so a text with many openers and no closer is
-    scanned once instead of once per opener.
-    """
-
-    def __init__(self, text: str, needle: str | re.Pattern[str]) -> None:
-        self._text = text
-        self._needle = needle
-        self._at = -2  # not searched yet
-
-    def find(self, pos: int) -> int:
-        if self._at == -2 or (self._at != -1 and self._at < pos):
-            if isinstance(self._needle, str):
-                self._at = self._text.find(self._needle, pos)
-            else:
-                match = self._needle.search(self._text, pos)
-                self._at = match.start() if match else -1
-        return self._at
-
-
-@dataclass(frozen=True)
-class Segment:
-    """One tagged block: `<tool_call>…`, `<function=NAME>…`, `<parameter=NAME>…` or a fence."""
-
-    start: int  # where the opening tag starts
-    end: int  # after the closing tag (or where the block stops when the tag is missing)
-    name: str | None  # NAME of `<function=NAME>` / `<parameter=NAME>`, else None
-    content: str
-
-
-_NAME_END_RE = re.compile(r"[>\s]")
-
-
-def _segments(text: str, opener: str, close: str, stops: tuple[str, ...]) -> list[Segment]:
-    """Blocks opened by `opener` and ended by `close`, by one of `stops` or by the end.
-
-    A block ends at the first of these after its opening tag; `close` is part of
-    the block, a stop is not (it opens what follows). An opener ending in "=" takes
-    a name up to ">" (`<function=NAME>`); one whose name is not closed by ">" is
-    not an opening tag.
-    """
-    opens, closes = _Finder(text, opener), _Finder(text, close)
-    stop_finders = [_Finder(text, stop) for stop in stops]
-    name_ends = _Finder(text, _NAME_END_RE)
-    found: list[Segment] = []
-    pos = 0
-    while (start := opens.find(pos)) != -1:
-        body, name = start + len(opener), None
-        if opener.endswith("="):
-            name_end = name_ends.find(body)
-            if name_end in (-1, body) or text[name_end] != ">":
-                pos = start + 1
-                continue
-            name, body = text[body:name_end], name_end + 1
-        content_end = block_end = len(text)
-        closed_at = closes.find(body)
-        if closed_at != -1:
-            content_end, block_end = closed_at, closed_at + len(close)
-        for finder in stop_finders:
-            stop = finder.find(body)
-            if stop != -1 and stop < content_end:
-                content_end = block_end = stop
-        found.append(Segment(start, block_end, name, text[body:content_end]))
-        pos = block_end
-    return found
-
-
-def cut_out(text: str, segments: list[Segment]) -> str:
-    """`text` with each segment replaced by a newline (what is left outside the tags)."""
-    parts, pos = [], 0
-    for seg in segments:
-        parts.append(text[pos : seg.start])
-        pos = seg.end
-    parts.append(text[pos:])
-    return "\n".join(parts)
-
-
-def tool_call_blocks(text: str) -> list[Segment]:
-    # Closing tags are optional: a block also ends where the next one starts or at the end.
-    return _segments(text, "<tool_call>", "</tool_call>", ("<tool_call>",))
-
-
-def function_blocks(text: str) -> list[Segment]:
-    return _segments(text, "<function=", "</function>", ("<function=", "</tool_call>"))
-
-
-def parameters(function_body: str) -> dict[str, str]:
-    """The `<parameter=NAME>` values of one `<function=…>` block."""
-    blocks = _segments(function_body, "<parameter=", "</parameter>", ("<parameter=", "</function>"))
-    return {b.name or "": _strip_one_newline(b.content) for b in blocks}
-
-
-def fence_blocks(text: str) -> list[Segment]:
-    """Markdown code fences: "```lang\\n…```", the closing fence optional at the end."""
-    found: list[Segment] = []
-    opens, closes, newlines = _Finder(text, "```"), _Finder(text, "```"), _Finder(text, "\n")
-    pos = 0
-    while (start := opens.find(pos)) != -1:
-        line_end = newlines.find(start + 3)
-        if line_end == -1:
-            break  # no line after the opening fence, here or further on
-        closed_at = closes.find(line_end + 1)
-        end = len(text) if closed_at == -1 else closed_at + 3
-        content_end = len(text) if closed_at == -1 else closed_at
-        found.append(Segment(start, end, None, text[line_end + 1 : content_end]))
-        pos = end
-    return found
-
-
-def fence_body(text: str) -> str | None:
-    """What a text that is one fenced block ("```lang\\n…```") holds, else None."""
-    if not text.startswith("```") or (line_end := text.find("\n", 3)) == -1:
-        return None
-    body = text[line_end + 1 :].rstrip()
-    return body.removesuffix("```")
-
-
-def strip_fence(text: str) -> str:
-    """The code inside a text that is one fenced block, else the text itself."""
-    body = fence_body(text)
-    return text if body is None else body.strip()
-
-
-def _strip_one_newline(value: str) -> str:
-    # Qwen3 XML puts the value on its own lines: "<parameter=code>\n…\n</parameter>".
-    value = value.removeprefix("\n")
-    return value.removesuffix("\n")
-
-
-_TAG_NAME_RE = re.compile(r"[A-Za-z_]*")
-
-
-def _strip_partial_tag(code: str) -> str:
-    """Drop a closing tag cut in the middle by the end of generation ("…\\n</param")."""
-    cut = code.rfind("</")
-    return code[:cut] if cut != -1 and _TAG_NAME_RE.fullmatch(code, cut + 2) else code
-
-
-# --------------------------------------------------------------------------- bounded parsing
-
-_BRACKET_RE = re.compile(r"[\[\](){}]")
-_OPENERS = frozenset("([{")
-
-
-def _nesting(text: str) -> int:
-    """Deepest bracket nesting in `text`, counted plainly (brackets in strings count too)."""
-    depth = deepest = 0
-    for match in _BRACKET_RE.finditer(text):
-        if match.group() in _OPENERS:
-            depth += 1
-            deepest = max(deepest, depth)
-        else:
-            depth = max(depth - 1, 0)
-    return deepest
-
-
-def _too_deep_starts(text: str, limit: int = MAX_NESTING) -> set[int]:
-    """Positions of the brackets with more than `limit` levels open inside them.
-
-    One pass with a stack of open brackets; each bracket is marked at most once,
-    so the pass stays linear however deep the text goes.
-    """
-    stack: list[int] = []
-    marked = 0  # stack[:marked] are marked already
-    deep: set[int] = set()
-    for match in _BRACKET_RE.finditer(text):
-        if match.group() in _OPENERS:
-            stack.append(match.start())
-            if len(stack) - limit > marked:
-                deep.update(stack[marked : len(stack) - limit])
-                marked = len(stack) - limit
-        elif stack:
-            stack.pop()
-            marked = min(marked, len(stack))
-    return deep
-
-
-def parse_python(code: str | None) -> ast.Module | None:
-    """The syntax tree of a response's code (indented, or cut in a closing tag), or None."""
-    if code is None or len(code) > MAX_CODE_CHARS:
-        return None
-    return parse_code(textwrap.dedent(_strip_partial_tag(code)))
-
-
-def parse_code(code: str) -> ast.Module | None:
-    """The syntax tree of `code` as written; None if it does not parse or is beyond the bounds."""
-    if not _parseable(code):
-        return None
-    try:
-        with warnings.catch_warnings():
-            # Model code often has "\d" style escapes; that is a warning, not an error.
-            warnings.simplefilter("ignore")
-            return ast.parse(code)
-    except (SyntaxError, ValueError, OverflowError, RecursionError, MemoryError):
-        # CPython reports input beyond its parser's own limits (long operator
-        # chains, thousands of tokens on a line it cannot parse) as MemoryError
-        # or RecursionError: code that does not parse, like any syntax error.
-        return None
-
-
-def _parseable(code: str) -> bool:
-    return (
-        len(code) <= MAX_CODE_CHARS
-        and code.count("{") <= MAX_CODE_BRACES
-        and _nesting(code) <= MAX_NESTING
-    )
-
-
-def json_prefix(text: str) -> object:
-    """The JSON value at the start of `text` (trailing text allowed), or None."""
-    if 0 in _too_deep_starts(text):
-        return None
-    try:
-        return json.JSONDecoder().raw_decode(text)[0]
-    except (ValueError, RecursionError):
-        return None
-
-
-def json_objects(text: str) -> Iterator[object]:
-    """Every JSON object written in `text` (bare, in prose), left to right.
-
-    A failed attempt at one "{" is retried at the next; to keep that linear, the
-    characters failed attempts read are counted against a budget, and objects
-    nested deeper than MAX_NESTING are skipped without decoding.
-    """
-    decoder = json.JSONDecoder()
-    too_deep = _too_deep_starts(text)
-    budget = _JSON_SCAN_BUDGET * len(text)
-    i = text.find("{")
-    while i != -1 and budget > 0:
-        # `{` not followed by a key or `}` is no object: skipped without a decode error.
-        if i in too_deep or not _OBJECT_START_RE.match(text, i):
-            i = text.find("{", i + 1)
-            continue
-        ok, obj, end = _decode_object(decoder, text, i)
-        if not ok:
-            budget -= end
-            i = text.find("{", i + 1)
-            continue
-        yield obj
-        i = text.find("{", end)
-
-
-_OBJECT_START_RE = re.compile(r"\{\s*[\"}]")
-_JSON_WINDOW = 256
-# A decode error this close to the end of the window may be the window's doing
-# (a number or literal cut short); the longest literal is "-Infinity".
-_CUT_MARGIN = 16
-
-
-def _decode_object(decoder: json.JSONDecoder, text: str, start: int) -> tuple[bool, object, int]:
-    """(True, object, end) for the JSON object at `start`; (False, None, chars read) if none.
-
-    The decoder gets a window that grows only while the object may go on past
-    it: a decode error counts the newlines before it in what the decoder was
-    handed, so handing it the whole text at every "{" would be quadratic.
-    """
-    window = _JSON_WINDOW
-    while True:
-        piece = text[start : start + window]
-        try:
-            obj, end = decoder.raw_decode(piece)
-            return True, obj, start + end
-        except RecursionError:
-            return False, None, len(piece)
-        except ValueError as exc:
-            unterminated = getattr(exc, "msg", "").startswith("Unterminated")
-            pos = getattr(exc, "pos", len(piece))
-            if start + window < len(text) and (unterminated or pos >= len(piece) - _CUT_MARGIN):
-                window *= 4
-                continue
-            return False, None, len(piece) if unterminated else pos + 1
-
-
-# --------------------------------------------------------------------------- finding calls
-
-
-@dataclass(frozen=True)
-class _Call:
-    """One call found in a response (outside any think block)."""
-
-    name: str | None  # None: a <tool_call> whose content names no tool
-    syntax: str  # "json" | "xml" | "python" | "unreadable"
-    where: str  # "tool_call": inside <tool_call>; "function": bare <function=…>; "bare"
-    arguments: object = None
-
-
-def _find_calls(body: str, names: frozenset[str]) -> list[_Call]:
-    """All calls in `body`: native ones (tagged JSON, XML) and bare JSON / Python ones."""
-    calls: list[_Call] = []
-    blocks = tool_call_blocks(body)
-    for block in blocks:
-        calls.extend(_read_tool_call(block.content, names))
-    rest = cut_out(body, blocks)
-    functions = function_blocks(rest)
-    calls.extend(_xml_call(f, "function") for f in functions)
-    calls.extend(_bare_calls(cut_out(rest, functions), names))
-    return calls
-
-
-def _read_tool_call(content: str, names: frozenset[str]) -> list[_Call]:
-    """Read the inside of one <tool_call> block."""
-    text = strip_fence(content.strip())
-    if not text:
-        return []  # a bare `<tool_call>` at the very end: nothing was called yet
-    if "<function=" in text:
-        return [_xml_call(f, "tool_call") for f in function_blocks(text)]
-    if text.startswith("{"):
-        obj = json_prefix(text)
-        if isinstance(obj, dict) and isinstance(obj.get("name"), str):
-            return [_Call(obj["name"], "json", "tool_call", obj.get("arguments"))]
-        return [_Call(None, "unreadable", "tool_call")]
-    # Python straight inside the tags, no wrapper (seen in the seeds' training data).
-    tree = parse_python(text)
-    if tree is None:
-        return [_Call(None, "unreadable", "tool_call")]
-    found = [_Call(n, "python", "tool_call") for n in _called_names(tree, names)]
-    return found or [_Call(None, "python", "tool_call")]
-
-
-def _xml_call(function: Segment, where: str) -> _Call:
-    return _Call(function.name, "xml", where, parameters(function.content))
-
-
-def _bare_calls(text: str, names: frozenset[str]) -> list[_Call]:
-    """Calls written outside any tag: Python in fences or on its own lines, bare JSON."""
-    fences = fence_blocks(text)
-    pieces = [f.content for f in fences]
-    pieces.append(cut_out(text, fences))
-    calls: list[_Call] = []
-    for piece in pieces:
-        for tree in _python_trees(piece):
-            calls.extend(_Call(n, "python", "bare") for n in _called_names(tree, names))
-        calls.extend(_bare_json_calls(piece, names))
-    return calls
-
-
-def _python_trees(piece: str) -> Iterator[ast.Module]:
-    """Parse a piece as a whole; failing that (prose around code), line by line."""
-    tree = parse_python(piece)
-    if tree is not None:
-        yield tree
-        return
-    for line in piece.splitlines():
-        tree = parse_python(line.strip())
-        if tree is not None:
-            yield tree
-
-
-def _bare_json_calls(text: str, names: frozenset[str]) -> Iterator[_Call]:
-    # Only objects shaped like a call of a known tool count: {"name": TOOL, "arguments": …}.
-    for obj in json_objects(text):
-        name = obj.get("name") if isinstance(obj, dict) else None
-        if isinstance(name, str) and name in names and "arguments" in obj:
-            yield _Call(obj["name"], "json", "bare", obj["arguments"])
-            if obj["name"] == WRAPPER:
-                yield from _wrapped_calls(obj["arguments"], names)
-
-
-def _wrapped_calls(arguments: object, names: frozenset[str]) -> Iterator[_Call]:
-    """Tool calls inside a wrapper that is not in native syntax: they count as bare calls."""
-    tree = parse_python(_code_argument(arguments))
-    if tree is not None:
-        yield from (_Call(n, "python", "bare") for n in _called_names(tree, names))
-
-
-def _code_argument(arguments: object) -> str | None:
-    """The `code` argument of an execute_code call, in any of the shapes models write."""
-    if isinstance(arguments, str):  # OpenAI style: arguments as a JSON string
-        arguments = json_prefix(arguments.strip())
-    if isinstance(arguments, dict) and isinstance(arguments.get("code"), str):
-        return arguments["code"]
-    return None
-
-
-# execute_code("…") inside execute_code("…"): each level is a shorter string, but
-# a bound keeps the recursion independent of what a response nests.
-_MAX_WRAPPER_NESTING = 8
-
-
-def _called_names(tree: ast.AST, names: frozenset[str], nesting: int = 0) -> set[str]:
-    """Names in `names` that the code calls, as `f(…)` or `obj.f(…)`."""
-    found: set[str] = set()
-    for call in _calls_in(tree):
-        func = call.func
-        name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
-        if name not in names:
-            continue
-        found.add(name)
-        if (
-            name == WRAPPER
-            and nesting < _MAX_WRAPPER_NESTING
-            and call.args
-            and isinstance(call.args[0], ast.Constant)
-            and isinstance(call.args[0].value, str)
-        ):
-            # execute_code("typecheck('x')") in plain Python: look inside the string.
-            inner = parse_python(call.args[0].value)
-            if inner is not None:
-                found |= _called_names(inner, names, nesting + 1)
-    return found
-
-
-def _calls_in(tree: ast.AST) -> Iterator[ast.Call]:
-    # Annotations are skipped: "Usage: typecheck(path)" in prose parses as an
-    # annotated name, and an annotation is never executed as a call.
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, ast.Call):
-            yield node
-        for field, value in ast.iter_fields(node):
-            if field in ("annotation", "returns"):
-                continue
-            if isinstance(value, ast.AST):
-                stack.append(value)
-            elif isinstance(value, list):
-                stack.extend(v for v in value if isinstance(v, ast.AST))
-
-
 # --------------------------------------------------------------------------- labels
 
 
@@ -667,7 +200,7 @@ def _satisfies(called: set[str], expected: frozenset[str], known: frozenset[str]
     return expected <= called if expected else bool(called & known)
 
 
-def _label_code_mode(calls: list[_Call], expected: frozenset[str], known: frozenset[str]) -> str:
+def _label_code_mode(calls: list[Call], expected: frozenset[str], known: frozenset[str]) -> str:
     wrapped: set[str] = set()  # tools called inside execute_code wrappers whose code parses
     outside: set[str] = set()  # tools called any other way
     wrappers = parsed = unreadable = other = False
@@ -677,10 +210,10 @@ def _label_code_mode(calls: list[_Call], expected: frozenset[str], known: frozen
         )
         if native_wrapper:
             wrappers = True
-            tree = parse_python(_code_argument(call.arguments))
+            tree = parse_python(code_argument(call.arguments))
             if tree is not None:
                 parsed = True
-                wrapped |= _called_names(tree, known)
+                wrapped |= called_names(tree, known)
         elif call.syntax == "unreadable":
             unreadable = True
         else:
@@ -700,7 +233,7 @@ def _label_code_mode(calls: list[_Call], expected: frozenset[str], known: frozen
     return ""
 
 
-def _label_json_tools(calls: list[_Call], expected: frozenset[str], known: frozenset[str]) -> str:
+def _label_json_tools(calls: list[Call], expected: frozenset[str], known: frozenset[str]) -> str:
     native = {c.name for c in calls if c.syntax == "json" and c.where == "tool_call" and c.name}
     if native:
         return "tool_call" if _satisfies(native, expected, known) else "wrong_tool"
@@ -768,7 +301,7 @@ def _label(
     """The label of a response's body (outside think blocks) that is neither empty nor a loop."""
     # execute_code is recognised as a call name too, so a plain-Python
     # execute_code("…") is seen (and looked into) rather than ignored.
-    calls = _find_calls(body, known | {WRAPPER} if fmt == CODE_MODE else known)
+    calls = body_calls(body, known | {WRAPPER} if fmt == CODE_MODE else known)
     if expect == "tool":
         label = (_label_code_mode if fmt == CODE_MODE else _label_json_tools)(
             calls, expected, known

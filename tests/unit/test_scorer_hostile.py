@@ -19,19 +19,17 @@ from typer.testing import CliRunner
 from jobs import scorer
 from jobs.checks import find_calls
 from jobs.cli import SCORE_LINE_BYTES, app
-from jobs.scorer import (
-    LABEL_SCORES,
+from jobs.formats import (
     MAX_CODE_CHARS,
     MAX_RESPONSE_CHARS,
-    Score,
     fence_blocks,
     function_blocks,
     parameters,
-    score_response,
     split_think,
     strip_fence,
     tool_call_blocks,
 )
+from jobs.scorer import LABEL_SCORES, Score, score_response
 
 ROOT = Path(__file__).resolve().parents[2]
 SUITE = ROOT / "data" / "evals" / "code_mode.yaml"
@@ -174,7 +172,7 @@ def test_an_exhausted_interpreter_is_degenerate(monkeypatch: pytest.MonkeyPatch)
     def exhausted(*_: object) -> list:
         raise RecursionError("maximum recursion depth exceeded")
 
-    monkeypatch.setattr(scorer, "_find_calls", exhausted)
+    monkeypatch.setattr(scorer, "body_calls", exhausted)
     assert score_response(xml_wrapper(TYPECHECK_CODE), "tool", "typecheck") == Score(
         "degenerate", 0.0
     )
