@@ -8,22 +8,27 @@ changes when this script does.
 
 About 70% of the examples are tool calls in the execute_code wrapper (Qwen3
 XML form), 30% are direct answers. The system prompt and the tool API come
-from the demo eval suite, and every generated code block is checked with `ast`
-against that API (tool names, keyword parameters, result attributes): the
-seeds' "training distribution gap" was exactly training data that used result
-attributes the runtime does not have. The suite's prompts are held out: no
+from the demo eval suite, and every generated code block is checked against
+that API by the preflight check itself (`jobs.checks.code_api_problems`: tool
+names, keyword parameters, result attributes): the "training distribution gap"
+of earlier runs was exactly training data that used result attributes the
+runtime does not have. Each answer is written by the Code-Mode format module
+(`jobs.formats.code_mode`) and read back by the scorer's parser, so the data is
+the format the suite scores as 1.0. The suite's prompts are held out: no
 training prompt equals one of them, and the direct-answer topics of the suite
 are not covered here.
 """
 
 from __future__ import annotations
 
-import ast
 import json
 import random
 from pathlib import Path
 from string import Template
 
+from jobs import formats
+from jobs.checks import code_api_problems
+from jobs.formats import code_mode
 from jobs.suite import EvalSuite, load_suite
 
 ROOT = Path(__file__).resolve().parent
@@ -33,11 +38,6 @@ SEED = 20260218
 N_SINGLE_PER_TOOL = 11
 N_MULTI = 40
 VALID_SHARE = 0.1
-
-WRAPPER = (
-    "<tool_call>\n<function=execute_code>\n<parameter=code>\n"
-    "$code\n</parameter>\n</function>\n</tool_call>"
-)
 
 # --- names the prompts talk about (none from the suite's "billing" project) --
 
@@ -818,38 +818,16 @@ def _check_groups() -> None:
                 assert not missing, f"{prompt!r} does not mention {missing} used by {code!r}"
 
 
-def _code_block(code: str) -> str:
-    return Template(WRAPPER).substitute(code=code)
-
-
-def _check_code(code: str, suite: EvalSuite) -> None:
-    """Every call, keyword and result attribute must exist in the suite's tool API."""
-    api = {tool.name: tool for tool in suite.tools}
-    tree = ast.parse(code)
-    results: dict[str, str] = {}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
-            func = node.value.func
-            if isinstance(func, ast.Name) and func.id in api:
-                for target in node.targets:
-                    if isinstance(target, ast.Name):
-                        results[target.id] = func.id
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-            name = node.func.id
-            if name in api:
-                tool = api[name]
-                for kw in node.keywords:
-                    assert kw.arg in tool.parameters, f"{name}() has no parameter {kw.arg}"
-                assert len(node.args) + len(node.keywords) <= len(tool.parameters), code
-            else:
-                assert name in {"print", "len"}, f"unknown function {name} in:\n{code}"
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
-            tool_name = results.get(node.value.id)
-            if tool_name is not None:
-                assert node.attr in api[tool_name].returns, (
-                    f"{tool_name} result has no attribute {node.attr}"
-                )
+def _code_block(code: str, suite: EvalSuite) -> str:
+    """The Code-Mode call of `code`, checked both ways: the preflight API check finds
+    nothing in the code, and the scorer's parser reads back exactly this call."""
+    problems = code_api_problems(code, suite)
+    assert not problems, f"{problems} in:\n{code}"
+    block = code_mode.render_call(code)
+    calls = formats.find_calls(block, suite.tool_names)
+    wrappers = [c for c in calls if c.syntax == "xml" and c.name == code_mode.WRAPPER]
+    assert len(wrappers) == 1 and code_mode.code_argument(wrappers[0].arguments) == code, block
+    return block
 
 
 def _chat(system: str, prompt: str, answer: str) -> dict[str, list[dict[str, str]]]:
@@ -881,8 +859,7 @@ def make_examples(suite: EvalSuite, rng: random.Random) -> list[dict]:
             prompts, codes = rng.choice(groups)
             names = _pick(rng)
             code = Template(rng.choice(codes)).substitute(names)
-            _check_code(code, suite)
-            if add(rng.choice(prompts), _code_block(code), names):
+            if add(rng.choice(prompts), _code_block(code, suite), names):
                 return
         raise RuntimeError(f"cannot find a new prompt among {groups}")
 
