@@ -26,9 +26,9 @@ LONG_MODULE_MARK = "Over 600 lines:"
 # Over the limit when this test was written, each being split or shortened by
 # its owner; remove an entry once its module is under MAX_LINES (or says why).
 LONG_MODULES_BEING_SPLIT = {
-    "jobs/checks/__init__.py",  # into jobs/checks/ modules, one per family of checks
+    "jobs/spec/__init__.py",  # being split into jobs/spec/ modules (parse, model, options…)
     "jobs/lifecycle.py",  # its spec-access helpers are moving out
-    "web/forms.py",
+    "web/forms.py",  # the submit form's logic: field mapping, validation, pickers
 }
 
 
