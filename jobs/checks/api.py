@@ -194,7 +194,7 @@ def _api_message(
         api = f"they return {', '.join(returns)}"
     return (
         f"`{problem.text}`: {whose} no attribute {problem.name!r} ({api}{hint}) — at runtime "
-        "this raises AttributeError (the seeds' `result.valid_component`)",
+        "this raises AttributeError (earlier runs' `result.valid_component`)",
         "use the attributes the runtime returns",
     )
 

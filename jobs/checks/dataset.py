@@ -71,7 +71,7 @@ def check_call_formats(
                 "error",
                 CONFLICTING_FORMATS,
                 f"the dataset mixes {len(ranked)} tool-call formats: {parts} — each format "
-                "reinforces a different pattern (the seeds: 419 XML vs 62 bare-code examples)",
+                "reinforces a different pattern (earlier runs: 419 XML vs 62 bare-code examples)",
                 f"rewrite the {n_other} other examples to {CALL_FAMILIES[main_family]}",
                 first_other.file,
                 first_other.line,
@@ -128,7 +128,7 @@ def check_tool_share(
                     if share < low
                     else " — the model will call tools for conceptual questions too"
                 ),
-                f"aim for {low:.0%}–{high:.0%} tool calls (the seeds settled on 70/30)",
+                f"aim for {low:.0%}–{high:.0%} tool calls (earlier runs settled on 70/30)",
                 file,
                 evidence=evidence,
             )
@@ -283,7 +283,7 @@ def check_system_prompt(
             f"{len(differ)} of {len(chat)} training examples use a different system prompt "
             f"than the suite (most common in the data: {shown!r}; suite: "
             f"{(wanted[:60] + '…') if len(wanted) > 60 else wanted!r}) — the eval prompt is not "
-            "the prompt the model learned (the seeds lost 60 points to a prompt format change)",
+            "the prompt the model learned (earlier runs lost 60 points to a prompt format change)",
             f"use the same system prompt in the data and in {Path(suite_file).name or 'the suite'}",
             differ[0].file,
             differ[0].line,

@@ -16,7 +16,7 @@ import yaml
 
 # --------------------------------------------------------------------------- patterns
 
-# The failure patterns of DESIGN.md ("Failures the farm must catch"); run
+# The failure patterns of docs/architecture.md ("Failures the farm must catch"); run
 # diagnostics (jobs.diagnostics) use the same names so a preflight warning and
 # a detection after the run line up in the UI.
 QUANTIZATION_SIGNAL_LOSS = "quantization signal loss"
@@ -42,7 +42,7 @@ DATA_LOADING = "how mlx-lm reads the data"
 # --------------------------------------------------------------------------- thresholds
 
 # Special tokens each suite format relies on: each must be ONE token of the
-# base model's tokenizer (the seeds' Qwen2.5 split <tool_response> into 5
+# base model's tokenizer (earlier runs' Qwen2.5 split <tool_response> into 5
 # pieces: 0% tool calling).
 FORMAT_TOKENS: dict[str, tuple[str, ...]] = {
     "code_mode": (
@@ -62,7 +62,7 @@ FORMAT_TOKENS: dict[str, tuple[str, ...]] = {
         "<|im_end|>",
     ),
 }
-# Below 5 bits (32 levels) the seeds' fused adapters were rounded away.
+# Below 5 bits (32 levels) earlier runs' fused adapters were rounded away.
 MIN_SAFE_BITS = 5
 TWIN_BITS = 5
 # Tool-call share of the training examples outside this range: warning.
@@ -71,7 +71,7 @@ TOOL_SHARE_RANGE = (0.10, 0.90)
 LONG_ANSWER_SHARE = 0.5
 # Training examples whose system prompt differs from the suite's: warn above this share.
 SYSTEM_PROMPT_MISMATCH_SHARE = 0.5
-# Seeds needed to see seed-to-seed spread (the seeds: 82.4%, 38.9%, 22.2%).
+# Seeds needed to see seed-to-seed spread (earlier runs: 82.4%, 38.9%, 22.2%).
 MIN_SEEDS = 3
 # mlx-lm reports a val loss at `it - 1` for it in 1, k*steps_per_eval, iters; a
 # checkpoint counts as having one when a report is at most this many steps away.

@@ -66,8 +66,8 @@ def check_quantization(
                 "warning",
                 QUANTIZATION_SIGNAL_LOSS,
                 f"{variants} quantizes the fused adapter to {first.bits} bits "
-                f"({2**first.bits} levels): LoRA deltas are small and get rounded away (the "
-                "seeds: 100% in f16 → 60% at 4 bits, near 0% after a 4-bit fuse); " + twin,
+                f"({2**first.bits} levels): LoRA deltas are small and get rounded away "
+                "(earlier runs: 100% in f16 → 60% at 4 bits, near 0% after a 4-bit fuse); " + twin,
                 f"ship a ≥ {MIN_SAFE_BITS}-bit variant (quantize: [{{bits: {MIN_SAFE_BITS}}}]) "
                 "or the fused f16 model",
                 spec_file,
@@ -81,7 +81,7 @@ def check_quantization(
                 "warning",
                 QUANTIZATION_SIGNAL_LOSS,
                 f"fuse.dequantize is false and the base model is {base_bits}-bit: the adapter "
-                f"is fused back into {base_bits}-bit weights, which erased the seeds' adapter",
+                f"is fused back into {base_bits}-bit weights, which erased earlier runs' adapter",
                 "set `fuse: {dequantize: true}` and quantize explicitly to ≥ 5 bits",
                 spec_file,
                 line_of(("fuse", "dequantize")),
@@ -131,7 +131,7 @@ def check_seeds_and_checkpoints(
                 "info",
                 STOCHASTIC_FORMAT_LOCK,
                 f"{len(spec.seeds)} seed(s): identical configs scored 82.4%, 38.9% and 22.2% "
-                "across seeds in the seeds, and one seed cannot show that spread",
+                "across seeds in earlier runs, and one seed cannot show that spread",
                 f"use at least {MIN_SEEDS} seeds",
                 spec_file,
                 line_of(("seeds",)),

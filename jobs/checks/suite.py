@@ -79,7 +79,7 @@ def check_suite(
                 "warning",
                 PROSE_DRIFT,
                 "the system prompt does not mention execute_code — without tool instructions "
-                "the seeds' 7B model answered every tool prompt in prose",
+                "earlier runs' 7B model answered every tool prompt in prose",
                 "tell the model in the system prompt to write Python in the execute_code tool",
                 suite_file,
                 line_of(("system_prompt",)),

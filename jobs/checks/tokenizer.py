@@ -80,7 +80,8 @@ def check_special_tokens(
                 TOKENIZER_MISMATCH,
                 f"{token!r} is not one token in {facts.model}'s tokenizer: it encodes to "
                 f"{len(pieces)} pieces {pieces}{share} — the {fmt} format needs it as a single "
-                "token (the seeds' Qwen2.5 split <tool_response> this way and called 0% of tools)",
+                "token (earlier runs' Qwen2.5 split <tool_response> this way and called 0% of "
+                "tools)",
                 "use a base model whose tokenizer has it as one token (a Qwen3 model), or "
                 "choose a suite format this tokenizer supports",
                 facts.tokenizer_file,
@@ -98,7 +99,7 @@ def check_chat_template(facts: TokenizerFacts) -> list[Finding]:
                 "error",
                 TOKENIZER_MISMATCH,
                 f"{facts.model}'s tokenizer has no chat template — training and eval prompts "
-                "would be plain text, which cost the seeds 60 points (88% → 28%)",
+                "would be plain text, which cost earlier runs 60 points (88% → 28%)",
                 "use a model whose tokenizer_config.json has a chat_template (or ships "
                 "chat_template.jinja)",
                 facts.template_file,
@@ -145,7 +146,7 @@ def check_eos(facts: TokenizerFacts) -> list[Finding]:
             EOS_MISMATCH,
             f"the chat template ends an assistant turn with {facts.turn_end!r} (id "
             f"{facts.turn_end_id}), but generation stops only on eos {eos} "
-            f"({facts.eos_source}) — every generation would run to max_tokens (the seeds' "
+            f"({facts.eos_source}) — every generation would run to max_tokens (earlier runs' "
             "7B model: uniform 19 s per answer)",
             f"set eos_token_id to include {facts.turn_end_id} in {Path(facts.eos_file).name}, "
             f"or add {facts.turn_end!r} to the suite's generation.stop",

@@ -316,7 +316,7 @@ def test_mixed_tool_call_formats_are_an_error(tmp_path: Path, suite: EvalSuite) 
 
     def to_bare_code(i: int, row: dict[str, Any]) -> dict[str, Any] | None:
         match = WRAPPER_RE.fullmatch(answer(row))
-        if match and len(converted) < 62:  # the seeds' Format B: bare code in <tool_call>
+        if match and len(converted) < 62:  # earlier runs' Format B: bare code in <tool_call>
             converted.append(i + 1)
             return with_answer(row, f"<tool_call>\n{match.group(1)}\n</tool_call>")
         return None

@@ -1,4 +1,4 @@
-"""Tests for the format-adherence scorer (DESIGN.md, "Scorer (`farm score`)")."""
+"""Tests for the format-adherence scorer (docs/architecture.md, "Scorer (`farm score`)")."""
 
 from __future__ import annotations
 
