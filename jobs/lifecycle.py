@@ -49,6 +49,7 @@ from jobs.queue import (
     stage_job_id,
     tier_queue_name,
 )
+from jobs.spec import Resources
 from jobs.states import ACTIVE, FINISHED, AttemptOutcome, StageStatus, WorkerStatus
 
 # Per-attempt summary fields a stage starts over without (retry, re-plan).
@@ -81,22 +82,14 @@ def _spec(session: Session, run: Run) -> dict[str, Any]:
     return dict(experiment.spec) if experiment else {}
 
 
-def _resources(spec: dict[str, Any]) -> dict[str, Any]:
-    return dict(spec.get("resources") or {})
+def _resources(session: Session, run: Run) -> Resources:
+    """The run's resources (memory tier, timeout, retries), from the stored spec,
+    their one source; what it leaves out takes the spec model's default."""
+    return Resources.model_validate(_spec(session, run).get("resources") or {})
 
 
-def min_memory_gb(spec: dict[str, Any]) -> float:
-    return float(_resources(spec).get("min_memory_gb", 0) or 0)
-
-
-def retries_allowed(spec: dict[str, Any]) -> int:
-    return int(_resources(spec).get("retries", 2))
-
-
-def _timeout_s(stage: Stage, spec: dict[str, Any]) -> int:
-    if stage.kind == "train":
-        return int(float(_resources(spec).get("timeout_hours", 24)) * 3600)
-    return DOWNSTREAM_TIMEOUT_S
+def _timeout_s(stage: Stage, resources: Resources) -> int:
+    return int(resources.timeout_hours * 3600) if stage.kind == "train" else DOWNSTREAM_TIMEOUT_S
 
 
 # --- queueing ----------------------------------------------------------------------
@@ -111,7 +104,7 @@ def route(session: Session, stage: Stage) -> str:
     artifacts folder makes them visible to every worker."""
     run = session.get(Run, stage.run_id)
     assert run is not None
-    memory = min_memory_gb(_spec(session, run))
+    memory = _resources(session, run).min_memory_gb
     host = run.host or _trainer(session, run)
     if stage.kind == "train" and (stage.attempt == 0 or not host):
         return tier_queue_name(memory)
@@ -142,7 +135,7 @@ def ticket_for(session: Session, stage: Stage) -> Ticket:
     run = session.get(Run, stage.run_id)
     assert run is not None and stage.queue and stage.rq_job_id
     return Ticket(
-        stage.id or 0, stage.queue, stage.rq_job_id, _timeout_s(stage, _spec(session, run))
+        stage.id or 0, stage.queue, stage.rq_job_id, _timeout_s(stage, _resources(session, run))
     )
 
 
@@ -400,7 +393,7 @@ def _end_running(
     _end_attempt(session, stage.id or 0, stage.attempt, outcome, reason)
     run = session.get(Run, stage.run_id)
     assert run is not None
-    allowed = retries_allowed(_spec(session, run))
+    allowed = _resources(session, run).retries
     used = _retries_used(session, stage.id or 0)
     if outcome != AttemptOutcome.FAILED and used <= allowed:
         ticket = queue_stage(session, stage)
@@ -542,7 +535,7 @@ def replan_run(session: Session, run: Run, reason: str) -> list[Ticket]:
     train.error = f"re-planned: {reason}"
     run.host, run.finished_at = None, None
     session.add(run)
-    ticket = queue_stage(session, train, tier_queue_name(min_memory_gb(_spec(session, run))))
+    ticket = queue_stage(session, train, tier_queue_name(_resources(session, run).min_memory_gb))
     update_run_status(session, run.id or 0)
     return [ticket]
 

@@ -18,8 +18,25 @@ from jobs.queue import Ticket, push
 from jobs.spec import ExperimentSpec, config_fingerprint, spec_to_yaml
 
 
+def plan_submission(
+    spec: ExperimentSpec, spec_yaml: str | None = None
+) -> tuple[ExperimentSpec, str | None, Finding | None]:
+    """The spec that will run, the YAML to store for it, and what the farm added.
+
+    Below 5 bits a fused adapter can lose its signal, so a ≥ 5-bit twin is added
+    to compare against (`ensure_quant_twin`). It is planned before anything is
+    stored: the text as written lacks the twin, so the stored YAML is then the
+    spec that runs, not the text."""
+    planned, twin = ensure_quant_twin(spec)
+    if twin is not None:
+        note = twin.message.replace("\n", " ")
+        spec_yaml = f"# {note}\n{spec_to_yaml(planned)}"
+    return planned, spec_yaml, twin
+
+
 def create_rows(session: Session, spec: ExperimentSpec, spec_yaml: str | None = None) -> Experiment:
-    """Experiment, one Run per seed and the planned stages of each run (flushed, not committed)."""
+    """Experiment, one Run per seed and the planned stages of each run (flushed, not
+    committed). `spec` is stored as given: `plan_submission` comes first."""
     fingerprint = config_fingerprint(spec)
     experiment = Experiment(
         name=spec.name,
@@ -40,7 +57,8 @@ def create_rows(session: Session, spec: ExperimentSpec, spec_yaml: str | None = 
         for planned in plan_run(spec):
             params = dict(planned.params)
             if planned.kind == "train":
-                params["min_memory_gb"] = spec.resources.min_memory_gb
+                # The memory tier is not copied here: jobs.lifecycle reads it from
+                # the stored spec, its one source.
                 params["total"] = spec.train.iters
             stage = Stage(
                 run_id=run.id or 0,
@@ -66,8 +84,7 @@ def submit_experiment(
     Redis is checked before anything is written, and a failure while enqueuing
     rolls back the rows and removes the jobs already enqueued."""
     redis.ping()
-    # Below 5 bits a fused adapter can lose its signal: keep a ≥ 5-bit twin to compare.
-    spec, twin = ensure_quant_twin(spec)
+    spec, spec_yaml, twin = plan_submission(spec, spec_yaml)
     findings = [*findings, twin] if twin else list(findings)
     with session_scope() as session:
         experiment = create_rows(session, spec, spec_yaml)

@@ -9,6 +9,7 @@ half-reported error costs one edit-run cycle per problem.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from jobs.problems import InputError, Problem
+from jobs.spec.yaml_source import line_locator
 
 FORMATS = ("code_mode", "json_tools")
 
@@ -101,12 +103,13 @@ def load_suite(path: Path | str) -> EvalSuite:
         raise InputError([Problem(file, "a suite must be a YAML mapping", line)])
 
     problems = _duplicate_keys(file, root, ())
+    line_of = _line_finder(root)
     try:
         suite = EvalSuite.model_validate(data)
     except ValidationError as exc:
         suite = None
-        problems += _validation_problems(file, root, exc)
-    problems += _semantic_problems(file, root, data)
+        problems += _validation_problems(file, root, line_of, exc)
+    problems += _semantic_problems(file, line_of, data)
 
     problems = _unique(problems)
     if problems or suite is None:
@@ -117,6 +120,7 @@ def load_suite(path: Path | str) -> EvalSuite:
 # --- where things are in the file ------------------------------------------
 
 Loc = tuple[str | int, ...]
+LineFinder = Callable[[Loc], int]
 
 
 def _field_name(loc: Loc) -> str:
@@ -127,8 +131,8 @@ def _field_name(loc: Loc) -> str:
     return out
 
 
-def _locate(root: yaml.Node, loc: Loc) -> tuple[yaml.Node, Loc]:
-    """The node at loc (or its deepest existing ancestor) and the loc walked.
+def _walked(root: yaml.Node, loc: Loc) -> Loc:
+    """The part of loc that is in the file (a field a message can name).
 
     Pydantic adds non-path parts to a loc (union branch names like 'str' or
     'list[str]'); they match no key and simply end the walk.
@@ -146,21 +150,16 @@ def _locate(root: yaml.Node, loc: Loc) -> tuple[yaml.Node, Loc]:
         if child is None:
             break
         node, walked = child, (*walked, part)
-    return node, walked
+    return walked
 
 
-def _key_line(root: yaml.Node, loc: Loc) -> int | None:
-    """Line of the key that ends loc (for unknown keys), else of the parent."""
-    parent, walked = _locate(root, loc[:-1])
-    if walked == loc[:-1] and isinstance(parent, yaml.MappingNode):
-        for key, _ in parent.value:
-            if key.value == loc[-1]:
-                return key.start_mark.line + 1
-    return parent.start_mark.line + 1
-
-
-def _line(root: yaml.Node, loc: Loc) -> int:
-    return _locate(root, loc)[0].start_mark.line + 1
+def _line_finder(root: yaml.Node) -> LineFinder:
+    """The line of a field: its key or list item, else the deepest part of it
+    that is there, else the document's first line (the spec layer's locator, so
+    suite and spec messages point the same way)."""
+    located = line_locator(root)
+    top = root.start_mark.line + 1
+    return lambda loc: located(loc) or top
 
 
 # --- the checks -------------------------------------------------------------
@@ -184,17 +183,19 @@ def _duplicate_keys(file: str, node: yaml.Node, loc: Loc) -> list[Problem]:
     return problems
 
 
-def _validation_problems(file: str, root: yaml.Node, exc: ValidationError) -> list[Problem]:
+def _validation_problems(
+    file: str, root: yaml.Node, line_of: LineFinder, exc: ValidationError
+) -> list[Problem]:
     problems: list[Problem] = []
     for error in exc.errors():
         loc: Loc = tuple(error["loc"])
         kind = error["type"]
         if kind == "extra_forbidden":
-            problems.append(Problem(file, "unknown key", _key_line(root, loc), _field_name(loc)))
+            problems.append(Problem(file, "unknown key", line_of(loc), _field_name(loc)))
             continue
-        _, walked = _locate(root, loc)
+        walked = _walked(root, loc)
         field = _field_name(walked) if kind != "missing" else _field_name(loc)
-        line = _line(root, walked)
+        line = line_of(walked)
         if kind == "missing":
             message = "required field is missing"
         elif walked == ("format",):
@@ -207,7 +208,7 @@ def _validation_problems(file: str, root: yaml.Node, exc: ValidationError) -> li
     return problems
 
 
-def _semantic_problems(file: str, root: yaml.Node, data: dict[str, Any]) -> list[Problem]:
+def _semantic_problems(file: str, line_of: LineFinder, data: dict[str, Any]) -> list[Problem]:
     """Checks across fields, run on the raw data so they report alongside type errors."""
     problems: list[Problem] = []
     tools = data.get("tools") if isinstance(data.get("tools"), list) else []
@@ -219,7 +220,7 @@ def _semantic_problems(file: str, root: yaml.Node, data: dict[str, Any]) -> list
         if name in names:
             loc = ("tools", i, "name")
             problems.append(
-                Problem(file, f"duplicate tool name {name!r}", _line(root, loc), _field_name(loc))
+                Problem(file, f"duplicate tool name {name!r}", line_of(loc), _field_name(loc))
             )
         names.add(name)
 
@@ -233,33 +234,31 @@ def _semantic_problems(file: str, root: yaml.Node, data: dict[str, Any]) -> list
             if pid in ids:
                 loc = ("prompts", i, "id")
                 problems.append(
-                    Problem(
-                        file, f"duplicate prompt id {pid!r}", _line(root, loc), _field_name(loc)
-                    )
+                    Problem(file, f"duplicate prompt id {pid!r}", line_of(loc), _field_name(loc))
                 )
             ids.add(pid)
-        problems += _expect_problems(file, root, i, prompt, names)
+        problems += _expect_problems(file, line_of, i, prompt, names)
     return problems
 
 
 def _expect_problems(
-    file: str, root: yaml.Node, i: int, prompt: dict[str, Any], names: set[str]
+    file: str, line_of: LineFinder, i: int, prompt: dict[str, Any], names: set[str]
 ) -> list[Problem]:
     loc = ("prompts", i, "tool")
     field = _field_name(loc)
     expect, tool = prompt.get("expect"), prompt.get("tool")
     if expect == "tool" and tool in (None, [], ""):
-        line = _line(root, loc)
+        line = line_of(loc)
         return [Problem(file, "expect: tool needs the expected tool name(s)", line, field)]
     if expect == "direct" and tool is not None:
-        return [Problem(file, "expect: direct must not name a tool", _line(root, loc), field)]
+        return [Problem(file, "expect: direct must not name a tool", line_of(loc), field)]
     if expect != "tool" or not names:
         return []
     wanted = [(tool, loc)] if isinstance(tool, str) else []
     if isinstance(tool, list):
         wanted = [(t, (*loc, j)) for j, t in enumerate(tool) if isinstance(t, str)]
     return [
-        Problem(file, f"tool {name!r} is not in the suite's tool API", _line(root, at), field)
+        Problem(file, f"tool {name!r} is not in the suite's tool API", line_of(at), field)
         for name, at in wanted
         if name not in names
     ]

@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
+from pydantic import BaseModel
 from redis import Redis
 from sqlalchemy import func
 from sqlmodel import Session, select
 
 from jobs import limits, settings
-from jobs.checks import Finding, preflight
+from jobs.checks import Finding, ensure_quant_twin, preflight
 from jobs.dag import plan_run
 from jobs.db import Experiment, Run
 from jobs.problems import InputError, Problem
@@ -32,7 +33,13 @@ from jobs.spec import (
     QUANT_BITS,
     QUANT_GROUP_SIZES,
     SCHEDULES,
+    EvalSpec,
     ExperimentSpec,
+    FuseSpec,
+    LoraParams,
+    LrSchedule,
+    Resources,
+    TrainSpec,
     config_fingerprint,
     default_variants,
     parse_spec,
@@ -63,6 +70,38 @@ class FormField:
     options: tuple[Any, ...] = ()
 
 
+# A field's default when it is the spec model's: read from the model (below),
+# never restated here, so the form cannot drift from `farm submit`.
+FROM_SPEC: Any = object()
+# The spec model behind each section of form keys.
+_SECTION_MODELS: dict[str, type[BaseModel]] = {
+    "train": TrainSpec,
+    "train.lora": LoraParams,
+    "train.lr_schedule": LrSchedule,
+    "fuse": FuseSpec,
+    "eval": EvalSpec,
+    "resources": Resources,
+}
+
+
+def spec_default(key: str) -> Any:
+    """The spec model's default for a form key ("train.iters" -> TrainSpec's 1000)."""
+    section, _, name = key.rpartition(".")
+    model = _SECTION_MODELS[section]
+    field = next(f for n, f in model.model_fields.items() if name in (n, f.alias))
+    return field.get_default(call_default_factory=True)
+
+
+def spec_options(key: str) -> tuple[Any, ...]:
+    """The choices of a form key whose spec field is a Literal (or a list of one)."""
+    section, _, name = key.rpartition(".")
+    model = _SECTION_MODELS[section]
+    annotation = next(f for n, f in model.model_fields.items() if name in (n, f.alias)).annotation
+    if get_origin(annotation) is list:
+        (annotation,) = get_args(annotation)
+    return get_args(annotation)
+
+
 def _quant_options() -> tuple[str, ...]:
     bits = sorted(QUANT_BITS, reverse=True)
     default = [variant_name(b) for b in bits]
@@ -75,7 +114,7 @@ QUANT_OPTIONS = _quant_options()
 SECTIONS = ("Experiment", "Training", "LoRA", "Learning-rate schedule", "Fuse and quantize", "Eval",
             "Resources")  # fmt: skip
 
-FIELDS: tuple[FormField, ...] = (
+_FIELDS: tuple[FormField, ...] = (
     FormField("name", "Name", "text", "my-experiment",
               "A short id: letters, digits, '.', '_' and '-'. Runs pool on the leaderboard by "
               "config fingerprint, not by name.", "Experiment"),
@@ -88,46 +127,46 @@ FIELDS: tuple[FormField, ...] = (
     FormField("seeds", "Seeds", "seeds", "1-3",
               "One run per seed. A list and ranges: `1, 2, 3`, `1-5`, `1-5, 8`. Format "
               "adherence varies a lot from seed to seed; use at least 3.", "Experiment"),
-    FormField("train.iters", "Iterations", "int", 1000, "Training steps.", "Training"),
-    FormField("train.batch_size", "Batch size", "int", 4,
+    FormField("train.iters", "Iterations", "int", FROM_SPEC, "Training steps.", "Training"),
+    FormField("train.batch_size", "Batch size", "int", FROM_SPEC,
               "Rows per step; each split needs at least this many rows.", "Training"),
-    FormField("train.learning_rate", "Learning rate", "float", 1e-5,
+    FormField("train.learning_rate", "Learning rate", "float", FROM_SPEC,
               "Adam's step size. Ignored when a learning-rate schedule is set (its first "
               "argument is the initial rate).", "Training"),
-    FormField("train.num_layers", "Layers to adapt", "int", 16,
+    FormField("train.num_layers", "Layers to adapt", "int", FROM_SPEC,
               "How many of the last transformer layers get adapters; -1 for all.", "Training"),
-    FormField("train.fine_tune_type", "Fine-tune type", "select", "lora",
+    FormField("train.fine_tune_type", "Fine-tune type", "select", FROM_SPEC,
               "lora and dora train small adapters; full trains every weight.", "Training",
-              ("lora", "dora", "full")),
-    FormField("train.optimizer", "Optimizer", "select", "adam",
+              spec_options("train.fine_tune_type")),
+    FormField("train.optimizer", "Optimizer", "select", FROM_SPEC,
               "mlx.optimizers class used for training.", "Training", tuple(OPTIMIZER_KWARGS)),
     FormField("train.optimizer_config", "Optimizer options", "mapping", "",
               "Keyword arguments of the optimizer as a YAML mapping, e.g. "
               "`{weight_decay: 0.01}` for adamw. Empty for its defaults.", "Training"),
-    FormField("train.mask_prompt", "Mask the prompt", "bool", False,
+    FormField("train.mask_prompt", "Mask the prompt", "bool", FROM_SPEC,
               "Compute the loss on the completion only (chat, tools or completions data).",
               "Training"),
-    FormField("train.grad_accumulation_steps", "Gradient accumulation", "int", 1,
+    FormField("train.grad_accumulation_steps", "Gradient accumulation", "int", FROM_SPEC,
               "Steps whose gradients add up before one update (a larger effective batch).",
               "Training"),
-    FormField("train.grad_checkpoint", "Gradient checkpointing", "bool", False,
+    FormField("train.grad_checkpoint", "Gradient checkpointing", "bool", FROM_SPEC,
               "Trade compute for memory on long sequences.", "Training"),
-    FormField("train.max_seq_length", "Max sequence length", "int", 2048,
+    FormField("train.max_seq_length", "Max sequence length", "int", FROM_SPEC,
               "Longer rows are truncated, in tokens.", "Training"),
-    FormField("train.save_every", "Save every", "int", 100,
+    FormField("train.save_every", "Save every", "int", FROM_SPEC,
               "Steps between adapter checkpoints (evaluated when checkpoint evals are on).",
               "Training"),
-    FormField("train.steps_per_report", "Steps per report", "int", 10,
+    FormField("train.steps_per_report", "Steps per report", "int", FROM_SPEC,
               "Steps between training-loss reports (the progress bar and the loss curve).",
               "Training"),
-    FormField("train.steps_per_eval", "Steps per validation", "int", 200,
+    FormField("train.steps_per_eval", "Steps per validation", "int", FROM_SPEC,
               "Steps between validation-loss measurements.", "Training"),
-    FormField("train.val_batches", "Validation batches", "int", 25,
+    FormField("train.val_batches", "Validation batches", "int", FROM_SPEC,
               "Batches per validation; -1 for the whole validation set.", "Training"),
-    FormField("train.lora.rank", "Rank", "int", 8, "LoRA rank: adapter capacity.", "LoRA"),
-    FormField("train.lora.scale", "Scale", "float", 20.0,
+    FormField("train.lora.rank", "Rank", "int", FROM_SPEC, "LoRA rank: adapter capacity.", "LoRA"),
+    FormField("train.lora.scale", "Scale", "float", FROM_SPEC,
               "mlx-lm's LoRA scale (other tools call a related knob 'alpha').", "LoRA"),
-    FormField("train.lora.dropout", "Dropout", "float", 0.0, "Adapter dropout, 0 to < 1.",
+    FormField("train.lora.dropout", "Dropout", "float", FROM_SPEC, "Adapter dropout, 0 to < 1.",
               "LoRA"),
     FormField("train.lora.keys", "Target modules", "list", "",
               "Comma-separated module keys, e.g. `self_attn.q_proj, self_attn.v_proj`. Empty "
@@ -139,19 +178,19 @@ FIELDS: tuple[FormField, ...] = (
               "Comma-separated, initial rate first: "
               + "; ".join(f"{k}({v[3]})" for k, v in SCHEDULES.items()),
               "Learning-rate schedule"),
-    FormField("train.lr_schedule.warmup", "Warmup steps", "int", 0,
+    FormField("train.lr_schedule.warmup", "Warmup steps", "int", FROM_SPEC,
               "Linear warmup steps before the schedule.", "Learning-rate schedule"),
-    FormField("train.lr_schedule.warmup_init", "Warmup start rate", "float", 0.0,
+    FormField("train.lr_schedule.warmup_init", "Warmup start rate", "float", FROM_SPEC,
               "Learning rate at step 0 of the warmup.", "Learning-rate schedule"),
     FormField("fuse.enabled", "Fuse the adapter", "bool", True,
               "Fuse the adapter into the base weights (needed for the fused and quantized "
               "variants).", "Fuse and quantize"),
-    FormField("fuse.dequantize", "Dequantize to f16 when fusing", "bool", True,
+    FormField("fuse.dequantize", "Dequantize to f16 when fusing", "bool", FROM_SPEC,
               "Fuse into de-quantized f16 weights. Fusing straight into 4-bit weights can "
               "silently erase a LoRA adapter.", "Fuse and quantize"),
-    FormField("fuse.from", "Fuse from", "select", "final",
+    FormField("fuse.from", "Fuse from", "select", FROM_SPEC,
               "final: the last adapter; best: the checkpoint with the best format adherence "
-              "(needs checkpoint evals).", "Fuse and quantize", ("final", "best")),
+              "(needs checkpoint evals).", "Fuse and quantize", spec_options("fuse.from")),
     FormField("quantize", "Quantized variants", "multiselect", ["q8", "q4"],
               "Each is quantized from the fused f16 model and evaluated. qN is N bits with "
               "group size 64; gNN another group size. Below 5 bits adapters often lose "
@@ -159,10 +198,10 @@ FIELDS: tuple[FormField, ...] = (
     FormField("eval.suite", "Eval suite", "path", "data/evals/code_mode.yaml",
               "The suite YAML: prompts, expected tool calls, generation settings.", "Eval"),
     FormField("eval.variants", "Variants to evaluate", "multiselect",
-              ["adapter", "fused", "quantized"],
+              FROM_SPEC,
               "base: the model without adapter; adapter; fused; quantized: every quantized "
-              "variant.", "Eval", ("base", "adapter", "fused", "quantized")),
-    FormField("eval.checkpoints", "Evaluate checkpoints", "bool", False,
+              "variant.", "Eval", spec_options("eval.variants")),
+    FormField("eval.checkpoints", "Evaluate checkpoints", "bool", FROM_SPEC,
               "Evaluate every saved checkpoint, to pick the best by adherence rather than by "
               "validation loss.", "Eval"),
     FormField("eval.checkpoint_prompts", "Checkpoint prompts", "list", "",
@@ -170,13 +209,15 @@ FIELDS: tuple[FormField, ...] = (
               "Eval"),
     FormField("eval.max_tokens", "Max tokens", "int", 0,
               "Generation limit per prompt; 0 uses the suite's own.", "Eval"),
-    FormField("resources.min_memory_gb", "Min memory (GB)", "float", 0.0,
+    FormField("resources.min_memory_gb", "Min memory (GB)", "float", FROM_SPEC,
               "Only workers with at least this much memory take the training stage.",
               "Resources"),
-    FormField("resources.timeout_hours", "Timeout (hours)", "float", 24.0,
+    FormField("resources.timeout_hours", "Timeout (hours)", "float", FROM_SPEC,
               "A training stage running longer is stopped.", "Resources"),
 )  # fmt: skip
-
+FIELDS = tuple(
+    replace(f, default=spec_default(f.key)) if f.default is FROM_SPEC else f for f in _FIELDS
+)
 FIELDS_BY_KEY = {f.key: f for f in FIELDS}
 # A problem about a whole section lands on the field that switches it.
 _SECTION_FIELDS = {"fuse": "fuse.enabled", "train.lr_schedule": "train.lr_schedule.name"}
@@ -420,8 +461,8 @@ def spec_dict_to_form(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str
         fuse = data["fuse"]
         values["fuse.enabled"] = fuse is not None
         if isinstance(fuse, Mapping):
-            values["fuse.dequantize"] = fuse.get("dequantize", True)
-            values["fuse.from"] = fuse.get("from", fuse.get("from_", "final"))
+            values["fuse.dequantize"] = fuse.get("dequantize", spec_default("fuse.dequantize"))
+            values["fuse.from"] = fuse.get("from", fuse.get("from_", spec_default("fuse.from")))
     # A key the spec leaves out takes the spec's default, not the fresh form's suggestion.
     quantize = data.get("quantize", [])
     if isinstance(quantize, list):
@@ -575,7 +616,10 @@ def validate_form(values: Mapping[str, Any], run_preflight: bool = True) -> Form
         return result
     result.spec = spec
     result.fingerprint = config_fingerprint(spec)
-    result.stages_per_run = len(plan_run(spec))
+    # Counted like `farm submit --dry-run`: on the spec that will run, with the
+    # quantization twin the farm adds at submission.
+    planned, _ = ensure_quant_twin(spec)
+    result.stages_per_run = len(plan_run(planned))
     if run_preflight:
         result.findings = preflight(spec, None)
     return result

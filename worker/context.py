@@ -23,6 +23,7 @@ from sqlmodel import Session
 from jobs import lifecycle, settings
 from jobs.db import Artifact, Experiment, Run, Stage, session_scope
 from jobs.lifecycle import StaleAttempt as StaleAttempt
+from jobs.spec import ExperimentSpec
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class StageContext:
     variant: str
     params: dict[str, Any]
     seed: int
-    spec: dict[str, Any]
+    spec: ExperimentSpec
     run_dir: Path
     attempt: int = 0
 
@@ -65,7 +66,9 @@ def load_context(stage_id: int, attempt: int = 0) -> StageContext:
             variant=stage.variant,
             params=dict(stage.params),
             seed=run.seed,
-            spec=dict(experiment.spec),
+            # Validated (files included) at submission; here it only becomes typed
+            # again. The worker's own checks are in worker.preflight.
+            spec=ExperimentSpec.model_validate(experiment.spec),
             run_dir=settings.artifacts_root() / f"run-{run.id}",
             attempt=attempt or stage.attempt,
         )

@@ -84,7 +84,7 @@ def check_before_training(
     A local base model was checked at submit time and is skipped unless `always`.
     Prints every finding (it lands in the stage log), records them on the run, and
     raises PreflightFailed when one is an error. Returns the findings."""
-    spec = ExperimentSpec.model_validate(ctx.spec)
+    spec = ctx.spec
     if spec.base_model_is_local and not always:
         return []
     model_dir = Path(spec.base_model) if spec.base_model_is_local else fetch(spec.base_model)

@@ -97,15 +97,16 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def bare_mlx_lm_lora(model: Path, workdir: Path) -> list[float]:
-    config = {
-        **{k: v for k, v in BENCH_TRAIN.items() if k != "lora"},
-        "lora_parameters": BENCH_TRAIN["lora"],
-        "model": str(model),
-        "train": True,
-        "data": str(DATA_DIR / "datasets" / "code_mode"),
-        "seed": 1,
-        "adapter_path": str(workdir / "bare-adapter"),
-    }
+    from jobs.spec import TrainSpec, lora_run_config
+
+    # The same mapping the farm's train stage uses, so both train the same config.
+    config = lora_run_config(
+        TrainSpec.model_validate(BENCH_TRAIN),
+        str(model),
+        DATA_DIR / "datasets" / "code_mode",
+        workdir / "bare-adapter",
+        seed=1,
+    )
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "bare.yaml"
     path.write_text(yaml.safe_dump(config))

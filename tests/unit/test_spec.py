@@ -30,6 +30,7 @@ from jobs.spec import (
     TrainSpec,
     config_fingerprint,
     load_spec,
+    lora_config,
     parse_spec,
     resolve_path,
     spec_to_yaml,
@@ -163,7 +164,7 @@ def test_from_alias_and_lr_schedule(ws: Path) -> None:
     assert spec.fuse is not None and spec.fuse.from_ == "best" and not spec.fuse.dequantize
     assert spec.train.lr_schedule is not None
     assert spec.train.lr_schedule.arguments == [1e-4, 50.0, 1e-6]
-    config = spec.train.to_mlx_lm_config()
+    config = lora_config(spec.train)
     assert config["lr_schedule"]["name"] == "cosine_decay"
     assert config["lora_parameters"] == {"rank": 8, "scale": 20.0, "dropout": 0.0}
     assert config["optimizer_config"] == {"adam": {}}

@@ -159,3 +159,36 @@ def test_find_datasets_and_suites(tmp_path: Path) -> None:
     assert forms.find_suites([tmp_path]) == [str(tmp_path / "suite.yaml")]
     assert "data/datasets/code_mode" in forms.find_datasets()
     assert "data/evals/code_mode.yaml" in forms.find_suites()
+
+
+def test_form_defaults_are_the_spec_models(tmp_path: Path) -> None:
+    """The form states no default of its own for a spec knob: a fresh form's
+    train, LoRA, fuse and resources settings are the spec models' defaults."""
+    from jobs.spec import FuseSpec, Resources, TrainSpec
+
+    values = forms.default_form("org/model")
+    data, problems = forms.form_to_spec_dict(values)
+    assert problems == []
+    spec = parse_spec(forms.spec_dict_to_yaml(data), check_files=False)
+    assert spec.train == TrainSpec()
+    assert spec.fuse == FuseSpec()
+    assert spec.resources == Resources()
+    for key in ("train.iters", "train.lora.rank", "fuse.from", "resources.timeout_hours"):
+        assert forms.FIELDS_BY_KEY[key].default == forms.spec_default(key)
+    assert forms.FIELDS_BY_KEY["eval.variants"].options == ("base", "adapter", "fused", "quantized")
+
+
+def test_stage_count_includes_the_quantization_twin(tmp_path: Path) -> None:
+    """The form counts stages like `farm submit --dry-run`: on the spec that runs,
+    with the ≥ 5-bit twin the farm adds next to a 4-bit variant."""
+    from jobs.checks import ensure_quant_twin
+    from jobs.dag import plan_run
+
+    values = workspace(tmp_path)
+    values.update({"quantize": ["q4"], "eval.variants": ["adapter", "quantized"]})
+    result = forms.validate_form(values, run_preflight=False)
+    assert result.ok, result.problems
+    assert result.spec is not None
+    twinned, twin = ensure_quant_twin(result.spec)
+    assert twin is not None and twinned.quantize_variants == ["q4", "q5"]
+    assert result.stages_per_run == len(plan_run(twinned)) > len(plan_run(result.spec))

@@ -247,7 +247,7 @@ def score_generated(item: Generated, suite: EvalSuite) -> Score:
 
 def variant_model(ctx: StageContext, workdir: Path) -> tuple[str, str | None]:
     """(model path, adapter path) for the variant this stage evaluates."""
-    base = ctx.spec["base_model"]
+    base = ctx.spec.base_model
     variant = ctx.variant
     if variant == "base":
         return base, None
@@ -265,11 +265,11 @@ def run_eval(ctx: StageContext, weights: Weights | None = None) -> None:
     """Evaluate the stage's variant; `weights` is the session's model, kept
     between the eval stages one child runs (a fresh one loads for this stage only)."""
     weights = weights if weights is not None else Weights()
-    spec_eval = ctx.spec["eval"]
-    suite = load_suite(Path(spec_eval["suite"]))
-    ids = spec_eval.get("checkpoint_prompts") if ctx.variant.startswith("ckpt-") else None
+    spec_eval = ctx.spec.eval
+    suite = load_suite(spec_eval.suite)
+    ids = spec_eval.checkpoint_prompts if ctx.variant.startswith("ckpt-") else None
     prompts = select_prompts(suite, ids)
-    max_tokens = int(spec_eval.get("max_tokens") or suite.generation.max_tokens)
+    max_tokens = spec_eval.max_tokens or suite.generation.max_tokens
     update_stage(ctx, progress=0, total=len(prompts))
 
     with tempfile.TemporaryDirectory() as workdir:

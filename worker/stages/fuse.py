@@ -63,7 +63,7 @@ def fuse_model(base_model: str, adapter: Path, out: Path, dequantize: bool = Tru
 
 
 def run_fuse(ctx: StageContext) -> None:
-    base_model = ctx.spec["base_model"]
+    base_model = ctx.spec.base_model
     dequantize = bool(ctx.params.get("dequantize", True))
     with tempfile.TemporaryDirectory() as workdir:
         adapter = ctx.adapter_dir

@@ -36,6 +36,7 @@ from sqlmodel import and_, col, delete, or_, select
 from jobs import lifecycle
 from jobs.dag import checkpoint_variant
 from jobs.db import Artifact, Metric, Stage, session_scope
+from jobs.spec import TrainSpec, lora_run_config
 from worker.checkpoint import (
     adapters_file,
     load_checkpoint,
@@ -56,15 +57,12 @@ OPTIMIZERS: dict[str, type[optim.Optimizer]] = {
 }
 
 
-def training_args(train: dict[str, Any], model: str, data: str, adapter_dir: Path, seed: int):
-    """mlx-lm's argument namespace: its defaults, overridden by the spec's knobs."""
-    args = dict(CONFIG_DEFAULTS)
-    knobs = {k: v for k, v in train.items() if k not in ("lora", "optimizer_config")}
-    args.update(knobs)
-    lora = dict(train.get("lora") or {})
-    args["lora_parameters"] = {k: v for k, v in lora.items() if v is not None}
-    args["optimizer_config"] = {args["optimizer"]: dict(train.get("optimizer_config") or {})}
-    args.update(model=model, data=data, adapter_path=str(adapter_dir), seed=seed, train=True)
+def training_args(
+    train: TrainSpec, model: str, data: str | Path, adapter_dir: Path, seed: int
+) -> types.SimpleNamespace:
+    """mlx-lm's argument namespace: its defaults, overridden by the spec's knobs
+    (mapped by `jobs.spec.mlx_args`, as for `farm bench`'s bare mlx-lm run)."""
+    args = {**CONFIG_DEFAULTS, **lora_run_config(train, model, data, adapter_dir, seed)}
     args.update(test=False, report_to=None)
     return types.SimpleNamespace(**args)
 
@@ -312,8 +310,7 @@ def run_train(ctx: StageContext) -> None:
     # before any training time is spent (tokenizer, chat template, eos).
     check_before_training(ctx)
     spec = ctx.spec
-    train = spec["train"]
-    args = training_args(train, spec["base_model"], spec["dataset"], ctx.adapter_dir, ctx.seed)
+    args = training_args(spec.train, spec.base_model, spec.dataset, ctx.adapter_dir, ctx.seed)
     np.random.seed(args.seed)  # mlx-lm's run() seeds numpy (validation batches) the same way
     start = newest_complete_checkpoint(ctx.adapter_dir, args.iters) or 0
     forget_after(ctx, start)
