@@ -1,6 +1,6 @@
 """`fuse`: fold the adapter into the base weights, dequantized by default.
 
-Fusing straight into a 4-bit base rounds the LoRA deltas away (the seeds'
+Fusing straight into a 4-bit base rounds the LoRA deltas away (earlier runs'
 "quantization signal loss"), so the default is to dequantize here and let the
 `quantize` stages pick the bit widths explicitly. The fused weights keep the
 base's float dtype: a float32 base stays float32, since on a Linux CPU float16
