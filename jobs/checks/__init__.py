@@ -84,7 +84,6 @@ from jobs.checks.findings import (
     VAL_LOSS_TOLERANCE_STEPS,
     WRAPPER_NOT_LEARNED,
     Finding,
-    yaml_locator,
 )
 from jobs.checks.hf_cache import TOKENIZER_PATTERNS, cached_model_dir
 from jobs.checks.model import load_tokenizer, model_findings, read_json, tokenizer_facts
@@ -110,6 +109,7 @@ from jobs.checks.tokenizer import (
 from jobs.datasets import check_dataset, iter_lines, parse_line
 from jobs.problems import InputError
 from jobs.spec import ExperimentSpec
+from jobs.spec.yaml_source import yaml_locator
 from jobs.suite import load_suite
 
 __all__ = [
@@ -181,7 +181,6 @@ __all__ = [
     "render_like_mlx_lm",
     "suggest_attribute",
     "tokenizer_facts",
-    "yaml_locator",
 ]
 
 

@@ -8,11 +8,8 @@ preflight warning and a detection after the run line up in the UI.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
-
-import yaml
 
 # --------------------------------------------------------------------------- patterns
 
@@ -117,33 +114,3 @@ def capped(findings: list[Finding]) -> list[Finding]:
         evidence={"more": len(rest)},
     )
     return [*findings[:MAX_LISTED], summary]
-
-
-# --------------------------------------------------------------------------- locations
-
-
-def yaml_locator(text: str) -> Callable[[tuple[str | int, ...]], int | None]:
-    """A function from a key path to the line (1-based) where it is in a YAML text."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        root = None
-
-    def line_of(loc: tuple[str | int, ...]) -> int | None:
-        node, line = root, None
-        for part in loc:
-            if isinstance(node, yaml.MappingNode) and isinstance(part, str):
-                match = next(((k, v) for k, v in node.value if k.value == part), None)
-                if match is None:
-                    break
-                line, node = match[0].start_mark.line + 1, match[1]
-            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-                if part >= len(node.value):
-                    break
-                node = node.value[part]
-                line = node.start_mark.line + 1
-            else:
-                break
-        return line
-
-    return line_of
