@@ -11,7 +11,7 @@ to, so the page can show it right below that widget.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -19,10 +19,9 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 from pydantic import BaseModel
 from redis import Redis
-from sqlalchemy import func
 from sqlmodel import Session, select
 
-from jobs import limits, settings
+from jobs import limits
 from jobs.checks import Finding, ensure_quant_twin, preflight
 from jobs.dag import plan_run
 from jobs.db import Experiment, Run
@@ -46,6 +45,8 @@ from jobs.spec import (
     read_yaml,
     variant_name,
 )
+from web.seed_ranges import format_seeds, parse_seeds
+from web.spec_yaml import spec_dict_to_yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = PROJECT_ROOT / "data"
@@ -227,54 +228,6 @@ def fields_in(section: str) -> list[FormField]:
     return [f for f in FIELDS if f.section == section]
 
 
-# --------------------------------------------------------------------- seeds
-
-
-def parse_seeds(text: str) -> list[int]:
-    """'1-5, 8' → [1, 2, 3, 4, 5, 8]; also '[1, 2, 3]' and '1 2 3'. Raises ValueError."""
-    body = text.strip().removeprefix("[").removesuffix("]")
-    parts = [p for p in re.split(r"[,\s]+", body) if p]
-    if not parts:
-        raise ValueError("give at least one seed, e.g. `1-3`")
-    ranges: list[tuple[int, int]] = []
-    for part in parts:
-        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if match is None:
-            if part.startswith("-"):
-                raise ValueError(f"'{limits.shorten(part)}': seeds are whole numbers ≥ 0")
-            raise ValueError(f"'{limits.shorten(part)}' is not a seed or a range like 1-5")
-        for digits in match.groups():
-            too_long = limits.number_too_long(digits or "")
-            if too_long:
-                raise ValueError(too_long)
-        low = int(match.group(1))
-        high = int(match.group(2)) if match.group(2) is not None else low
-        if high < low:
-            raise ValueError(f"range '{part}' runs backwards — write {high}-{low}")
-        ranges.append((low, high))
-    # Counted before any list is built: '1-99999999999' must cost nothing. A seed
-    # above 2^32-1 is left to the spec, so its message is the CLI's word for word.
-    count = sum(high - low + 1 for low, high in ranges)
-    if count > MAX_SEEDS:
-        raise ValueError(limits.too_many(count, "seeds", MAX_SEEDS))
-    return [seed for low, high in ranges for seed in range(low, high + 1)]
-
-
-def format_seeds(seeds: Sequence[int]) -> str:
-    """[1, 2, 3, 5] → '1-3, 5' (the inverse of parse_seeds for sorted seeds)."""
-    parts: list[str] = []
-    i = 0
-    while i < len(seeds):
-        j = i
-        while j + 1 < len(seeds) and seeds[j + 1] == seeds[j] + 1:
-            j += 1
-        parts.append(str(seeds[i]) if j - i < 2 else f"{seeds[i]}-{seeds[j]}")
-        if j - i == 1:
-            parts.append(str(seeds[j]))
-        i = j + 1
-    return ", ".join(parts)
-
-
 # ------------------------------------------------------------ form → spec dict
 
 
@@ -375,40 +328,6 @@ def _quantize_entry(variant: str) -> dict[str, int]:
     if match is None:
         raise ValueError(f"not a quantize variant: {variant!r}")
     return {"bits": int(match.group(1)), "group_size": int(match.group(2) or DEFAULT_GROUP_SIZE)}
-
-
-class _SpecDumper(yaml.SafeDumper):
-    """Readable spec YAML: lists of scalars on one line (`seeds: [1, 2, 3]`), each
-    quantize entry on one line (`- {bits: 4, group_size: 64}`), other mappings in blocks."""
-
-
-def _represent_list(dumper: yaml.SafeDumper, value: list[Any]) -> yaml.Node:
-    flat = all(not isinstance(v, list | dict) for v in value)
-    return dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=flat)
-
-
-def _represent_dict(dumper: yaml.SafeDumper, value: dict[str, Any]) -> yaml.Node:
-    return dumper.represent_mapping("tag:yaml.org,2002:map", value.items(), flow_style=False)
-
-
-class _OneLine(dict):  # type: ignore[type-arg]
-    """A mapping dumped in flow style."""
-
-
-def _represent_one_line(dumper: yaml.SafeDumper, value: _OneLine) -> yaml.Node:
-    return dumper.represent_mapping("tag:yaml.org,2002:map", value.items(), flow_style=True)
-
-
-_SpecDumper.add_representer(list, _represent_list)
-_SpecDumper.add_representer(dict, _represent_dict)
-_SpecDumper.add_representer(_OneLine, _represent_one_line)
-
-
-def spec_dict_to_yaml(data: Mapping[str, Any]) -> str:
-    data = dict(data)
-    if isinstance(data.get("quantize"), list):
-        data["quantize"] = [_OneLine(q) if isinstance(q, dict) else q for q in data["quantize"]]
-    return yaml.dump(data, Dumper=_SpecDumper, sort_keys=False, allow_unicode=True, width=100)
 
 
 def form_to_yaml(values: Mapping[str, Any]) -> str:
@@ -633,78 +552,3 @@ def submit_form(values: Mapping[str, Any], redis: Redis) -> FormResult:
     if result.ok and result.spec is not None:
         result.experiment_id = submit_experiment(result.spec, redis, result.yaml, result.findings)
     return result
-
-
-# ------------------------------------------------------------------ pickers
-
-
-def _walk(root: Path, depth: int, skip: frozenset[str]) -> Iterable[Path]:
-    if depth < 0 or not root.is_dir():
-        return
-    try:
-        entries = sorted(root.iterdir())
-    except OSError:
-        return
-    for entry in entries:
-        if entry.name.startswith(".") or entry.name in skip:
-            continue
-        yield entry
-        if entry.is_dir() and not entry.is_symlink():
-            yield from _walk(entry, depth - 1, skip)
-
-
-# FARM_HOME holds per-run artifacts (100,000s of folders at scale): never walk those.
-_SKIP = frozenset({"artifacts", "logs", "redis", "models", "__pycache__", "node_modules"})
-
-
-def search_roots() -> list[Path]:
-    roots = [DATA_DIR, settings.farm_home()]
-    return [r for r in dict.fromkeys(roots) if r.is_dir()]
-
-
-def find_datasets(roots: Sequence[Path] | None = None, depth: int = 3) -> list[str]:
-    """Folders holding train.jsonl and valid.jsonl under data/ and FARM_HOME."""
-    found = []
-    for root in roots if roots is not None else search_roots():
-        for path in [root, *_walk(root, depth, _SKIP)]:
-            if path.is_dir() and (path / "train.jsonl").is_file():
-                if (path / "valid.jsonl").is_file():
-                    found.append(display_path(path))
-    return list(dict.fromkeys(found))
-
-
-def find_suites(roots: Sequence[Path] | None = None, depth: int = 3) -> list[str]:
-    """Eval suite YAML files (a top-level `prompts:` key) under data/ and FARM_HOME."""
-    found = []
-    for root in roots if roots is not None else search_roots():
-        for path in _walk(root, depth, _SKIP):
-            if path.suffix in (".yaml", ".yml") and path.is_file():
-                if path.stat().st_size < 2_000_000 and _has_prompts(path):
-                    found.append(display_path(path))
-    return list(dict.fromkeys(found))
-
-
-def _has_prompts(path: Path) -> bool:
-    try:
-        return re.search(r"(?m)^prompts:", path.read_text(encoding="utf-8")) is not None
-    except (OSError, UnicodeDecodeError):
-        return False
-
-
-def find_models(session: Session | None = None, limit: int = 20) -> list[str]:
-    """Local model folders under FARM_HOME/models, then base models used before."""
-    found: list[str] = []
-    models = settings.farm_home() / "models"
-    if models.is_dir():
-        for path in sorted(models.iterdir()):
-            if (path / "config.json").is_file():
-                found.append(str(path))
-    if session is not None:
-        recent = session.exec(
-            select(Experiment.base_model)
-            .group_by(Experiment.base_model)
-            .order_by(func.max(Experiment.id).desc())
-            .limit(limit)
-        ).all()
-        found.extend(recent)
-    return list(dict.fromkeys(found))

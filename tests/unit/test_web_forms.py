@@ -10,7 +10,8 @@ import yaml
 from jobs.problems import Problem
 from jobs.spec import config_fingerprint, parse_spec
 from tests.support.spec_files import make_dataset, make_model_dir, make_suite
-from web import forms
+from web import forms, pickers
+from web.spec_yaml import spec_dict_to_yaml
 
 
 @pytest.mark.parametrize(
@@ -155,10 +156,10 @@ def test_find_datasets_and_suites(tmp_path: Path) -> None:
     (tmp_path / "other.yaml").write_text("name: not a suite\n")
     (tmp_path / "artifacts" / "run-1").mkdir(parents=True)  # never walked
     make_dataset(tmp_path / "artifacts" / "run-1", "hidden")
-    assert forms.find_datasets([tmp_path]) == [str(tmp_path / "datasets" / "mine")]
-    assert forms.find_suites([tmp_path]) == [str(tmp_path / "suite.yaml")]
-    assert "data/datasets/code_mode" in forms.find_datasets()
-    assert "data/evals/code_mode.yaml" in forms.find_suites()
+    assert pickers.find_datasets([tmp_path]) == [str(tmp_path / "datasets" / "mine")]
+    assert pickers.find_suites([tmp_path]) == [str(tmp_path / "suite.yaml")]
+    assert "data/datasets/code_mode" in pickers.find_datasets()
+    assert "data/evals/code_mode.yaml" in pickers.find_suites()
 
 
 def test_form_defaults_are_the_spec_models(tmp_path: Path) -> None:
@@ -169,7 +170,7 @@ def test_form_defaults_are_the_spec_models(tmp_path: Path) -> None:
     values = forms.default_form("org/model")
     data, problems = forms.form_to_spec_dict(values)
     assert problems == []
-    spec = parse_spec(forms.spec_dict_to_yaml(data), check_files=False)
+    spec = parse_spec(spec_dict_to_yaml(data), check_files=False)
     assert spec.train == TrainSpec()
     assert spec.fuse == FuseSpec()
     assert spec.resources == Resources()

@@ -9,7 +9,7 @@ import streamlit as st
 from jobs import settings
 from jobs.limits import spec_size_problem
 from jobs.problems import InputError
-from web import forms, ui
+from web import forms, pickers, ui
 
 KEY = "f:"  # widget keys are KEY + the spec field's dotted path
 FORMATS = {"train.learning_rate": "%.2e", "train.lr_schedule.warmup_init": "%.2e"}
@@ -48,15 +48,15 @@ def on_submit() -> None:
 
 
 @st.cache_data(ttl=30, show_spinner=False)
-def pickers(farm_home: str, database_url: str) -> tuple[list[str], list[str], list[str]]:
+def picker_choices(farm_home: str, database_url: str) -> tuple[list[str], list[str], list[str]]:
     """Models, datasets and suites to pick from (arguments key the cache)."""
     with ui.db() as session:
-        models = forms.find_models(session)
-    return models, forms.find_datasets(), forms.find_suites()
+        models = pickers.find_models(session)
+    return models, pickers.find_datasets(), pickers.find_suites()
 
 
 st.title("Submit an experiment")
-models, datasets, suites = pickers(str(settings.farm_home()), settings.database_url())
+models, datasets, suites = picker_choices(str(settings.farm_home()), settings.database_url())
 choices = {"base_model": models, "dataset": datasets, "eval.suite": suites}
 
 # Widget state is dropped when the page is left; restore the last values (or defaults).
