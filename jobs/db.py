@@ -27,8 +27,22 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class Sweep(SQLModel, table=True):
+    """One submission of a grid: its experiments (one per grid point) share it."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True)
+    # The swept knobs, dotted path → values in the order given: {"train.learning_rate": [...]}.
+    axes: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    spec_yaml: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+
+
 class Experiment(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
+    sweep_id: int | None = Field(default=None, foreign_key="sweep.id", index=True)
+    # This experiment's grid point, dotted path → value; empty outside a sweep.
+    sweep_point: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     name: str = Field(index=True)
     fingerprint: str = Field(index=True)
     base_model: str = Field(index=True)
@@ -79,6 +93,9 @@ class Stage(SQLModel, table=True):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     error: str | None = Field(default=None, sa_column=Column(Text))
+    # Why a train stage stopped before its last iteration (the adherence probe
+    # saw the format lock or collapse), e.g. "locked: adherence ≥ 0.90 at 200 and 300".
+    early_stop: str | None = Field(default=None, sa_column=Column(Text))
     progress: int | None = None  # iterations (train) or prompts (eval) done
     total: int | None = None
     # Summary of a finished stage, written once, so the leaderboard aggregates
@@ -109,6 +126,10 @@ class Metric(SQLModel, table=True):
     iterations_per_sec: float | None = None
     peak_memory_gb: float | None = None
     trained_tokens: int | None = None
+    # The adherence probe at a checkpoint (train.adherence_probe): the score of a
+    # few suite prompts generated with the model in memory, and their labels.
+    probe_adherence: float | None = None
+    probe_labels: dict[str, int] | None = Field(default=None, sa_column=Column(JSON))
     created_at: datetime = Field(default_factory=utcnow)
 
 
