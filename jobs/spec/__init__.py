@@ -14,6 +14,7 @@ One job per module:
 - `files`: paths made absolute, model / dataset / suite files checked;
 - `parse`: `parse_spec`, `load_spec`, `spec_to_yaml`;
 - `fingerprint`: `config_fingerprint`, what pools runs on the leaderboard;
+- `probe`: `train.adherence_probe`, the adherence probe and its stop rule;
 - `mlx_args`: the one mapping from a `TrainSpec` to mlx-lm's lora arguments;
 - `words`: dotted field names and value wording shared by the messages.
 
@@ -54,10 +55,12 @@ from jobs.spec.options import (
     variant_name,
 )
 from jobs.spec.parse import load_spec, parse_spec, read_spec_file, spec_to_yaml
+from jobs.spec.probe import AdherenceProbe
 from jobs.spec.words import Loc, dotted
 from jobs.spec.yaml_source import LineOf, line_locator, read_yaml, yaml_locator
 
 __all__ = [
+    "AdherenceProbe",
     "DEFAULT_GROUP_SIZE",
     "FINGERPRINT_VERSION",
     "MODEL_META_FILES",

@@ -184,8 +184,44 @@ def _checkpoint_problems(train: Mapping[str, Any]) -> list[tuple[Loc, str]]:
     return [(where, problem)] if problem else []
 
 
+def _probe_problems(train: Mapping[str, Any]) -> list[tuple[Loc, str]]:
+    # The probe runs at each checkpoint: a run without one never probes, and a
+    # stop rule needs `patience` probes before the last iteration to stop early.
+    probe = train.get("adherence_probe")
+    if not isinstance(probe, Mapping):
+        return []
+    iters, save_every = (
+        train.get("iters", _train_default("iters")),
+        train.get("save_every", _train_default("save_every")),
+    )
+    if not (is_int(iters) and is_int(save_every) and iters >= 1 and save_every >= 1):
+        return []
+    where: Loc = ("train", "adherence_probe")
+    if save_every > iters:
+        return [
+            (
+                where,
+                f"probes run at each checkpoint (every save_every = {save_every} iterations), "
+                f"but iters = {iters} saves none — lower train.save_every",
+            )
+        ]
+    patience = probe.get("patience", 2)
+    stops = probe.get("stop_when_locked") is not None or probe.get("stop_when_collapsed") is True
+    before_last = (iters - 1) // save_every  # probes that can still stop training
+    if stops and is_int(patience) and patience > before_last:
+        return [
+            (
+                where + ("patience",),
+                f"{patience} probes in a row are needed to stop, but only {before_last} run "
+                f"before the last iteration (iters {iters}, save_every {save_every}) — lower "
+                "patience or train.save_every",
+            )
+        ]
+    return []
+
+
 def _train_cross_problems(train: Mapping[str, Any]) -> list[tuple[Loc, str]]:
-    out = _checkpoint_problems(train)
+    out = _checkpoint_problems(train) + _probe_problems(train)
     sched = train.get("lr_schedule")
     if isinstance(sched, Mapping):
         name, args = sched.get("name"), sched.get("arguments")

@@ -29,6 +29,7 @@ from jobs.spec.options import (
     default_variants,
     variant_name,
 )
+from jobs.spec.probe import AdherenceProbe
 from jobs.spec.words import dotted
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -99,6 +100,10 @@ class TrainSpec(BaseModel):
     steps_per_eval: int = Field(200, ge=1)
     val_batches: Annotated[int, Field(ge=-1), _not_zero("the whole validation set")] = 25
     lora: LoraParams = Field(default_factory=LoraParams)
+    # The farm's, not mlx-lm's: adherence of a few suite prompts at each checkpoint,
+    # and early stopping on it (`jobs.spec.probe`). Left out of dumps when absent,
+    # so a spec without one keeps its config fingerprint.
+    adherence_probe: AdherenceProbe | None = Field(None, exclude_if=lambda value: value is None)
 
 
 class FuseSpec(BaseModel):

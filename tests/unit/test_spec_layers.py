@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from jobs.spec import (
+    AdherenceProbe,
     LoraParams,
     LrSchedule,
     TrainSpec,
@@ -70,6 +71,7 @@ def _set_every_field(train: TrainSpec) -> TrainSpec:
             "save_every": 5, "steps_per_report": 2, "steps_per_eval": 3, "val_batches": -1,
             "lora": LoraParams(rank=4, scale=10.0, dropout=0.05, keys=["self_attn.q_proj"]),
             "lr_schedule": LrSchedule(name="cosine_decay", arguments=[2e-4, 7], warmup=1),
+            "adherence_probe": AdherenceProbe(prompts=4, stop_when_locked=0.9),
         }
     )  # fmt: skip
 
