@@ -4,7 +4,7 @@
 train ──► eval(adapter)
   │  └──► eval(ckpt-k)  for each saved checkpoint
   └──► fuse ──► eval(fused)
-             └──► quantize(q-b) ──► eval(q-b)   for each b
+             └──► quantize(v) ──► eval(v)   for each quantize variant v (q4, mxfp4, mixed_3_6…)
 ```
 """
 
@@ -92,7 +92,15 @@ def plan_run(spec: ExperimentSpec) -> list[PlannedStage]:
         if "fused" in variants:
             stages.append(PlannedStage("eval:fused", "eval", "fused", "fuse"))
         for q in spec.quantize:
-            params = {"bits": q.bits, "group_size": q.group_size}
+            # What mlx_lm.convert needs: bits is None for a recipe (it sets each
+            # layer's bits), and a float mode's fixed bits and group size are spelled out.
+            args = q.convert_args
+            params = {
+                "bits": args["q_bits"],
+                "group_size": args["q_group_size"],
+                "mode": q.mode,
+                "recipe": q.recipe,
+            }
             stages.append(
                 PlannedStage(f"quantize:{q.variant}", "quantize", q.variant, "fuse", params)
             )

@@ -18,7 +18,8 @@ from jobs.checks.findings import (
     VAL_LOSS_TOLERANCE_STEPS,
     Finding,
 )
-from jobs.spec import DEFAULT_GROUP_SIZE, ExperimentSpec, QuantizeSpec, variant_name
+from jobs.spec import DEFAULT_GROUP_SIZE, QUANT_GROUP_SIZES, ExperimentSpec, QuantizeSpec
+from jobs.spec.options import QUANT_RECIPES
 
 # --------------------------------------------------------------------------- spec checks
 
@@ -35,11 +36,31 @@ def quantized_bits(base_model: str, config: Mapping[str, Any] | None) -> int | N
 
 
 def _twin_present(spec: ExperimentSpec) -> bool:
-    """A ≥ MIN_SAFE_BITS or f16 variant is evaluated next to the quantized ones."""
+    """A ≥ MIN_SAFE_BITS (mxfp8 counts as 8 bits) or f16 variant is evaluated next to
+    the quantized ones."""
     variants = set(spec.eval.variants)
     if "fused" in variants and (spec.fuse is None or spec.fuse.dequantize):
         return True
-    return "quantized" in variants and any(q.bits >= MIN_SAFE_BITS for q in spec.quantize)
+    return "quantized" in variants and any(q.min_bits >= MIN_SAFE_BITS for q in spec.quantize)
+
+
+def _twin_for(low: QuantizeSpec) -> QuantizeSpec:
+    """The q5 twin of a low variant: same group size where affine takes it (nvfp4's 16
+    it does not), so the gap between them is the bits alone."""
+    group = low.convert_args["q_group_size"]
+    return QuantizeSpec(
+        bits=TWIN_BITS, group_size=group if group in QUANT_GROUP_SIZES else DEFAULT_GROUP_SIZE
+    )
+
+
+def _how_low(q: QuantizeSpec) -> str:
+    """What a low variant does to the weights, for the warning."""
+    if q.recipe is not None:
+        low, high = QUANT_RECIPES[q.recipe]
+        return f"{low} bits in most layers ({2**low} levels; {high} bits in a few)"
+    if q.mode != "affine":
+        return f"{q.min_bits}-bit floats ({q.mode}, {2**q.min_bits} levels)"
+    return f"{q.min_bits} bits ({2**q.min_bits} levels)"
 
 
 def check_quantization(
@@ -52,27 +73,34 @@ def check_quantization(
     findings: list[Finding] = []
     if spec.fuse is None:
         return findings
-    low = [(i, q) for i, q in enumerate(spec.quantize) if q.bits < MIN_SAFE_BITS]
+    low = [(i, q) for i, q in enumerate(spec.quantize) if q.min_bits < MIN_SAFE_BITS]
     if low:
         i, first = low[0]
         variants = ", ".join(q.variant for _, q in low)
         twin = (
             "it is compared with the run's f16 / ≥ 5-bit twin"
             if _twin_present(spec)
-            else f"the farm adds a {variant_name(TWIN_BITS)} twin to compare against"
+            else f"the farm adds a {_twin_for(first).variant} twin to compare against"
         )
+        # The line of what makes it low: bits, else the mode or the recipe.
+        key = "recipe" if first.recipe else "mode" if first.mode != "affine" else "bits"
         findings.append(
             Finding(
                 "warning",
                 QUANTIZATION_SIGNAL_LOSS,
-                f"{variants} quantizes the fused adapter to {first.bits} bits "
-                f"({2**first.bits} levels): LoRA deltas are small and get rounded away "
-                "(earlier runs: 100% in f16 → 60% at 4 bits, near 0% after a 4-bit fuse); " + twin,
-                f"ship a ≥ {MIN_SAFE_BITS}-bit variant (quantize: [{{bits: {MIN_SAFE_BITS}}}]) "
-                "or the fused f16 model",
+                f"{variants} quantizes the fused adapter to {_how_low(first)}: LoRA deltas "
+                "are small and get rounded away (earlier runs: 100% in f16 → 60% at 4 bits, "
+                "near 0% after a 4-bit fuse); " + twin,
+                f"ship a ≥ {MIN_SAFE_BITS}-bit variant (quantize: [{{bits: {MIN_SAFE_BITS}}}] "
+                "or {mode: mxfp8}) or the fused f16 model",
                 spec_file,
-                line_of(("quantize", i, "bits")),
-                evidence={"variants": [q.variant for _, q in low], "bits": first.bits},
+                line_of(("quantize", i, key)) or line_of(("quantize", i)),
+                evidence={
+                    "variants": [q.variant for _, q in low],
+                    "bits": first.min_bits,
+                    "modes": sorted({q.mode for _, q in low}),
+                    "recipes": sorted({q.recipe for _, q in low if q.recipe}),
+                },
             )
         )
     if not spec.fuse.dequantize and base_bits is not None and base_bits < MIN_SAFE_BITS:
@@ -92,17 +120,17 @@ def check_quantization(
 
 
 def ensure_quant_twin(spec: ExperimentSpec) -> tuple[ExperimentSpec, Finding | None]:
-    """When a fused adapter is quantized below 5 bits and evaluated, and neither the
-    fused f16 model nor a ≥ 5-bit variant is evaluated next to it, add a q5 variant
-    (same group size) so the run has a twin to compare against. Returns the spec
+    """When a fused adapter is quantized below 5 bits (affine, mxfp4, nvfp4 or a
+    mixed recipe) and evaluated, and neither the fused f16 model nor a ≥ 5-bit variant
+    (mxfp8 included) is evaluated next to it, add a q5 variant (same group size where
+    affine takes it) so the run has a twin to compare against. Returns the spec
     (unchanged when nothing is needed) and an info Finding naming what was added."""
     if spec.fuse is None or "quantized" not in spec.eval.variants or _twin_present(spec):
         return spec, None
-    low = [q for q in spec.quantize if q.bits < MIN_SAFE_BITS]
+    low = [q for q in spec.quantize if q.min_bits < MIN_SAFE_BITS]
     if not low:
         return spec, None
-    group = low[0].group_size if low[0].group_size else DEFAULT_GROUP_SIZE
-    twin = QuantizeSpec(bits=TWIN_BITS, group_size=group)
+    twin = _twin_for(low[0])
     new = spec.model_copy(update={"quantize": [*spec.quantize, twin]})
     return new, Finding(
         "info",

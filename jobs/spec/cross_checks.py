@@ -15,12 +15,14 @@ from typing import Any
 from jobs import limits
 from jobs.spec.model import TrainSpec
 from jobs.spec.options import (
-    DEFAULT_GROUP_SIZE,
+    ALL_GROUP_SIZES,
     OPTIMIZER_KWARGS,
     QUANT_BITS,
-    QUANT_GROUP_SIZES,
+    QUANT_MODES,
+    QUANT_RECIPES,
     SCHEDULES,
-    variant_name,
+    quant_entry_problems,
+    quant_variant,
 )
 from jobs.spec.words import Loc, is_int, is_number, suggest
 
@@ -56,24 +58,27 @@ def cross_field_problems(data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
     has_fuse = data.get("fuse", {}) is not None
     quantize = data.get("quantize")
     quant_items = quantize if isinstance(quantize, list) else []
-    seen_variants: dict[tuple[int, int], int] = {}
+    seen_variants: dict[str, int] = {}
     for i, item in enumerate(quant_items):
         if not isinstance(item, Mapping):
             continue
-        bits, group = item.get("bits"), item.get("group_size", DEFAULT_GROUP_SIZE)
-        if bits not in QUANT_BITS or group not in QUANT_GROUP_SIZES:
+        combination = quant_entry_problems(item)
+        out.extend((("quantize", i, key), message) for key, message in combination)
+        if combination or not _quant_entry_typed(item):
             continue
-        key = (bits, group)
-        if key in seen_variants:
+        name = quant_variant(
+            item.get("mode", "affine"), item.get("bits"), item.get("group_size"), item.get("recipe")
+        )
+        if name in seen_variants:
             out.append(
                 (
                     ("quantize", i),
-                    f"duplicate quantize variant {variant_name(*key)} (same as "
-                    f"quantize[{seen_variants[key]}]) — remove one",
+                    f"duplicate quantize variant {name} (same as "
+                    f"quantize[{seen_variants[name]}]) — remove one",
                 )
             )
         else:
-            seen_variants[key] = i
+            seen_variants[name] = i
     if quant_items and not has_fuse:
         out.append(
             (
@@ -156,6 +161,17 @@ def cross_field_problems(data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
     if isinstance(train, Mapping):
         out.extend(_train_cross_problems(train))
     return out
+
+
+def _quant_entry_typed(item: Mapping[str, Any]) -> bool:
+    """Every value of a quantize entry is one the model accepts (else it is named by
+    the field's own check, and the entry has no variant name yet)."""
+    return (
+        item.get("mode", "affine") in QUANT_MODES
+        and item.get("recipe") in (None, *QUANT_RECIPES)
+        and item.get("bits") in (None, *QUANT_BITS)
+        and item.get("group_size") in (None, *ALL_GROUP_SIZES)
+    )
 
 
 def _runs_problems(seeds: list[Any]) -> list[tuple[Loc, str]]:

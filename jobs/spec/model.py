@@ -24,10 +24,15 @@ from pydantic import (
 from jobs import limits
 from jobs.spec.options import (
     DEFAULT_GROUP_SIZE,
+    FLOAT_MODES,
     EvalVariant,
+    QuantMode,
+    QuantRecipe,
     ScheduleName,
     default_variants,
-    variant_name,
+    quant_entry_problems,
+    quant_variant,
+    variant_bits,
 )
 from jobs.spec.probe import AdherenceProbe
 from jobs.spec.words import dotted
@@ -116,14 +121,50 @@ class FuseSpec(BaseModel):
 
 
 class QuantizeSpec(BaseModel):
+    """One quantized variant, as mlx_lm.convert makes it: affine with bits and a group
+    size of one's choice (or a mixed-bit `recipe`), or a float mode (mxfp4, nvfp4,
+    mxfp8) whose bits and group size are fixed and so are not stored."""
+
     model_config = _CONFIG
 
-    bits: Literal[2, 3, 4, 5, 6, 8]
-    group_size: Literal[32, 64, 128] = DEFAULT_GROUP_SIZE
+    bits: Literal[2, 3, 4, 5, 6, 8] | None = None
+    group_size: Literal[16, 32, 64, 128] | None = None
+    mode: QuantMode = "affine"
+    recipe: QuantRecipe | None = None
+
+    @model_validator(mode="after")
+    def _check_combination(self, info: ValidationInfo) -> Self:
+        # Within parse_spec the cross checks report these with line numbers.
+        if not (info.context and info.context.get(SKIP_CROSS_CHECKS)):
+            found = quant_entry_problems(self.model_dump())
+            if found:
+                raise ValueError("; ".join(f"{key}: {msg}" for key, msg in found))
+        if self.mode in FLOAT_MODES:
+            # Fixed by the mode; left out so an entry never reads as an affine one.
+            self.bits, self.group_size = None, None
+        elif self.group_size is None:
+            self.group_size = DEFAULT_GROUP_SIZE
+        return self
 
     @property
     def variant(self) -> str:
-        return variant_name(self.bits, self.group_size)
+        return quant_variant(self.mode, self.bits, self.group_size, self.recipe)
+
+    @property
+    def min_bits(self) -> int:
+        """The fewest bits any weight gets: what decides whether LoRA deltas survive."""
+        return variant_bits(self.variant) or 0
+
+    @property
+    def convert_args(self) -> dict[str, Any]:
+        """mlx_lm.convert's quantization arguments (q_bits None: the recipe decides)."""
+        bits, group = FLOAT_MODES.get(self.mode, (self.bits, self.group_size))
+        return {
+            "q_mode": self.mode,
+            "q_bits": bits,
+            "q_group_size": group,
+            "quant_predicate": self.recipe,
+        }
 
 
 class EvalSpec(BaseModel):

@@ -36,7 +36,12 @@ def test_full_dag_has_every_stage_under_its_parent() -> None:
     assert stages["fuse"].parent == "train" and stages["fuse"].params == {"dequantize": True}
     assert stages["eval:fused"].parent == "fuse"
     assert stages["quantize:q8"].parent == "fuse" and stages["quantize:q8"].params["bits"] == 8
-    assert stages["quantize:q4g32"].params == {"bits": 4, "group_size": 32}
+    assert stages["quantize:q4g32"].params == {
+        "bits": 4,
+        "group_size": 32,
+        "mode": "affine",
+        "recipe": None,
+    }
     assert stages["eval:q4g32"].parent == "quantize:q4g32"
     assert len(stages) == 8
 
