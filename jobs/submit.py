@@ -1,8 +1,16 @@
-"""Submitting a validated experiment: DB rows first, then RQ jobs, all or nothing."""
+"""Submitting a validated experiment: DB rows first, then RQ jobs, all or nothing.
+
+A sweep (`jobs.spec.sweep`) is submitted the same way in one transaction: a
+`Sweep` row and one experiment per grid point, each with its own config
+fingerprint, so each point pools on the leaderboard with any experiment of the
+same config.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from redis import Redis
 from rq.job import Job
@@ -12,10 +20,12 @@ from sqlmodel import Session, col, select
 
 from jobs.checks import Finding, ensure_quant_twin
 from jobs.dag import plan_run
-from jobs.db import Diagnostic, Experiment, Run, Stage, StageAttempt, session_scope
+from jobs.db import Diagnostic, Experiment, Run, Stage, StageAttempt, Sweep, session_scope
 from jobs.lifecycle import queue_train_stages
+from jobs.problems import InputError, Problem
 from jobs.queue import Ticket, push
 from jobs.spec import ExperimentSpec, config_fingerprint, spec_to_yaml
+from jobs.spec.sweep import SweepPoint, expand_sweep, point_label
 
 
 def plan_submission(
@@ -34,11 +44,19 @@ def plan_submission(
     return planned, spec_yaml, twin
 
 
-def create_rows(session: Session, spec: ExperimentSpec, spec_yaml: str | None = None) -> Experiment:
+def create_rows(
+    session: Session,
+    spec: ExperimentSpec,
+    spec_yaml: str | None = None,
+    sweep_id: int | None = None,
+    sweep_point: SweepPoint | None = None,
+) -> Experiment:
     """Experiment, one Run per seed and the planned stages of each run (flushed, not
     committed). `spec` is stored as given: `plan_submission` comes first."""
     fingerprint = config_fingerprint(spec)
     experiment = Experiment(
+        sweep_id=sweep_id,
+        sweep_point=sweep_point,
         name=spec.name,
         fingerprint=fingerprint,
         base_model=spec.base_model,
@@ -88,18 +106,7 @@ def submit_experiment(
     findings = [*findings, twin] if twin else list(findings)
     with session_scope() as session:
         experiment = create_rows(session, spec, spec_yaml)
-        for finding in findings:
-            session.add(
-                Diagnostic(
-                    experiment_id=experiment.id,
-                    fingerprint=experiment.fingerprint,
-                    scope="preflight",
-                    pattern=finding.pattern,
-                    severity=finding.severity,
-                    message=finding.render(),
-                    evidence=finding.evidence,
-                )
-            )
+        _add_findings(session, experiment, findings)
         runs = session.exec(_runs_of(experiment.id or 0)).all()
         tickets = queue_train_stages(session, runs)
         experiment_id = experiment.id or 0
@@ -107,10 +114,151 @@ def submit_experiment(
     return experiment_id
 
 
-def push_tickets(redis: Redis, tickets: Sequence[Ticket], experiment_id: int) -> None:
+def _add_findings(session: Session, experiment: Experiment, findings: Sequence[Finding]) -> None:
+    for finding in findings:
+        session.add(
+            Diagnostic(
+                experiment_id=experiment.id,
+                fingerprint=experiment.fingerprint,
+                scope="preflight",
+                pattern=finding.pattern,
+                severity=finding.severity,
+                message=finding.render(),
+                evidence=finding.evidence,
+            )
+        )
+
+
+# ------------------------------------------------------------------ sweeps
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    """One grid point as it will run: its values, its planned spec and YAML, what
+    the farm added (the quantization twin), its fingerprint and stages per run."""
+
+    point: SweepPoint
+    spec: ExperimentSpec
+    spec_yaml: str
+    twin: Finding | None
+    fingerprint: str
+    stages: int
+
+    @property
+    def label(self) -> str:
+        return point_label(self.point)
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """A submission's grid, planned and counted before anything is written."""
+
+    name: str
+    axes: dict[str, list[Any]]
+    spec_yaml: str
+    seeds: list[int]
+    points: list[GridPoint]
+
+    @property
+    def runs(self) -> int:
+        return len(self.points) * len(self.seeds)
+
+    @property
+    def is_sweep(self) -> bool:
+        return bool(self.axes)
+
+    def summary(self) -> str:
+        """`4 grid points × 3 seeds = 12 runs, 8 stages per run` (the same line in
+        `farm submit --dry-run` and the web form)."""
+        stages = sorted({p.stages for p in self.points})
+        per_run = "/".join(map(str, stages))
+        return (
+            f"{len(self.points)} grid points × {len(self.seeds)} seeds = {self.runs} runs, "
+            f"{per_run} stages per run"
+        )
+
+
+def plan_sweep(
+    spec: ExperimentSpec,
+    spec_yaml: str | None = None,
+    grid: Sequence[tuple[SweepPoint, ExperimentSpec]] | None = None,
+    source: str = "<spec>",
+) -> SweepPlan:
+    """Expand (unless `grid` is given, from `jobs.spec.sweep.parse_sweep`) and plan
+    every grid point like `plan_submission`. Two points that would train the same
+    config (e.g. LoRA rank under a full fine-tune) are refused: they would pool."""
+    grid = expand_sweep(spec, source=source) if grid is None else grid
+    points: list[GridPoint] = []
+    first: dict[str, GridPoint] = {}
+    problems: list[Problem] = []
+    for point, point_spec in grid:
+        planned, twin_yaml, twin = plan_submission(point_spec)
+        text = twin_yaml or spec_to_yaml(planned)  # with the twin's note when one was added
+        if point:
+            text = f"# grid point of sweep {spec.name}: {point_label(point)}\n{text}"
+        fingerprint = config_fingerprint(planned)
+        stages = len(plan_run(planned))
+        gp = GridPoint(point, planned, text, twin, fingerprint, stages)
+        if fingerprint in first:
+            problems.append(
+                Problem(
+                    source,
+                    f"grid points {first[fingerprint].label} and {gp.label} train the same "
+                    "config (the knob changes nothing there) — remove one of the values",
+                    None,
+                    "sweep",
+                )
+            )
+        first.setdefault(fingerprint, gp)
+        points.append(gp)
+    if problems:
+        raise InputError(problems)
+    return SweepPlan(
+        name=spec.name,
+        axes=dict(spec.sweep or {}),
+        spec_yaml=spec_yaml or spec_to_yaml(spec),
+        seeds=list(spec.seeds),
+        points=points,
+    )
+
+
+def submit_sweep(plan: SweepPlan, redis: Redis, findings: Sequence[Finding] = ()) -> int:
+    """Write the Sweep row and one experiment per grid point in one transaction, then
+    enqueue every train stage; returns the sweep id. All or nothing, as
+    `submit_experiment`: Redis is checked first, and a failed push withdraws the
+    whole sweep. `findings` (the preflight of the spec) are kept on every point."""
+    redis.ping()
+    with session_scope() as session:
+        sweep = Sweep(name=plan.name, axes=plan.axes, spec_yaml=plan.spec_yaml)
+        session.add(sweep)
+        session.flush()
+        experiments: list[Experiment] = []
+        for gp in plan.points:
+            experiment = create_rows(session, gp.spec, gp.spec_yaml, sweep.id, gp.point)
+            _add_findings(session, experiment, [*findings, *([gp.twin] if gp.twin else [])])
+            experiments.append(experiment)
+        ids = [e.id or 0 for e in experiments]
+        runs = session.exec(select(Run).where(col(Run.experiment_id).in_(ids)).order_by(Run.id))
+        tickets = queue_train_stages(session, runs.all())
+        sweep_id = sweep.id or 0
+    try:
+        push_tickets(redis, tickets, *ids)
+    except BaseException:
+        with session_scope() as session:
+            session.execute(delete(Sweep).where(Sweep.id == sweep_id))
+        raise
+    return sweep_id
+
+
+def sweep_experiment_ids(session: Session, sweep_id: int) -> list[int]:
+    query = select(Experiment.id).where(Experiment.sweep_id == sweep_id).order_by(Experiment.id)
+    return [i for i in session.exec(query).all() if i is not None]
+
+
+def push_tickets(redis: Redis, tickets: Sequence[Ticket], *experiment_ids: int) -> None:
     """Push the train jobs once the rows are committed (a worker that takes a
-    job must find its stage). If Redis fails half-way, the experiment is
-    withdrawn: its rows deleted and the jobs already pushed removed."""
+    job must find its stage). If Redis fails half-way, the experiments are
+    withdrawn: their rows deleted and the jobs already pushed removed."""
     pushed: list[str] = []
     try:
         for ticket in tickets:
@@ -122,7 +270,8 @@ def push_tickets(redis: Redis, tickets: Sequence[Ticket], experiment_id: int) ->
                 Job.fetch(job_id, connection=redis, serializer=JSONSerializer).delete()
             except Exception:  # already gone; nothing else to undo
                 pass
-        delete_experiment(experiment_id)
+        for experiment_id in experiment_ids:
+            delete_experiment(experiment_id)
         raise
 
 

@@ -76,15 +76,20 @@ def submit(
     spec_path: Annotated[Path, typer.Argument(metavar="SPEC.yaml", help="Experiment spec")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and plan only")] = False,
 ) -> None:
-    """Validate an experiment spec, run the preflight checks, then enqueue it."""
+    """Validate an experiment spec, run the preflight checks, then enqueue it.
+
+    A spec with a `sweep:` section submits one experiment per grid point (all its
+    runs counted against the per-submission limit first) and prints their ids."""
     from jobs.checks import ensure_quant_twin, preflight
     from jobs.dag import plan_run
-    from jobs.db import migrate
-    from jobs.spec import config_fingerprint, load_spec
-    from jobs.submit import submit_experiment
+    from jobs.db import migrate, session_scope
+    from jobs.spec import config_fingerprint
+    from jobs.spec.sweep import load_sweep
+    from jobs.submit import plan_sweep, submit_experiment, submit_sweep, sweep_experiment_ids
 
     try:
-        spec = load_spec(spec_path)
+        spec, grid = load_sweep(spec_path)
+        plan = plan_sweep(spec, spec_path.read_text(), grid, str(spec_path)) if spec.sweep else None
     except InputError as exc:
         _report_problems(exc.problems)
         raise typer.Exit(EXIT_INVALID) from None
@@ -94,6 +99,22 @@ def submit(
         err.print(finding.render(), markup=False, highlight=False)
     if errors:
         raise typer.Exit(EXIT_INVALID)
+    if plan is not None:
+        if dry_run:
+            print_sweep_plan(plan)
+            return
+        migrate()
+        sweep_id = submit_sweep(plan, _redis(), findings)
+        with session_scope() as session:
+            ids = sweep_experiment_ids(session, sweep_id)
+        err.print(
+            f"sweep {sweep_id}: {len(ids)} experiments, {plan.runs} runs queued — "
+            f"`farm leaderboard --sweep {sweep_id}` shows adherence per knob",
+            markup=False,
+        )
+        for experiment_id in ids:
+            print(experiment_id)
+        return
     if dry_run:
         spec, twin = ensure_quant_twin(spec)
         if twin:
@@ -109,6 +130,14 @@ def submit(
     migrate()
     experiment_id = submit_experiment(spec, _redis(), spec_path.read_text(), findings)
     print(experiment_id)
+
+
+def print_sweep_plan(plan) -> None:  # type: ignore[no-untyped-def]
+    """The grid of a dry run: one line per point, then the stages of one run."""
+    from jobs.views.tables import sweep_plan_lines
+
+    for line in sweep_plan_lines(plan):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -206,6 +235,13 @@ def leaderboard(
     as_json: Annotated[bool, typer.Option("--json")] = False,
     limit: Annotated[int, typer.Option(help="Rows to show")] = 50,
     base_model: Annotated[str | None, typer.Option()] = None,
+    sweep: Annotated[
+        int | None,
+        typer.Option("--sweep", metavar="ID", help="One sweep: adherence per grid point and knob"),
+    ] = None,
+    variant: Annotated[
+        str | None, typer.Option(help="With --sweep: the variant to read (default adapter)")
+    ] = None,
 ) -> None:
     """Configurations ranked by mean format adherence across seeds, then worst seed."""
     from jobs.db import migrate, session_scope
@@ -214,6 +250,9 @@ def leaderboard(
     from jobs.views.tables import print_leaderboard
 
     migrate()
+    if sweep is not None:
+        show_sweep(sweep, variant, as_json)
+        return
     with session_scope() as session:
         rows = query(session, limit=limit, base_model=base_model)
         flags = badges(session, [r.fingerprint for r in rows])
@@ -226,6 +265,25 @@ def leaderboard(
         print(json.dumps(out, indent=2))
         return
     print_leaderboard(rows, flags, console)
+
+
+def show_sweep(sweep_id: int, variant: str | None, as_json: bool) -> None:
+    from jobs.db import session_scope
+    from jobs.views.sweep import knob_table, load_sweep_view, point_table
+    from jobs.views.tables import print_sweep
+
+    with session_scope() as session:
+        view = load_sweep_view(session, sweep_id, variant)
+    if view is None:
+        err.print(f"no sweep {sweep_id}")
+        raise typer.Exit(1)
+    if as_json:
+        out = {"sweep": view.sweep.id, "name": view.sweep.name, "axes": view.sweep.axes,
+               "variant": view.variant, "points": point_table(view), "knobs": knob_table(view),
+               "strongest": view.strongest_line()}  # fmt: skip
+        print(json.dumps(out, indent=2, default=str))
+        return
+    print_sweep(view, console)
 
 
 # --- the scorer and checks on their own ----------------------------------------
@@ -311,10 +369,10 @@ def score(
 def check(spec_path: Annotated[Path, typer.Argument(metavar="SPEC.yaml")]) -> None:
     """Preflight checks only: tokenizer, chat template, eos, dataset, suite, quantization."""
     from jobs.checks import preflight
-    from jobs.spec import load_spec
+    from jobs.spec.sweep import load_sweep
 
     try:
-        spec = load_spec(spec_path)
+        spec, _ = load_sweep(spec_path)  # a sweep's grid is checked too
     except InputError as exc:
         _report_problems(exc.problems)
         raise typer.Exit(EXIT_INVALID) from None

@@ -205,6 +205,11 @@ class ExperimentSpec(BaseModel):
     quantize: list[QuantizeSpec] = Field(default_factory=list)
     eval: EvalSpec
     resources: Resources = Field(default_factory=Resources)
+    # A grid over knobs, dotted path → values (`jobs.spec.sweep` expands and checks
+    # it). Left out of dumps when absent, so a plain spec's stored YAML is unchanged.
+    sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] | None = Field(
+        None, exclude_if=lambda value: value is None
+    )
 
     @field_validator("name")
     @classmethod
