@@ -104,10 +104,15 @@ def spec_options(key: str) -> tuple[Any, ...]:
 
 
 def _quant_options() -> tuple[str, ...]:
+    """Affine q8…q2 (group size 64, then the others), the float modes, the recipes."""
+    from jobs.spec.options import FLOAT_MODES, QUANT_RECIPES  # imported here: see _quantize_entry
+
     bits = sorted(QUANT_BITS, reverse=True)
     default = [variant_name(b) for b in bits]
     other = [variant_name(b, g) for g in QUANT_GROUP_SIZES if g != DEFAULT_GROUP_SIZE for b in bits]
-    return tuple(default + other)
+    floats = sorted(FLOAT_MODES, key=lambda m: (-FLOAT_MODES[m][0], m))  # mxfp8 first
+    recipes = sorted(QUANT_RECIPES, reverse=True)  # mixed_4_6 … mixed_2_6
+    return tuple(default + other + floats + recipes)
 
 
 QUANT_OPTIONS = _quant_options()
@@ -323,7 +328,17 @@ def _parse_mapping(key: str, text: str, problem: Any) -> dict[str, Any] | None:
     return value
 
 
-def _quantize_entry(variant: str) -> dict[str, int]:
+def _quantize_entry(variant: str) -> dict[str, int | str]:
+    """A form choice as its spec entry: q4g32 -> {bits: 4, group_size: 32}, mxfp4 ->
+    {mode: mxfp4} (the mode fixes bits and group size), mixed_3_6 -> {recipe: mixed_3_6}."""
+    # The quantize options live in jobs.spec.options; imported here so the form's
+    # shared import block stays as it is.
+    from jobs.spec.options import FLOAT_MODES, QUANT_RECIPES
+
+    if variant in FLOAT_MODES:
+        return {"mode": variant}
+    if variant in QUANT_RECIPES:
+        return {"recipe": variant}
     match = re.fullmatch(r"q(\d+)(?:g(\d+))?", variant)
     if match is None:
         raise ValueError(f"not a quantize variant: {variant!r}")

@@ -304,3 +304,30 @@ def test_an_existing_twin_is_enough(ws: Path, entries: tuple[str, ...], variants
     assert ensure_quant_twin(spec) == (spec, None)
     warning = signal_loss(spec)
     assert warning is not None and "compared with the run's f16 / ≥ 5-bit twin" in warning.message
+
+
+# --------------------------------------------------------------------------- the form
+
+
+def test_the_form_offers_every_mode_and_recipe(tmp_path: Path) -> None:
+    from tests.unit.test_web_forms import workspace
+    from web import forms
+
+    options = forms.QUANT_OPTIONS
+    assert options[:6] == ("q8", "q6", "q5", "q4", "q3", "q2")
+    assert {"q4g32", "mxfp8", "mxfp4", "nvfp4", "mixed_4_6", "mixed_3_6", "mixed_2_6"} <= set(
+        options
+    )
+    # each choice is the spec entry of that very variant
+    for option in options:
+        assert QuantizeSpec(**forms._quantize_entry(option)).variant == option
+    assert forms._quantize_entry("nvfp4") == {"mode": "nvfp4"}
+    assert forms._quantize_entry("mixed_3_6") == {"recipe": "mixed_3_6"}
+
+    values = workspace(tmp_path)
+    values.update({"quantize": ["q8", "mxfp4", "nvfp4", "mxfp8", "mixed_3_6"]})
+    result = forms.validate_form(values, run_preflight=False)
+    assert result.ok, result.problems
+    assert result.spec is not None
+    assert result.spec.quantize_variants == ["q8", "mxfp4", "nvfp4", "mxfp8", "mixed_3_6"]
+    assert "- {mode: mxfp4}" in result.yaml and "- {recipe: mixed_3_6}" in result.yaml
