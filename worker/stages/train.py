@@ -8,7 +8,10 @@ optimizer, batch iterator and callback around it, so that
 - every `save_every` iterations a full checkpoint (weights, optimizer state,
   iteration; `worker.checkpoint`) is written atomically;
 - a retried stage resumes from its newest complete checkpoint N: it trains
-  only N+1..iters, numbered as an uninterrupted run, on the same batches.
+  only N+1..iters, numbered as an uninterrupted run, on the same batches;
+- with `train.adherence_probe`, each checkpoint is probed with the model in
+  memory (`worker.probe`) and training may end early at one, the format locked
+  or collapsed: the adapter is that checkpoint's and the run goes on from it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
+from mlx.utils import tree_flatten
 from mlx_lm.cli_ui import make_console, print_lora_run_header
 from mlx_lm.lora import CONFIG_DEFAULTS
 from mlx_lm.tuner import trainer
@@ -36,6 +40,7 @@ from sqlmodel import and_, col, delete, or_, select
 from jobs import lifecycle
 from jobs.dag import checkpoint_variant
 from jobs.db import Artifact, Metric, Stage, session_scope
+from jobs.probe import StopDecision, decide
 from jobs.spec import TrainSpec, lora_run_config
 from worker.checkpoint import (
     adapters_file,
@@ -47,6 +52,7 @@ from worker.checkpoint import (
 )
 from worker.context import StageContext, record_artifact, stage_write, update_stage
 from worker.preflight import check_before_training
+from worker.probe import Probe, make_probe
 
 OPTIMIZERS: dict[str, type[optim.Optimizer]] = {
     "adam": optim.Adam,
@@ -206,9 +212,11 @@ class Between:
         optimizer: optim.Optimizer,
         valid_set: CacheDataset,
         progress: ProgressToDatabase,
+        probe: Probe | None = None,
     ) -> None:
         self.ctx, self.args, self.model, self.optimizer = ctx, args, model, optimizer
-        self.valid_set, self.progress = valid_set, progress
+        self.valid_set, self.progress, self.probe = valid_set, progress, probe
+        self.stopped: StopDecision | None = None  # the probe ended training here
 
     def after(self, iteration: int) -> None:
         if iteration % self.args.save_every != 0:
@@ -229,6 +237,25 @@ class Between:
         )
         record_checkpoints(self.ctx, self.args.iters)
         print(f"checkpoint {iteration} saved in {time.perf_counter() - tic:.2f} s", flush=True)
+        self.probe_checkpoint(iteration)
+
+    def probe_checkpoint(self, iteration: int) -> None:
+        if self.probe is not None:
+            last = iteration >= self.args.iters
+            self.stopped = self.probe.after_checkpoint(self.model, iteration, last)
+
+    def resume(self, start: int) -> None:
+        """A resumed attempt's probe of the checkpoint it starts from: stored by its
+        predecessor (which may have decided to stop there), or probed now."""
+        probe = self.probe
+        if probe is None or not start or start % self.args.save_every != 0:
+            return
+        if probe.history and probe.history[-1].iteration == start:
+            # The stop, if any, was recorded with that probe; only re-decide.
+            if start < self.args.iters:
+                self.stopped = decide(probe.history, probe.rule)
+        else:
+            self.probe_checkpoint(start)
 
     def before(self, iteration: int) -> None:
         args = self.args
@@ -303,6 +330,8 @@ class ResumableBatches:
             yield batch
             iteration += 1
             self.between.after(iteration)
+            if self.between.stopped is not None:
+                return  # mlx-lm's loop ends and saves the weights of this checkpoint
 
 
 def run_train(ctx: StageContext) -> None:
@@ -335,9 +364,62 @@ def run_train(ctx: StageContext) -> None:
         # mlx-lm's console below counts this attempt's iterations from 1.
         print(f"mlx-lm's iterations 1..{args.iters - start} are {start + 1}..{args.iters}")
     progress = ProgressToDatabase(ctx, args.iters, start, tokens)
-    between = Between(ctx, args, model, optimizer, CacheDataset(valid_set), progress)
+    probe = make_probe(ctx, tokenizer, start)
+    between = Between(ctx, args, model, optimizer, CacheDataset(valid_set), progress, probe)
     record_checkpoints(ctx, args.iters)  # any a killed attempt saved but did not record
+    between.resume(start)
 
+    tic = time.perf_counter()
+    if between.stopped is None:
+        fit(ctx, args, model, optimizer, train_set, start, between, progress)
+    else:  # the attempt before stopped at `start` and died before finishing
+        weights = dict(tree_flatten(model.trainable_parameters()))
+        mx.save_safetensors(str(ctx.adapter_dir / "adapters.safetensors"), weights)
+    elapsed = time.perf_counter() - tic
+    end = between.stopped.iteration if between.stopped else args.iters
+
+    adapter_file = ctx.adapter_dir / "adapters.safetensors"
+    artifact: Artifact = record_artifact(ctx, "adapter", ctx.adapter_dir, "adapter")
+    update_stage(
+        ctx,
+        progress=end,
+        size_bytes=adapter_file.stat().st_size,
+        peak_memory_gb=progress.peak_memory_gb or None,
+    )
+    if probe is not None:
+        record_probe_cost(ctx, probe, elapsed)
+    print(f"adapter saved to {artifact.path} ({artifact.bytes} bytes)")
+
+
+def record_probe_cost(ctx: StageContext, probe: Probe, elapsed: float) -> None:
+    """What the probes cost this attempt, next to the rest of its training time:
+    in the log, and in the stage's params (`probe_s`, `probe_share`)."""
+    rest = max(elapsed - probe.seconds, 1e-9)
+    share = probe.seconds / rest
+    print(
+        f"probes: {len(probe.history)} in {probe.seconds:.2f} s, {share:.1%} of the "
+        f"{rest:.1f} s of training around them",
+        flush=True,
+    )
+    with stage_write(ctx) as session:
+        stage = session.get(Stage, ctx.stage_id)
+        assert stage is not None
+        stage.params = {**stage.params, "probe_s": round(probe.seconds, 3),
+                        "probe_share": round(share, 4)}  # fmt: skip
+        session.add(stage)
+
+
+def fit(
+    ctx: StageContext,
+    args: types.SimpleNamespace,
+    model: nn.Module,
+    optimizer: optim.Optimizer,
+    train_set: Any,
+    start: int,
+    between: Between,
+    progress: ProgressToDatabase,
+) -> None:
+    """mlx-lm's training loop over iterations start+1..iters, or until the probe stops it."""
     trainer.train(
         model=model,
         optimizer=optimizer,
@@ -358,15 +440,5 @@ def run_train(ctx: StageContext) -> None:
         iterate_batches=ResumableBatches(start, args.seed, between),
         training_callback=progress,
     )
-    if start < args.iters:
+    if start < args.iters and between.stopped is None:
         between.after(args.iters)  # mlx-lm never asks for a batch after the last
-
-    adapter_file = ctx.adapter_dir / "adapters.safetensors"
-    artifact: Artifact = record_artifact(ctx, "adapter", ctx.adapter_dir, "adapter")
-    update_stage(
-        ctx,
-        progress=args.iters,
-        size_bytes=adapter_file.stat().st_size,
-        peak_memory_gb=progress.peak_memory_gb or None,
-    )
-    print(f"adapter saved to {artifact.path} ({artifact.bytes} bytes)")
