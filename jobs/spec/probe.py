@@ -10,9 +10,7 @@ in a row. The decision is `jobs.probe.decide`; the generation is `worker.probe`.
 
 from __future__ import annotations
 
-from typing import Self
-
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 # Bounds that keep the probe a small share of training: it runs at every checkpoint.
 MAX_PROBE_PROMPTS = 64
@@ -34,16 +32,8 @@ class AdherenceProbe(BaseModel):
     stop_when_locked: float | None = Field(None, gt=0, le=1)
     # Stop once every probe response loops or is empty on `patience` probes in a row.
     stop_when_collapsed: bool = False
+    # Probes in a row a stop rule needs (unused without one).
     patience: int = Field(2, ge=1, le=MAX_PATIENCE)
-
-    @model_validator(mode="after")
-    def _patience_needs_a_rule(self) -> Self:
-        if "patience" in self.model_fields_set and not self.stops:
-            raise ValueError(
-                "patience only counts probes for a stop rule — set stop_when_locked "
-                "(e.g. 0.9) or stop_when_collapsed: true, or remove patience"
-            )
-        return self
 
     @property
     def stops(self) -> bool:

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from jobs.probe import ProbeResult, decide
 from jobs.problems import InputError
-from jobs.spec import AdherenceProbe, TrainSpec, load_spec
+from jobs.spec import AdherenceProbe, ExperimentSpec, TrainSpec, load_spec
 from tests.support.spec_files import VALID_SPEC, make_workspace
 
 LOCKED = {"execute_code": 7, "wrong_tool": 1}
@@ -88,8 +88,18 @@ def test_probe_defaults_and_bounds() -> None:
     ):
         with pytest.raises(ValidationError):
             AdherenceProbe.model_validate(bad)
-    with pytest.raises(ValidationError, match="patience only counts probes for a stop rule"):
-        AdherenceProbe.model_validate({"patience": 3})
+
+
+def test_the_stored_spec_validates_again(tmp_path: Path) -> None:
+    """The worker re-reads the spec as stored (a full dump, defaults included);
+    without a probe the dump has no probe key, so old fingerprints stay."""
+    make_workspace(tmp_path)
+    for probe in ("{}", "{stop_when_collapsed: true}"):
+        spec = load_spec(spec_with(tmp_path, probe, "  save_every: 10\n"))
+        stored = spec.model_dump(mode="json", by_alias=True)
+        assert ExperimentSpec.model_validate(stored) == spec
+    plain = load_spec(tmp_path / "spec.yaml")
+    assert "adherence_probe" not in plain.model_dump()["train"]
 
 
 def spec_with(ws: Path, probe: str, train_extra: str = "") -> Path:
