@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -18,7 +19,9 @@ from sqlalchemy import and_, case, func, select
 from sqlalchemy.orm import aliased
 from sqlmodel import Session
 
+from jobs.checks.findings import MIN_SAFE_BITS
 from jobs.db import Experiment, Run, Stage
+from jobs.spec.options import variant_bits
 from jobs.states import StageStatus
 
 LOCK_THRESHOLD = 0.8
@@ -48,6 +51,9 @@ class LeaderboardRow:
     hit_max_share: float | None
     label_mix: dict[str, float] = field(default_factory=dict)
     seed_scores: list[tuple[int, float]] = field(default_factory=list)
+    # Quantized and fused variants: adherence minus their twin's, in points, averaged
+    # over the runs that evaluated both (-34.0: the quantization cost 34 points).
+    points_lost: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,6 +70,56 @@ def label_shares(counts: list[dict[str, int] | None]) -> dict[str, float]:
         total.update(c or {})
     n = sum(total.values())
     return {label: total[label] / n for label in sorted(total)} if n else {}
+
+
+def twin_variant(variant: str, evaluated: Iterable[str]) -> str | None:
+    """What a variant's adherence is compared with, by the rule the signal-loss
+    diagnostic uses: a quantized variant against the fused f16 model, else the best
+    variant of ≥ MIN_SAFE_BITS bits with more bits than it, else the adapter; the fused
+    model against the adapter. None for any other variant, or when no twin was evaluated."""
+    names = set(evaluated)
+    if variant == "fused":
+        return "adapter" if "adapter" in names else None
+    bits = variant_bits(variant)
+    if bits is None:
+        return None
+    if "fused" in names:
+        return "fused"
+    safer = [
+        (b, name)
+        for name in names
+        if (b := variant_bits(name)) is not None and b >= MIN_SAFE_BITS and b > bits
+    ]
+    if safer:
+        return max(safer)[1]
+    return "adapter" if "adapter" in names else None
+
+
+def points_lost(adherence: Mapping[str, float]) -> dict[str, float]:
+    """One run's adherence per variant -> each quantized / fused variant's adherence
+    minus its twin's, in points (negative when the variant lost the adapter's signal)."""
+    out = {}
+    for variant, score in adherence.items():
+        twin = twin_variant(variant, adherence)
+        if twin is not None:
+            out[variant] = round(100.0 * (score - adherence[twin]), 6)
+    return out
+
+
+def mean_points_lost(
+    scores: Iterable[tuple[str, int, str, float]],
+) -> dict[tuple[str, str], float]:
+    """(fingerprint, run id, variant, adherence) rows -> (fingerprint, variant) -> the
+    mean over runs of `points_lost`: the drop is measured within each run (its own
+    twin, same seed), then averaged, as the leaderboard averages adherence."""
+    runs: dict[tuple[str, int], dict[str, float]] = {}
+    for fingerprint, run_id, variant, adherence in scores:
+        runs.setdefault((fingerprint, run_id), {})[variant] = float(adherence)
+    drops: dict[tuple[str, str], list[float]] = {}
+    for (fingerprint, _), adherence in runs.items():
+        for variant, drop in points_lost(adherence).items():
+            drops.setdefault((fingerprint, variant), []).append(drop)
+    return {key: sum(values) / len(values) for key, values in drops.items()}
 
 
 def aggregate_query(
@@ -184,7 +240,9 @@ def _attach_details(session: Session, rows: list[LeaderboardRow]) -> None:
     """Per-seed scores and label mix, for just the rows on this page."""
     fingerprints = {r.fingerprint for r in rows}
     query = (
-        select(Run.fingerprint, Stage.variant, Run.seed, Stage.adherence, Stage.label_counts)
+        select(
+            Run.fingerprint, Stage.variant, Run.seed, Stage.adherence, Stage.label_counts, Run.id
+        )
         .join(Run, Run.id == Stage.run_id)
         .where(
             Stage.kind == "eval",
@@ -196,13 +254,17 @@ def _attach_details(session: Session, rows: list[LeaderboardRow]) -> None:
     )
     scores: dict[tuple[str, str], list[tuple[int, float]]] = {}
     labels: dict[tuple[str, str], list[dict[str, int] | None]] = {}
-    for fp, variant, seed, adherence, counts in session.execute(query):
+    per_run = []
+    for fp, variant, seed, adherence, counts, run_id in session.execute(query):
         scores.setdefault((fp, variant), []).append((int(seed), float(adherence)))
         labels.setdefault((fp, variant), []).append(counts)
+        per_run.append((fp, int(run_id), variant, float(adherence)))
+    lost = mean_points_lost(per_run)
     for row in rows:
         key = (row.fingerprint, row.variant)
         row.seed_scores = scores.get(key, [])
         row.label_mix = label_shares(labels.get(key, []))
+        row.points_lost = lost.get(key)
 
 
 def optional_float(value: Any) -> float | None:

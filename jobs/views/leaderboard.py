@@ -25,6 +25,7 @@ from jobs.leaderboard import (
     aggregate_query,
     count_rows,
     label_shares,
+    mean_points_lost,
     row_from_aggregate,
 )
 from jobs.views.compare import config_diff, config_specs
@@ -166,8 +167,12 @@ def _full_rows(
         for r in session.execute(query)
         if (r.fingerprint, r.variant) in wanted
     ]  # fmt: skip
+    # Every eval of the page's runs, not only the page's variants: a q4 row needs
+    # its twin (fused, q8…) from the same runs for its points lost.
     per_seed = session.execute(
-        select(Run.fingerprint, Stage.variant, Run.seed, Stage.adherence, Stage.label_counts)
+        select(
+            Run.fingerprint, Stage.variant, Run.seed, Stage.adherence, Stage.label_counts, Run.id
+        )
         .join(Run, Run.id == Stage.run_id)
         .where(Stage.id.in_(listed), Stage.kind == "eval", Stage.status == "done")  # type: ignore[union-attr]
         .where(Stage.adherence.is_not(None))  # type: ignore[union-attr]
@@ -175,12 +180,16 @@ def _full_rows(
     )
     scores: dict[tuple[str, str], list[tuple[int, float]]] = {}
     labels: dict[tuple[str, str], list[dict[str, int] | None]] = {}
-    for fp, variant, seed, adherence, counts in per_seed:
+    per_run = []
+    for fp, variant, seed, adherence, counts, run_id in per_seed:
         scores.setdefault((fp, variant), []).append((int(seed), float(adherence)))
         labels.setdefault((fp, variant), []).append(counts)
+        per_run.append((fp, int(run_id), variant, float(adherence)))
+    lost = mean_points_lost(per_run)
     for row in rows:
         row.seed_scores = scores.get((row.fingerprint, row.variant), [])
         row.label_mix = label_shares(labels.get((row.fingerprint, row.variant), []))
+        row.points_lost = lost.get((row.fingerprint, row.variant))
     return rows
 
 
@@ -209,6 +218,8 @@ def table_rows(rows: Sequence[LeaderboardRow]) -> list[dict[str, Any]]:
             "variant": r.variant,
             "seeds": r.seeds,
             "mean": r.mean,
+            # next to the mean: what this variant's quantization (or fuse) cost
+            "points_lost": r.points_lost,
             "std": r.std,
             "worst": r.worst,
             "best": r.best,

@@ -135,3 +135,49 @@ def test_leaderboard_page_matches_the_full_leaderboard(database: str, sort: str)
                     assert [key(r, sort) for r in page.rows] == [key(r, sort) for r in expected]
                     assert {same(r) for r in page.rows} <= {same(r) for r in full}
         assert leaderboard_page(session, offset=10_000).rows == []
+
+
+def test_points_lost_column(farm_data: Path) -> None:
+    """Each quantized / fused row shows its adherence minus its twin's (fused for q8 and
+    q4, the adapter for fused), in points, averaged over the runs that have both."""
+    from jobs.db import Run, Stage
+    from jobs.diagnostics import VariantResult
+    from jobs.diagnostics.detect import quantization_twin
+    from jobs.leaderboard import twin_variant
+
+    at = open_page()
+    rows = table(at)
+    columns = list(rows.columns)
+    assert columns.index("points_lost") == columns.index("mean") + 1  # one glance
+    with session_scope() as session:
+        evals = session.exec(
+            select(Run.fingerprint, Run.id, Stage.variant, Stage.adherence)
+            .join(Run, Run.id == Stage.run_id)
+            .where(Stage.kind == "eval", Stage.status == "done")
+        ).all()
+    runs: dict[tuple[str, int], dict[str, float]] = {}
+    for fp, run_id, variant, adherence in evals:
+        runs.setdefault((fp, run_id), {})[variant] = adherence
+    drops: dict[tuple[str, str], list[float]] = {}
+    for (fp, _), scores in runs.items():
+        for variant, twin in (("q8", "fused"), ("q4", "fused"), ("fused", "adapter")):
+            if variant in scores and twin in scores:
+                drops.setdefault((fp, variant), []).append(100 * (scores[variant] - scores[twin]))
+        # the same twin the quantization signal-loss diagnostic compares with
+        results = {v: VariantResult(v, a, 10, {}) for v, a in scores.items()}
+        for variant in ("q8", "q4"):
+            if variant in scores:
+                twin = quantization_twin(variant, results)
+                assert twin is not None and twin_variant(variant, scores) == twin.variant
+    with session_scope() as session:
+        shown = leaderboard(session, limit=25)  # the page's rows, in its order
+    assert list(rows["variant"]) == [r.variant for r in shown]
+    seen_loss = False
+    for row, lost in zip(shown, rows["points_lost"], strict=True):
+        if row.variant == "adapter":
+            assert lost is None or lost != lost  # None, or NaN in the frame
+            continue
+        expected = drops[(row.fingerprint, row.variant)]
+        assert lost == pytest.approx(sum(expected) / len(expected))
+        seen_loss |= row.variant == "q4" and lost < 0
+    assert seen_loss

@@ -85,6 +85,13 @@ event = st.dataframe(
         "mean": st.column_config.ProgressColumn(
             "mean adherence", min_value=0, max_value=1, format=percent
         ),
+        "points_lost": st.column_config.NumberColumn(
+            "points lost",
+            format="%+.0f pts",
+            help="quantized and fused variants: adherence minus their twin's in the same runs "
+            "(the fused f16 model, else a ≥ 5-bit variant, else the adapter); the signal-loss "
+            "diagnostic fires at -20",
+        ),
         "std": st.column_config.NumberColumn("std", format="%.3f"),
         "worst": st.column_config.NumberColumn("worst seed", format=percent),
         "best": st.column_config.NumberColumn("best seed", format=percent),
