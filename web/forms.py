@@ -41,10 +41,12 @@ from jobs.spec import (
     TrainSpec,
     config_fingerprint,
     default_variants,
-    parse_spec,
     read_yaml,
     variant_name,
 )
+from jobs.spec.sweep import parse_sweep
+from jobs.submit import SweepPlan, plan_sweep
+from web import sweep_inputs
 from web.seed_ranges import format_seeds, parse_seeds
 from web.spec_yaml import spec_dict_to_yaml
 
@@ -55,9 +57,8 @@ MAX_SEEDS = limits.MAX_SEEDS
 NO_SCHEDULE = "(none)"
 GENERAL = ""  # problems that belong to no single field
 
-Kind = Literal[
-    "text", "path", "int", "float", "bool", "select", "multiselect", "seeds", "list", "mapping"
-]
+Kind = Literal["text", "path", "int", "float", "bool", "select", "multiselect", "seeds", "list",
+               "mapping", "sweep"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ def _quant_options() -> tuple[str, ...]:
 QUANT_OPTIONS = _quant_options()
 
 SECTIONS = ("Experiment", "Training", "LoRA", "Learning-rate schedule", "Fuse and quantize", "Eval",
-            "Resources")  # fmt: skip
+            "Resources", sweep_inputs.SECTION)  # fmt: skip
 
 _FIELDS: tuple[FormField, ...] = (
     FormField("name", "Name", "text", "my-experiment",
@@ -220,6 +221,9 @@ _FIELDS: tuple[FormField, ...] = (
               "Resources"),
     FormField("resources.timeout_hours", "Timeout (hours)", "float", FROM_SPEC,
               "A training stage running longer is stopped.", "Resources"),
+    # Several values in one text field make a grid (web.sweep_inputs).
+    *(FormField(sweep_inputs.PREFIX + path, label, "sweep", "", sweep_inputs.help_text(path),
+                sweep_inputs.SECTION) for path, label in sweep_inputs.KNOBS),
 )  # fmt: skip
 FIELDS = tuple(
     replace(f, default=spec_default(f.key)) if f.default is FROM_SPEC else f for f in _FIELDS
@@ -267,7 +271,7 @@ def form_to_spec_dict(values: Mapping[str, Any]) -> tuple[dict[str, Any], list[P
     data: dict[str, Any] = {}
     for f in FIELDS:
         value = merged[f.key]
-        if f.key.startswith(("fuse.", "train.lr_schedule.")) or f.key == "quantize":
+        if f.key.startswith(("fuse.", "train.lr_schedule.", "quantize", sweep_inputs.PREFIX)):
             continue  # sections assembled below
         if f.kind == "seeds":
             try:
@@ -305,9 +309,12 @@ def form_to_spec_dict(values: Mapping[str, Any]) -> tuple[dict[str, Any], list[P
             "warmup_init": merged["train.lr_schedule.warmup_init"],
         }
         del data["train"]["learning_rate"]  # the schedule's first argument is the rate
+    sweep, sweep_problems = sweep_inputs.sweep_from_form(merged)
+    problems.extend(Problem(FORM_SOURCE, message, None, key) for key, message in sweep_problems)
+    data.update({"sweep": sweep} if sweep else {})
     # Reorder the top level like the design's example spec.
     order = ["name", "base_model", "dataset", "seeds", "train", "fuse", "quantize", "eval",
-             "resources"]  # fmt: skip
+             "resources", "sweep"]  # fmt: skip
     return {k: data[k] for k in order if k in data}, problems
 
 
@@ -420,7 +427,10 @@ def spec_dict_to_form(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str
         arguments = schedule.get("arguments")
         if isinstance(arguments, list) and arguments:
             values["train.learning_rate"] = arguments[0]
-    notes.extend(_unknown_keys(data))
+    sweep_texts, sweep_notes = sweep_inputs.sweep_to_form(data.get("sweep"))
+    values.update(sweep_texts)
+    notes.extend(sweep_notes)
+    notes.extend(_unknown_keys({k: v for k, v in data.items() if k != "sweep"}))
     return values, notes
 
 
@@ -473,6 +483,8 @@ class FormResult:
     fingerprint: str = ""
     stages_per_run: int = 0
     experiment_id: int | None = None
+    plan: SweepPlan | None = None  # set for a sweep: its grid, planned and counted
+    sweep_id: int | None = None
 
     @property
     def errors(self) -> list[Finding]:
@@ -531,11 +543,14 @@ def validate_form(values: Mapping[str, Any], run_preflight: bool = True) -> Form
     text = spec_dict_to_yaml(data)
     result = FormResult(yaml=text)
     spec: ExperimentSpec | None = None
+    plan: SweepPlan | None = None
     spec_problems: list[Problem] = []
     try:
-        spec = parse_spec(text, source=FORM_SOURCE, base_dir=PROJECT_ROOT)
+        # The sweep's grid is checked and counted against the run limit as in `farm submit`.
+        spec, grid = parse_sweep(text, source=FORM_SOURCE, base_dir=PROJECT_ROOT)
+        plan = plan_sweep(spec, text, grid, FORM_SOURCE) if spec.sweep else None
     except InputError as exc:
-        spec_problems = exc.problems
+        spec, spec_problems = None, exc.problems
     for problem in form_problems:
         result.problems.setdefault(problem.field, []).append(problem.message)
     parsed_by_form = set(result.problems)
@@ -548,8 +563,9 @@ def validate_form(values: Mapping[str, Any], run_preflight: bool = True) -> Form
             messages.append(_describe(problem))
     if spec is None or result.problems:
         return result
-    result.spec = spec
-    result.fingerprint = config_fingerprint(spec)
+    result.spec, result.plan = spec, plan
+    if plan is None:
+        result.fingerprint = config_fingerprint(spec)
     # Counted like `farm submit --dry-run`: on the spec that will run, with the
     # quantization twin the farm adds at submission.
     planned, _ = ensure_quant_twin(spec)
@@ -561,9 +577,11 @@ def validate_form(values: Mapping[str, Any], run_preflight: bool = True) -> Form
 
 def submit_form(values: Mapping[str, Any], redis: Redis) -> FormResult:
     """Validate and, when nothing is wrong, write the experiment and enqueue it."""
-    from jobs.submit import submit_experiment
+    from jobs.submit import submit_experiment, submit_sweep
 
     result = validate_form(values)
-    if result.ok and result.spec is not None:
+    if result.ok and result.plan is not None:
+        result.sweep_id = submit_sweep(result.plan, redis, result.findings)
+    elif result.ok and result.spec is not None:
         result.experiment_id = submit_experiment(result.spec, redis, result.yaml, result.findings)
     return result

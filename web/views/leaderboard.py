@@ -8,6 +8,7 @@ import streamlit as st
 
 from jobs.views import compare
 from jobs.views import leaderboard as leaderboard_view
+from jobs.views import sweep as sweep_view
 from jobs.views.runs import count_experiments
 from web import ui
 from web.forms import display_path
@@ -169,6 +170,52 @@ with right:
             .properties(height=max(22 * len(rows), 260))
         )
         st.altair_chart(chart, width="stretch")
+
+
+def sweep_section() -> None:
+    """A sweep's grid: adherence against each swept knob, per seed, and the knob
+    that moved it most (jobs.views.sweep; `farm leaderboard --sweep ID` prints it)."""
+    st.subheader("Sweeps")
+    with ui.db() as session:
+        sweeps = {s.id: s for s in sweep_view.list_sweeps(session)}
+    if not sweeps:
+        st.caption("No sweeps yet: add `sweep:` to a spec, or fill a Sweep field of the form.")
+        return
+    left, right = st.columns([3, 1])
+    sweep_id = left.selectbox("sweep", list(sweeps), format_func=lambda i: sweeps[i].title,
+                              key="lb_sweep")  # fmt: skip
+    with ui.db() as session:
+        view = sweep_view.load_sweep_view(session, sweep_id)
+        variants = view.variants if view else []
+        variant = right.selectbox("variant", variants or ["adapter"], key="lb_sweep_variant")
+        if view is not None and variant != view.variant:
+            view = sweep_view.load_sweep_view(session, sweep_id, variant)
+    if view is None:
+        return
+    st.markdown(f"**{view.strongest_line()}**")
+    points = pd.DataFrame(sweep_view.knob_points(view))
+    means = pd.DataFrame(sweep_view.knob_means(view))
+    if points.empty:
+        st.caption("No finished evals in this sweep yet.")
+    else:
+        for column, knob in zip(st.columns(len(view.knobs)), view.knobs, strict=True):
+            order = [v.text for v in knob.values]
+            x = alt.X("value:N", sort=order, title=knob.name)
+            y = alt.Y("adherence:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%"))
+            dots = (
+                alt.Chart(points[points["knob"] == knob.name])
+                .mark_circle(size=70, opacity=0.6)
+                .encode(x=x, y=y, color=alt.Color("seed:N"),
+                        tooltip=["point", "seed", alt.Tooltip("adherence:Q", format=".1%")])
+            )  # fmt: skip
+            mean = means[means["knob"] == knob.name]
+            line = alt.Chart(mean).mark_line(point=True).encode(x=x, y=y)
+            chart = (dots + line).properties(title=f"{view.variant} adherence vs {knob.name}")
+            column.altair_chart(chart, width="stretch")
+    st.dataframe(pd.DataFrame(sweep_view.point_table(view)), hide_index=True, key="lb_sweep_table")
+
+
+sweep_section()
 
 st.subheader("Compare configurations")
 if len(selected) < 2:

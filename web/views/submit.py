@@ -9,7 +9,7 @@ import streamlit as st
 from jobs import settings
 from jobs.limits import spec_size_problem
 from jobs.problems import InputError
-from web import forms, pickers, ui
+from web import forms, pickers, sweep_inputs, ui
 
 KEY = "f:"  # widget keys are KEY + the spec field's dotted path
 FORMATS = {"train.learning_rate": "%.2e", "train.lr_schedule.warmup_init": "%.2e"}
@@ -142,11 +142,23 @@ with st.form("spec_form"):
     left.form_submit_button("Validate", on_click=on_validate)
     right.form_submit_button("Submit", type="primary", on_click=on_submit)
 
+# The run count of the form as last validated or submitted (a sweep multiplies it).
+st.caption(f"Planned: {sweep_inputs.run_count_text(widget_values())}")
 error = st.session_state.get("submit_error")
 if error:
     st.error(error)
 if result is not None:
-    if result.experiment_id is not None:
+    if result.sweep_id is not None and result.plan is not None:
+        st.success(
+            f"Submitted sweep {result.sweep_id}: {result.plan.summary()}, one experiment per "
+            "grid point. Its section on the Leaderboard shows adherence against each knob."
+        )
+        st.page_link(ui.RUNS_PAGE, label="Watch it on the Runs page", icon=ui.ICONS["runs"])
+    elif result.ok and result.plan is not None:
+        st.success(
+            f"Valid sweep: {result.plan.summary()}. Nothing is queued until you press Submit."
+        )
+    elif result.experiment_id is not None:
         spec = result.spec
         runs = len(spec.seeds) if spec else 0
         st.success(
