@@ -232,6 +232,11 @@ def variant_summaries(session: Session, run_id: int) -> list[dict[str, Any]]:
     """One row per evaluated variant of the run: adherence, label mix, speed, size."""
     stages = session.exec(select(Stage).where(Stage.run_id == run_id, Stage.kind == "eval")).all()
     ended_by = stop_reasons(session, [s.id or 0 for s in stages])
+    # What each quantized / fused variant lost against its twin, as the leaderboard
+    # and the signal-loss diagnostic measure it.
+    from jobs.leaderboard import points_lost
+
+    lost = points_lost({s.variant: s.adherence for s in stages if s.adherence is not None})
     rows = []
     for s in sorted(stages, key=lambda s: variant_order(s.variant)):
         counts = s.label_counts or {}
@@ -241,6 +246,7 @@ def variant_summaries(session: Session, run_id: int) -> list[dict[str, Any]]:
                 "variant": s.variant,
                 "status": s.status,
                 "adherence": s.adherence,
+                "points_lost": lost.get(s.variant),
                 "prompts": s.n_prompts,
                 "label_mix": {k: v / total for k, v in sorted(counts.items())} if total else {},
                 # eos / a stop string / max_tokens: a model that never stops shows here.

@@ -87,6 +87,13 @@ def test_run_page_shows_curves_stages_artifacts_and_variants(finished_run: int) 
     variants = next(v for k, v in frames.items() if "label_mix" in k)
     adherence = dict(zip(variants["variant"], variants["adherence"], strict=True))
     assert adherence == {"adapter": 0.75, "fused": 1.0, "q8": 0.75, "q4": 0.0}
+    # Points lost against the twin: q8 and q4 against the fused f16 model, fused
+    # against the adapter; the adapter has none.
+    lost = dict(zip(variants["variant"], variants["points_lost"], strict=True))
+    assert lost["q4"] == -100 and lost["q8"] == -25 and lost["fused"] == 25
+    assert lost["adapter"] is None or lost["adapter"] != lost["adapter"]  # None or NaN
+    columns = list(variants.columns)
+    assert columns.index("points_lost") == columns.index("adherence") + 1
     # What each eval cost and how its responses ended (a model that never stops shows).
     ended = dict(zip(variants["variant"], variants["ended_by"], strict=True))
     assert ended["q4"] == "max_tokens 3, eos 1" and ended["fused"] == "eos 4"

@@ -242,6 +242,13 @@ else:
             "adherence": st.column_config.ProgressColumn(
                 "adherence", min_value=0, max_value=1, format="percent"
             ),
+            "points_lost": st.column_config.NumberColumn(
+                "points lost",
+                format="%+.0f pts",
+                help="adherence minus the twin's: a quantized variant against the fused f16 "
+                "model (else a ≥ 5-bit variant, else the adapter), the fused model against "
+                "the adapter; the signal-loss diagnostic fires at -20",
+            ),
             "ended_by": st.column_config.TextColumn(
                 "ended by", help="responses that ended on eos, a stop string, or max_tokens"
             ),
