@@ -200,7 +200,7 @@ def sweep_section() -> None:
     else:
         for column, knob in zip(st.columns(len(view.knobs)), view.knobs, strict=True):
             order = [v.text for v in knob.values]
-            x = alt.X("value:N", sort=order, title=knob.name)
+            x = alt.X("value:N", sort=order, title=knob.name, axis=alt.Axis(labelAngle=0))
             y = alt.Y("adherence:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%"))
             dots = (
                 alt.Chart(points[points["knob"] == knob.name])
@@ -215,7 +215,8 @@ def sweep_section() -> None:
     st.dataframe(pd.DataFrame(sweep_view.point_table(view)), hide_index=True, key="lb_sweep_table")
 
 
-sweep_section()
+with st.container(key="sweep_section"):
+    sweep_section()
 
 st.subheader("Compare configurations")
 if len(selected) < 2:
