@@ -59,7 +59,7 @@ TRAIN = {
 # two iterations past the checkpoint at 8, as a worker dying mid-run would be.
 KILLED_CHILD = """
 import os, signal, sys
-from worker import train
+from worker.stages import train
 
 report = train.ProgressToDatabase.on_train_loss_report
 
@@ -275,7 +275,11 @@ def test_a_retry_after_the_last_checkpoint_trains_nothing_again(
 
 def is_our_child(process: psutil.Process, farm_home: Path, stage_id: int) -> bool:
     """The stage's child process of this test's farm (others may run alongside)."""
-    if (process.info["cmdline"] or [])[-3:-1] != ["worker.child", str(stage_id)]:
+    cmdline = process.info["cmdline"] or []
+    # `python -m worker.child STAGE ATTEMPT [--report-fd FD]`
+    if "worker.child" not in cmdline or cmdline[cmdline.index("worker.child") + 1 :][:1] != [
+        str(stage_id)
+    ]:
         return False
     try:
         return process.environ().get("FARM_HOME") == str(farm_home)
