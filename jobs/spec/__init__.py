@@ -14,6 +14,7 @@ One job per module:
 - `files`: paths made absolute, model / dataset / suite files checked;
 - `parse`: `parse_spec`, `load_spec`, `spec_to_yaml`;
 - `fingerprint`: `config_fingerprint`, what pools runs on the leaderboard;
+- `sweep`: `sweep:` expanded into its grid of specs (`expand_sweep`, `load_sweep`);
 - `probe`: `train.adherence_probe`, the adherence probe and its stop rule;
 - `mlx_args`: the one mapping from a `TrainSpec` to mlx-lm's lora arguments;
 - `words`: dotted field names and value wording shared by the messages.
@@ -56,6 +57,7 @@ from jobs.spec.options import (
 )
 from jobs.spec.parse import load_spec, parse_spec, read_spec_file, spec_to_yaml
 from jobs.spec.probe import AdherenceProbe
+from jobs.spec.sweep import KNOB_PATHS, SweepPoint, expand_sweep, load_sweep, parse_sweep
 from jobs.spec.words import Loc, dotted
 from jobs.spec.yaml_source import LineOf, line_locator, read_yaml, yaml_locator
 
@@ -63,6 +65,7 @@ __all__ = [
     "AdherenceProbe",
     "DEFAULT_GROUP_SIZE",
     "FINGERPRINT_VERSION",
+    "KNOB_PATHS",
     "MODEL_META_FILES",
     "OPTIMIZER_KWARGS",
     "QUANT_BITS",
@@ -79,21 +82,25 @@ __all__ = [
     "LrSchedule",
     "QuantizeSpec",
     "Resources",
+    "SweepPoint",
     "TrainSpec",
     "config_fingerprint",
     "cross_field_problems",
     "default_variants",
     "dotted",
+    "expand_sweep",
     "fingerprint_payload",
     "is_local_model",
     "line_locator",
     "load_spec",
+    "load_sweep",
     "looks_like_hf_id",
     "lora_config",
     "lora_run_config",
     "model_dir_problems",
     "model_identity",
     "parse_spec",
+    "parse_sweep",
     "read_spec_file",
     "read_yaml",
     "resolve_path",
