@@ -188,6 +188,8 @@ def status(
             score = f"adherence {s.adherence:.3f}" if s.adherence is not None else ""
             line = f"  {s.kind:9} {s.variant:14} {s.status:10} {progress:>11} {took:>8} {score}"
             note = progress_note(s)  # "attempt 2, resumed from 20" after a retry
+            if s.early_stop:  # the adherence probe ended training at a checkpoint
+                note = "; ".join(filter(None, [note, f"stopped early: {s.early_stop}"]))
             console.print(
                 line.rstrip() + (f" · {note}" if note else ""), markup=False, soft_wrap=True
             )

@@ -42,6 +42,9 @@ class RunHeader:
     suite: str
     sibling_runs: list[tuple[int, int, str]] = field(default_factory=list)  # id, seed, status
     diagnostics: list[dict[str, Any]] = field(default_factory=list)
+    # "training stopped early after iteration 300 of 500 — locked: …", or None.
+    early_stop: str | None = None
+    iters: int | None = None  # the training iterations the spec plans
 
 
 def run_header(session: Session, run_id: int) -> RunHeader | None:
@@ -85,17 +88,63 @@ def run_header(session: Session, run_id: int) -> RunHeader | None:
                 "pattern": d.pattern,
                 "scope": d.scope,
                 "message": d.message,
+                "variant": (d.evidence or {}).get("variant"),
             }
             for d in diagnostics
         ],
+        early_stop=early_stop_of(session, run_id),
+        iters=(experiment.spec.get("train") or {}).get("iters"),
     )
+
+
+def early_stop_of(session: Session, run_id: int) -> str | None:
+    """Why the run's training ended before its last iteration, in one line, e.g.
+    "training stopped early after iteration 300 of 500 — locked: …"; None if it did not."""
+    train = session.exec(select(Stage).where(Stage.run_id == run_id, Stage.kind == "train")).first()
+    if train is None or not train.early_stop:
+        return None
+    where = f" after iteration {train.progress} of {train.total}" if train.total else ""
+    return f"training stopped early{where} — {train.early_stop}"
+
+
+_SEVERITY_RANK = {"error": 0, "warning": 1, "info": 2}
+
+
+def diagnostic_groups(diagnostics: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The run's diagnostics, one card per pattern rather than one near-identical
+    line per variant: {pattern, severity (the worst), scope, variants, messages},
+    the worst first, and within a card the worst finding first, then by variant.
+    Preflight findings group apart from the run's."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for d in diagnostics:
+        scope = "preflight" if d["scope"] == "preflight" else "run"
+        groups.setdefault((scope, d["pattern"]), []).append(d)
+    out = []
+    for (scope, pattern), found in groups.items():
+        found.sort(key=lambda d: (_rank(d["severity"]), variant_order(d.get("variant") or "")))
+        variants = [d["variant"] for d in found if d.get("variant")]
+        messages = [d["message"] for d in found]
+        out.append(
+            {
+                "pattern": pattern,
+                "severity": found[0]["severity"],
+                "scope": scope,
+                "variants": sorted(set(variants), key=variant_order),
+                "messages": list(dict.fromkeys(messages)),  # in order, once each
+            }
+        )
+    return sorted(out, key=lambda g: _rank(g["severity"]))
+
+
+def _rank(severity: str) -> int:
+    return _SEVERITY_RANK.get(severity, len(_SEVERITY_RANK))
 
 
 # --- training curves ------------------------------------------------------------
 
 
 def training_metrics(session: Session, run_id: int) -> list[dict[str, Any]]:
-    """Every loss report of the run's training, oldest first."""
+    """Every loss report and adherence probe of the run's training, oldest first."""
     query = (
         select(
             Metric.iteration,
@@ -106,6 +155,8 @@ def training_metrics(session: Session, run_id: int) -> list[dict[str, Any]]:
             Metric.iterations_per_sec,
             Metric.peak_memory_gb,
             Metric.trained_tokens,
+            Metric.probe_adherence,
+            Metric.probe_labels,
         )
         .where(Metric.run_id == run_id)
         .order_by(Metric.iteration, Metric.id)
@@ -122,6 +173,23 @@ def loss_series(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 out.append({"iteration": m["iteration"], "loss": name.replace("_", " "),
                             "value": m[name]})  # fmt: skip
     return out
+
+
+def probe_series(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The adherence probe at each checkpoint: {iteration, adherence, labels}, where
+    labels reads like "execute_code 6, wrong_tool 2"."""
+    return [
+        {
+            "iteration": m["iteration"],
+            "adherence": m["probe_adherence"],
+            "labels": ", ".join(
+                f"{k} {v}"
+                for k, v in sorted((m["probe_labels"] or {}).items(), key=lambda x: -x[1])
+            ),
+        }
+        for m in metrics
+        if m["probe_adherence"] is not None
+    ]
 
 
 def throughput_series(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:

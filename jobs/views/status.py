@@ -35,6 +35,8 @@ class StageView:
     attempts: list[dict[str, Any]] = field(default_factory=list)
     history: list[str] = field(default_factory=list)
     seconds: float | None = None  # how long the stage took, once finished
+    # train: why it stopped before its last iteration (the adherence probe), or None
+    early_stop: str | None = None
 
     @property
     def elapsed_s(self) -> float | None:
@@ -166,6 +168,7 @@ def experiment_view(session: Session, experiment_id: int) -> ExperimentView | No
                         attempts=attempt_dicts(tries[s.id or 0]),
                         history=_history(s, tries[s.id or 0]),
                         seconds=stage_seconds(s.started_at, s.finished_at),
+                        early_stop=s.early_stop,
                     )
                 )
         run_view.eval_seconds, run_view.eval_seconds_by_variant = eval_seconds(run_view.stages)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import altair as alt
 import pandas as pd
 import streamlit as st
@@ -11,6 +13,7 @@ from jobs.views import run_detail
 from web import ui
 
 EVAL_ROWS_PER_PAGE = 25
+LIVE_EVERY = timedelta(seconds=3)  # how often a live run's training charts refresh
 
 run_id = ui.query_int("run")
 if run_id is None:
@@ -82,17 +85,33 @@ if siblings:
         for rid, seed, status in siblings[:30]:
             ui.run_link(rid, f"seed {seed}", icon=ui.status_icon(status))
 SHOW = {"error": st.error, "warning": st.warning, "info": st.info}
-# What went wrong in this run, in full; what preflight said before it ran, folded.
-for d in header.diagnostics:
-    if d["scope"] != "preflight":
-        SHOW.get(d["severity"], st.info)(f"**{d['pattern']}**: {d['message']}")
-preflight = [d for d in header.diagnostics if d["scope"] == "preflight"]
+
+
+def diagnostic_card(group: dict) -> None:
+    """One pattern: where it was found, its first message, the others folded."""
+    where = f" — in {', '.join(group['variants'])}" if group["variants"] else ""
+    messages = group["messages"]
+    SHOW.get(group["severity"], st.info)(f"**{group['pattern']}**{where}\n\n{messages[0]}")
+    if len(messages) > 1:
+        with st.expander(f"{group['pattern']}: all {len(messages)} findings"):
+            for message in messages:
+                st.markdown(f"- {message}")
+
+
+# What went wrong in this run, one card per pattern; what preflight said before
+# it ran, folded.
+groups = run_detail.diagnostic_groups(header.diagnostics)
+for group in groups:
+    if group["scope"] != "preflight":
+        diagnostic_card(group)
+preflight = [g for g in groups if g["scope"] == "preflight"]
 if preflight:
-    worst = "error" if any(d["severity"] == "error" for d in preflight) else "warning"
-    with st.expander(f"Preflight findings ({len(preflight)})", icon=ui.status_icon(
+    worst = "error" if any(g["severity"] == "error" for g in preflight) else "warning"
+    count = sum(len(g["messages"]) for g in preflight)
+    with st.expander(f"Preflight findings ({count})", icon=ui.status_icon(
         "failed" if worst == "error" else "skipped")):  # fmt: skip
-        for d in preflight:
-            SHOW.get(d["severity"], st.info)(f"**{d['pattern']}**: {d['message']}")
+        for group in preflight:
+            diagnostic_card(group)
 
 with ui.db() as session:
     story = run_detail.attempt_story(session, header.id)
@@ -100,7 +119,6 @@ if story:  # retried, resumed or re-planned: say it before the charts do
     st.info(story, icon=":material/restart_alt:")
 
 with ui.db() as session:
-    metrics = run_detail.training_metrics(session, header.id)
     timeline = run_detail.stage_timeline(session, header.id)
     files = run_detail.artifacts(session, header.id)
     summaries = run_detail.variant_summaries(session, header.id)
@@ -108,43 +126,88 @@ with ui.db() as session:
 
 # --- training -----------------------------------------------------------------------
 st.header("Training")
-if not metrics:
-    st.info("No training reports yet.")
-else:
-    left, right = st.columns(2)
+
+
+def loss_chart(losses: pd.DataFrame) -> None:
+    chart = (
+        alt.Chart(losses)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("iteration:Q", title="iteration"),
+            y=alt.Y("value:Q", title="loss", scale=alt.Scale(zero=False)),
+            color=alt.Color("loss:N", title=None),
+            tooltip=["iteration", "loss", alt.Tooltip("value:Q", format=".4f")],
+        )
+    )
+    st.altair_chart(chart, width="stretch")
+
+
+def probe_chart(probes: pd.DataFrame, iters: int | None) -> None:
+    x = alt.X("iteration:Q", title="iteration")
+    if iters:  # the whole planned run, so an early stop shows as a curve that ends
+        x = alt.X("iteration:Q", title="iteration", scale=alt.Scale(domain=[0, iters]))
+    chart = (
+        alt.Chart(probes)
+        .mark_line(point=True)
+        .encode(
+            x=x,
+            y=alt.Y("adherence:Q", title="adherence", scale=alt.Scale(domain=[0, 1])),
+            tooltip=["iteration", alt.Tooltip("adherence:Q", format=".0%"), "labels"],
+        )
+    )
+    st.altair_chart(chart, width="stretch")
+
+
+def speed_chart(speed: pd.DataFrame) -> None:
+    chart = (
+        alt.Chart(speed)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("iteration:Q"),
+            y=alt.Y("value:Q", title=None),
+            color=alt.Color("measure:N", title=None, legend=None),
+            row=alt.Row("measure:N", title=None),
+            tooltip=["iteration", "measure", alt.Tooltip("value:Q", format=".2f")],
+        )
+        .properties(height=110)
+        .resolve_scale(y="independent")
+    )
+    st.altair_chart(chart, width="stretch")
+
+
+@st.fragment(run_every=LIVE_EVERY if header.status in ("queued", "running") else None)
+def training() -> None:
+    """Loss, the adherence probe and speed; refreshed while the run is live."""
+    with ui.db() as session:
+        metrics = run_detail.training_metrics(session, header.id)
+        stopped = run_detail.early_stop_of(session, header.id)
+    if stopped:
+        st.info(stopped, icon=":material/front_hand:")
+    if not metrics:
+        st.info("No training reports yet.")
+        return
     losses = pd.DataFrame(run_detail.loss_series(metrics))
-    with left:
+    probes = pd.DataFrame(run_detail.probe_series(metrics))
+    speed = pd.DataFrame(run_detail.throughput_series(metrics))
+    columns = st.columns(3 if not probes.empty else 2)
+    with columns[0]:
         st.markdown("**Loss**")
         if not losses.empty:
-            chart = (
-                alt.Chart(losses)
-                .mark_line(point=True)
-                .encode(
-                    x=alt.X("iteration:Q", title="iteration"),
-                    y=alt.Y("value:Q", title="loss", scale=alt.Scale(zero=False)),
-                    color=alt.Color("loss:N", title=None),
-                    tooltip=["iteration", "loss", alt.Tooltip("value:Q", format=".4f")],
-                )
+            loss_chart(losses)
+    if not probes.empty:
+        with columns[1]:
+            st.markdown(
+                "**Adherence probe**",
+                help="a few suite prompts generated at each checkpoint, during training",
             )
-            st.altair_chart(chart, width="stretch")
-    speed = pd.DataFrame(run_detail.throughput_series(metrics))
-    with right:
+            probe_chart(probes, header.iters)
+    with columns[-1]:
         st.markdown("**Tokens/s and peak memory**")
         if not speed.empty:
-            chart = (
-                alt.Chart(speed)
-                .mark_line(point=True)
-                .encode(
-                    x=alt.X("iteration:Q"),
-                    y=alt.Y("value:Q", title=None),
-                    color=alt.Color("measure:N", title=None, legend=None),
-                    row=alt.Row("measure:N", title=None),
-                    tooltip=["iteration", "measure", alt.Tooltip("value:Q", format=".2f")],
-                )
-                .properties(height=110)
-                .resolve_scale(y="independent")
-            )
-            st.altair_chart(chart, width="stretch")
+            speed_chart(speed)
+
+
+training()
 
 # --- stages ---------------------------------------------------------------------------
 st.header("Stages")
