@@ -29,7 +29,6 @@ only feed the checkpoint comparison.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +48,7 @@ from jobs.checks import (
 )
 from jobs.dag import is_checkpoint_variant
 from jobs.leaderboard import LOCK_THRESHOLD  # a seed that "locked" the format (0.8)
+from jobs.spec.options import variant_bits
 
 QUANT_LOSS_POINTS = 20.0
 RUNAWAY_SHARE = 0.5
@@ -133,12 +133,6 @@ class Detection:
     message: str
     evidence: dict[str, Any]
     variant: str | None = None
-
-
-def variant_bits(variant: str) -> int | None:
-    """`q4` / `q4g32` -> 4; None for any other variant."""
-    match = re.fullmatch(r"q(\d)(?:g\d+)?", variant)
-    return int(match.group(1)) if match else None
 
 
 def diagnosed(variant: str) -> bool:

@@ -15,7 +15,7 @@ from sqlalchemy import func
 from sqlmodel import Session, select
 
 from jobs.db import Experiment
-from jobs.spec import DEFAULT_GROUP_SIZE, variant_name
+from jobs.spec.options import quant_variant
 
 NOT_IN_FINGERPRINT = ("name", "seeds", "resources")
 
@@ -29,7 +29,10 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
             out.update(flatten(value, path + "."))
         elif path == "quantize" and isinstance(value, list):
             out[path] = ", ".join(
-                variant_name(q["bits"], q.get("group_size", DEFAULT_GROUP_SIZE)) for q in value
+                quant_variant(
+                    q.get("mode") or "affine", q.get("bits"), q.get("group_size"), q.get("recipe")
+                )
+                for q in value
             )
         elif isinstance(value, list):
             out[path] = ", ".join(map(str, value))
