@@ -179,7 +179,8 @@ def _runs_problems(seeds: list[Any]) -> list[tuple[Loc, str]]:
     # adds news when a sweep multiplies seeds that are each within their limit.
     if len(seeds) > limits.MAX_SEEDS:
         return []
-    problem = limits.runs_problem(len(seeds), grid_points=1)  # no sweeps yet: one point
+    # One grid point here; a sweep counts its points × seeds in jobs/spec/sweep.py.
+    problem = limits.runs_problem(len(seeds), grid_points=1)
     return [(("seeds",), problem)] if problem else []
 
 

@@ -15,11 +15,14 @@ from jobs.spec.model import TrainSpec
 
 # TrainSpec fields whose mlx-lm argument has another name or shape.
 _RESHAPED = frozenset({"lora", "optimizer_config", "lr_schedule"})
+# TrainSpec fields the farm acts on itself, which mlx-lm has no argument for
+# (the probe runs in the train stage's own checkpoint hook).
+FARM_ONLY = frozenset({"adherence_probe"})
 
 
 def lora_config(train: TrainSpec) -> dict[str, Any]:
     """The spec's train knobs under mlx-lm's CONFIG_DEFAULTS names (a `lora --config` YAML)."""
-    config = train.model_dump(mode="json", exclude=set(_RESHAPED))
+    config = train.model_dump(mode="json", exclude=set(_RESHAPED | FARM_ONLY))
     # mlx-lm keys optimizer options by optimizer name and builds the optimizer
     # with `optimizer_config[optimizer]`.
     config["optimizer_config"] = {train.optimizer: dict(train.optimizer_config)}
