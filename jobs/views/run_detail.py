@@ -6,7 +6,6 @@ table is filtered and paginated in SQL.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -16,6 +15,7 @@ from sqlmodel import Session, col, select
 
 from jobs.dag import is_checkpoint_variant
 from jobs.db import Artifact, Diagnostic, EvalResult, Experiment, Metric, Run, Stage
+from jobs.spec.options import variant_bits
 from jobs.views.attempts import (
     attempt_lines,
     attempts_by_stage,
@@ -283,14 +283,15 @@ def artifacts(session: Session, run_id: int) -> list[dict[str, Any]]:
 
 
 def variant_order(variant: str) -> tuple[int, int, str]:
-    """adapter, fused, q8, q6, … q2, then checkpoints in order, then base."""
+    """adapter, fused, then quantized variants from most bits to fewest (q8, mxfp8,
+    q6, … mxfp4, mixed_3_6, q2), then checkpoints in order, then best and base."""
     if variant == "adapter":
         return (0, 0, "")
     if variant == "fused":
         return (1, 0, "")
-    match = re.fullmatch(r"q(\d+)(g\d+)?", variant)
-    if match:
-        return (2, -int(match.group(1)), match.group(2) or "")
+    bits = variant_bits(variant)
+    if bits is not None:
+        return (2, -bits, variant)
     if is_checkpoint_variant(variant):
         return (3, 0, variant)
     return (4, 0, variant)
