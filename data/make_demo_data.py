@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import json
 import random
+import re
+import sys
 from pathlib import Path
 from string import Template
+from typing import NamedTuple
 
 from jobs import formats
 from jobs.checks import code_api_problems
@@ -37,6 +40,25 @@ OUT = ROOT / "datasets" / "code_mode"
 SEED = 20260218
 N_SINGLE_PER_TOOL = 11
 N_MULTI = 40
+
+
+class Flavor(NamedTuple):
+    """One dataset the script writes, for one suite."""
+
+    suite: Path
+    out: Path
+    per_tool: int  # single-tool examples per tool of the suite
+    n_multi: int  # multi-tool examples (templates whose tools are all in the suite)
+
+
+FLAVORS = {
+    # Every tool of the Code-Mode API: the wrapper is learned in a laptop-CPU
+    # budget, routing among 26 tools is not.
+    "code_mode": Flavor(SUITE, OUT, N_SINGLE_PER_TOOL, N_MULTI),
+    # Five tools and clear prompts: what the tiny model can learn in minutes,
+    # so the demo's configurations and seeds separate (`farm demo`).
+    "core": Flavor(ROOT / "evals" / "core.yaml", ROOT / "datasets" / "core", 45, 24),
+}
 VALID_SHARE = 0.1
 
 # --- names the prompts talk about (none from the suite's "billing" project) --
@@ -840,7 +862,17 @@ def _chat(system: str, prompt: str, answer: str) -> dict[str, list[dict[str, str
     }
 
 
-def make_examples(suite: EvalSuite, rng: random.Random) -> list[dict]:
+def _multi_for(suite: EvalSuite) -> list[tuple[list[str], str]]:
+    """The multi-tool templates that call only tools of this suite."""
+    tools = set(suite.tool_names)
+    return [
+        (p, code) for p, code in MULTI if set(re.findall(r"(\w+)\(", code)) <= tools | {"print"}
+    ]
+
+
+def make_examples(
+    suite: EvalSuite, rng: random.Random, per_tool: int = N_SINGLE_PER_TOOL, n_multi: int = N_MULTI
+) -> list[dict]:
     held_out = {p.prompt.strip().lower() for p in suite.prompts}
     seen: set[str] = set()
     examples: list[dict] = []
@@ -854,33 +886,37 @@ def make_examples(suite: EvalSuite, rng: random.Random) -> list[dict]:
         examples.append(_chat(suite.system_prompt, prompt, answer))
         return True
 
-    def add_tool_example(groups: list[Group]) -> None:
+    def add_tool_example(groups: list[Group]) -> bool:
         for _ in range(200):  # retry until a prompt not seen before comes up
             prompts, codes = rng.choice(groups)
             names = _pick(rng)
             code = Template(rng.choice(codes)).substitute(names)
             if add(rng.choice(prompts), _code_block(code, suite), names):
-                return
-        raise RuntimeError(f"cannot find a new prompt among {groups}")
+                return True
+        return False  # this tool's prompts are used up
 
+    multi = _multi_for(suite)
     for tool_name in suite.tool_names:
-        for _ in range(N_SINGLE_PER_TOOL):
-            add_tool_example(TOOLS[tool_name])
-    for i in range(N_MULTI):
-        prompts, code = MULTI[i % len(MULTI)]
-        add_tool_example([(prompts, [code])])
+        for _ in range(per_tool):
+            if not add_tool_example(TOOLS[tool_name]):
+                break
+    for i in range(n_multi if multi else 0):
+        prompts, code = multi[i % len(multi)]
+        if not add_tool_example([(prompts, [code])]):
+            raise RuntimeError(f"cannot find a new prompt among {prompts}")
     for questions, answer in DIRECT:
         for question in questions:
             assert add(question, answer, {}), question
     return examples
 
 
-def main(out: Path = OUT) -> None:
-    suite = load_suite(SUITE)
-    assert set(TOOLS) == set(suite.tool_names), "every tool of the API needs templates"
+def main(out: Path = OUT, flavor: str = "code_mode") -> None:
+    chosen = FLAVORS[flavor]
+    suite = load_suite(chosen.suite)
+    assert set(suite.tool_names) <= set(TOOLS), "every tool of the API needs templates"
     _check_groups()
     rng = random.Random(SEED)
-    examples = make_examples(suite, rng)
+    examples = make_examples(suite, rng, chosen.per_tool, chosen.n_multi)
     rng.shuffle(examples)
     n_valid = round(len(examples) * VALID_SHARE)
     splits = {"valid": examples[:n_valid], "train": examples[n_valid:]}
@@ -896,4 +932,7 @@ def main(out: Path = OUT) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `make_demo_data.py` writes data/datasets/code_mode; `make_demo_data.py core`
+    # writes data/datasets/core for the five-tool suite data/evals/core.yaml.
+    name = sys.argv[1] if len(sys.argv) > 1 else "code_mode"
+    main(FLAVORS[name].out, name)

@@ -118,5 +118,9 @@ def make_probe(ctx: StageContext, tokenizer: Any, start: int) -> Probe | None:
     suite = load_suite(ctx.spec.eval.suite)
     max_tokens = rule.max_tokens or ctx.spec.eval.max_tokens or suite.generation.max_tokens
     history = stored_probes(ctx, start) if start else []
-    prompts = list(suite.prompts)[: rule.prompts]
+    if isinstance(rule.prompts, int):
+        prompts = list(suite.prompts)[: rule.prompts]
+    else:  # ids, checked against the suite at submission
+        wanted = set(rule.prompts)
+        prompts = [p for p in suite.prompts if p.id in wanted]
     return Probe(ctx, rule, suite, prompts, max_tokens, tokenizer, history)

@@ -222,15 +222,26 @@ def _probe_problems(train: Mapping[str, Any]) -> list[tuple[Loc, str]]:
                 f"but iters = {iters} saves none — lower train.save_every",
             )
         ]
+    every = probe.get("every")
+    if is_int(every) and every >= 1 and every % save_every:
+        return [
+            (
+                where + ("every",),
+                f"probes run at checkpoints, every save_every = {save_every} iterations; "
+                f"every = {every} is not a multiple of it — use "
+                f"{save_every * max(1, every // save_every)}",
+            )
+        ]
+    step = every if is_int(every) and every >= 1 else save_every
     patience = probe.get("patience", 2)
     stops = probe.get("stop_when_locked") is not None or probe.get("stop_when_collapsed") is True
-    before_last = (iters - 1) // save_every  # probes that can still stop training
+    before_last = (iters - 1) // step  # probes that can still stop training
     if stops and is_int(patience) and patience > before_last:
         return [
             (
                 where + ("patience",),
                 f"{patience} probes in a row are needed to stop, but only {before_last} run "
-                f"before the last iteration (iters {iters}, save_every {save_every}) — lower "
+                f"before the last iteration (iters {iters}, a probe every {step}) — lower "
                 "patience or train.save_every",
             )
         ]

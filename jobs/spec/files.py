@@ -231,13 +231,26 @@ class _Checker:
                 "then in the current directory)",
             )
             return
-        prompts = ev.get("checkpoint_prompts")
-        ids = _suite_prompt_ids(path) if isinstance(prompts, list) else None
+        # Prompt ids the spec names: the checkpoint evals' and the probe's.
+        train = self.data.get("train")
+        probe = train.get("adherence_probe") if isinstance(train, dict) else None
+        named = [
+            (("eval", "checkpoint_prompts"), ev.get("checkpoint_prompts")),
+            (
+                ("train", "adherence_probe", "prompts"),
+                probe.get("prompts") if isinstance(probe, dict) else None,
+            ),
+        ]
+        if not any(isinstance(prompts, list) for _, prompts in named):
+            return
+        ids = _suite_prompt_ids(path)
         if ids is None:
             return
-        for i, pid in enumerate(prompts):
-            if isinstance(pid, str) and pid not in ids:
-                self.add(
-                    ("eval", "checkpoint_prompts", i),
-                    f"prompt id '{pid}' is not in the suite {path.name}{suggest(pid, sorted(ids))}",
-                )
+        for where, prompts in named:
+            for i, pid in enumerate(prompts if isinstance(prompts, list) else []):
+                if isinstance(pid, str) and pid not in ids:
+                    self.add(
+                        (*where, i),
+                        f"prompt id '{pid}' is not in the suite {path.name}"
+                        f"{suggest(pid, sorted(ids))}",
+                    )

@@ -10,7 +10,7 @@ in a row. The decision is `jobs.probe.decide`; the generation is `worker.probe`.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # Bounds that keep the probe a small share of training: it runs at every checkpoint.
 MAX_PROBE_PROMPTS = 64
@@ -24,8 +24,11 @@ class AdherenceProbe(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
-    # The first N prompts of the eval suite, in suite order.
-    prompts: int = Field(8, ge=1, le=MAX_PROBE_PROMPTS)
+    # Suite prompt ids to probe, or a count: the first N prompts in suite order.
+    prompts: int | list[str] = Field(8)
+    # Probe every N iterations (a multiple of train.save_every: probes run at
+    # checkpoints); None: at every checkpoint.
+    every: int | None = Field(None, ge=1)
     # None: eval.max_tokens, else the suite's own generation.max_tokens.
     max_tokens: int | None = Field(None, ge=1, le=MAX_PROBE_TOKENS)
     # Stop once adherence is at least this on `patience` probes in a row.
@@ -34,6 +37,20 @@ class AdherenceProbe(BaseModel):
     stop_when_collapsed: bool = False
     # Probes in a row a stop rule needs (unused without one).
     patience: int = Field(2, ge=1, le=MAX_PATIENCE)
+
+    @field_validator("prompts")
+    @classmethod
+    def _bounded_prompts(cls, value: int | list[str]) -> int | list[str]:
+        count = value if isinstance(value, int) else len(value)
+        if not 1 <= count <= MAX_PROBE_PROMPTS:
+            raise ValueError(f"probe 1 to {MAX_PROBE_PROMPTS} prompts (got {count})")
+        if isinstance(value, list) and len(set(value)) != len(value):
+            raise ValueError("a prompt id is listed twice")
+        return value
+
+    def due(self, iteration: int, save_every: int) -> bool:
+        """Whether the checkpoint at `iteration` is probed."""
+        return iteration % (self.every or save_every) == 0
 
     @property
     def stops(self) -> bool:

@@ -136,3 +136,23 @@ def test_spec_errors_point_at_the_probe(tmp_path: Path) -> None:
     [(field, _, message)] = found
     assert field == "train.adherence_probe.patience"
     assert message.startswith("3 probes in a row are needed to stop, but only 2 run")
+
+
+def test_the_probe_takes_prompt_ids_and_an_interval(tmp_path: Path) -> None:
+    """The contract's form: `{every: 20, prompts: [ids…]}`; ids are checked
+    against the suite and `every` against the checkpoints it probes."""
+    make_workspace(tmp_path)
+    spec = load_spec(spec_with(tmp_path, "{every: 20, prompts: [p1]}", "  save_every: 10\n"))
+    probe = spec.train.adherence_probe
+    assert probe is not None and probe.prompts == ["p1"] and probe.every == 20
+    assert [probe.due(i, 10) for i in (10, 20, 30, 40)] == [False, True, False, True]
+    assert AdherenceProbe().due(10, 10)  # without `every`: every checkpoint
+
+    [(field, _, message)] = problems(
+        spec_with(tmp_path, "{prompts: [p1, nope]}", "  save_every: 10\n")
+    )
+    assert field == "train.adherence_probe.prompts[1]" and "'nope' is not in the suite" in message
+    [(field, _, message)] = problems(spec_with(tmp_path, "{every: 15}", "  save_every: 10\n"))
+    assert field == "train.adherence_probe.every" and "not a multiple" in message
+    with pytest.raises(ValidationError):
+        AdherenceProbe.model_validate({"prompts": ["a", "a"]})

@@ -240,7 +240,7 @@ class Between:
         self.probe_checkpoint(iteration)
 
     def probe_checkpoint(self, iteration: int) -> None:
-        if self.probe is not None:
+        if self.probe is not None and self.probe.rule.due(iteration, self.args.save_every):
             last = iteration >= self.args.iters
             self.stopped = self.probe.after_checkpoint(self.model, iteration, last)
 
