@@ -471,8 +471,8 @@ def up(
             f"lorafarm is up: [bold]{stack.web_url}[/]  (FARM_HOME {settings.farm_home()})"
         )
         if demo:
-            experiment_id = submit_demo(stack.redis_url)
-            console.print(f"demo experiment {experiment_id} submitted")
+            ids = submit_demo(stack.redis_url)
+            console.print(f"demo submitted: experiments {', '.join(map(str, ids))}")
         try:
             while stack.alive():
                 time.sleep(0.5)

@@ -51,16 +51,20 @@ def demo_spec(
     return parse_spec(text, source=str(DEMO_SPEC), base_dir=PROJECT_ROOT), text
 
 
-def submit_demo(redis_url: str, seeds: list[int] | None = None) -> int:
-    """Build the tiny model if needed and submit the demo spec (`farm up --demo`)."""
+def submit_demo(redis_url: str, seeds: list[int] | None = None) -> list[int]:
+    """Build the tiny model if needed and submit the demo spec (`farm up --demo`):
+    a sweep, one experiment per grid point; returns the experiments' ids."""
     from redis import Redis
 
     from jobs.checks import preflight
-    from jobs.submit import submit_experiment
+    from jobs.submit import plan_sweep, submit_sweep, sweep_experiment_ids
 
     spec, text = demo_spec(seeds)
     findings = preflight(spec, DEMO_SPEC)
-    return submit_experiment(spec, Redis.from_url(redis_url), text, findings)
+    plan = plan_sweep(spec, text, source=str(DEMO_SPEC))
+    sweep_id = submit_sweep(plan, Redis.from_url(redis_url), findings)
+    with session_scope() as session:
+        return sweep_experiment_ids(session, sweep_id)
 
 
 def stage_line(view: ExperimentView, run_index: int) -> tuple[str, int, int]:
@@ -72,11 +76,14 @@ def stage_line(view: ExperimentView, run_index: int) -> tuple[str, int, int]:
         + (f" {s.progress}/{s.total}" if s.kind == "train" and s.total else "")
         for s in active
     )
-    return f"seed {run.seed}: {what or run.status}", done, len(run.stages)
+    point = f"{view.name} " if view.name else ""
+    return f"{point}seed {run.seed}: {what or run.status}", done, len(run.stages)
 
 
-def follow(experiment_id: int, console: Console, poll_s: float = 1.0) -> ExperimentView:
-    """Progress bars, one per run, until every stage has finished."""
+def follow(
+    experiment_ids: list[int], console: Console, poll_s: float = 1.0
+) -> list[ExperimentView]:
+    """Progress bars, one per run, until every stage of every experiment has finished."""
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -85,53 +92,56 @@ def follow(experiment_id: int, console: Console, poll_s: float = 1.0) -> Experim
         TimeElapsedColumn(),
         console=console,
     ) as progress:
-        tasks: list[int] = []
+        tasks: dict[tuple[int, int], int] = {}
         while True:
             with session_scope() as session:
-                view = experiment_view(session, experiment_id)
-            assert view is not None
-            if not tasks:
-                tasks = [progress.add_task("", total=len(r.stages)) for r in view.runs]
-            for index, task in enumerate(tasks):
-                line, done, total = stage_line(view, index)
-                progress.update(task, description=line, completed=done, total=total)
-            if all(s.status in FINISHED for r in view.runs for s in r.stages):
-                return view
+                views = [experiment_view(session, i) for i in experiment_ids]
+            for view in views:
+                assert view is not None
+                for index, run in enumerate(view.runs):
+                    key = (view.id, index)
+                    if key not in tasks:
+                        tasks[key] = progress.add_task("", total=len(run.stages))
+                    line, done, total = stage_line(view, index)
+                    progress.update(tasks[key], description=line, completed=done, total=total)
+            if all(s.status in FINISHED for v in views if v for r in v.runs for s in r.stages):
+                return [v for v in views if v is not None]
             time.sleep(poll_s)
 
 
 def run_demo(workers: int = 2, web_port: int | None = None, console: Console | None = None) -> bool:
-    from redis import Redis
-
-    from jobs.checks import preflight
-    from jobs.db import Diagnostic
     from jobs.leaderboard import leaderboard
-    from jobs.submit import submit_experiment
+    from jobs.views.demo_story import demo_story
     from jobs.views.tables import print_leaderboard
 
     console = console or Console()
     console.print(f"FARM_HOME {settings.farm_home()}")
     with console.status("building the tiny model"):
-        spec, text = demo_spec()
+        demo_spec()
     with farm_stack(workers=workers, web_port=web_port) as stack:
         if stack.web_url:
             console.print(f"web UI: {stack.web_url}")
         wait_for_workers(stack.redis_url, workers)
-        findings = preflight(spec, DEMO_SPEC)
-        experiment_id = submit_experiment(spec, Redis.from_url(stack.redis_url), text, findings)
+        experiment_ids = submit_demo(stack.redis_url)
         console.print(
-            f"demo experiment {experiment_id}: {len(spec.seeds)} seeds on {workers} workers"
+            f"demo: {len(experiment_ids)} configurations (experiments "
+            f"{', '.join(map(str, experiment_ids))}) on {workers} workers"
         )
-        view = follow(experiment_id, console)
+        views = follow(experiment_ids, console)
     with session_scope() as session:
-        rows = leaderboard(session, limit=20)
-        diagnostics = (
-            session.query(Diagnostic).filter(Diagnostic.experiment_id == experiment_id).all()
-        )
+        rows = leaderboard(session, limit=40)
+        story = demo_story(session, experiment_ids)
     print_leaderboard(rows, console=console)
-    for d in diagnostics:
-        console.print(f"[yellow]{d.severity}[/] {d.pattern}: {d.message}")
-    failed = [s for r in view.runs for s in r.stages if s.status != StageStatus.DONE]
+    for line in story:
+        console.print(line, markup=False, highlight=False)
+    # A checkpoint eval skipped because the probe ended training is the demo working.
+    failed = [
+        s
+        for v in views
+        for r in v.runs
+        for s in r.stages
+        if s.status != StageStatus.DONE and "stopped early" not in (s.error or "")
+    ]
     for stage in failed:
         console.print(f"[red]{stage.kind} {stage.variant}: {stage.status}[/] {stage.error or ''}")
     return not failed

@@ -137,6 +137,11 @@ def test_submit_watch_and_rank_in_a_browser(farm: Farm) -> None:
             browser.close()
 
 
+# The demo's sweep is experiments 1 and 2 (one per learning rate); ours comes next.
+DEMO_EXPERIMENTS = (1, 2)
+OURS = 3
+
+
 def walk_through(farm: Farm, page: Any, expect: Any) -> None:
     def shot(name: str) -> None:
         page.wait_for_timeout(1500)  # let charts and tables paint
@@ -147,14 +152,16 @@ def walk_through(farm: Farm, page: Any, expect: Any) -> None:
     expect(page.get_by_text("No finished evals yet")).to_be_visible()
     shot("01-leaderboard-empty")
 
-    # The demo runs on the only worker: cancel it from the runs page.
+    # The demo (a sweep: one experiment per learning rate) runs on the only
+    # worker: cancel both of its experiments from the runs page, newest first.
     page.goto(f"{farm.url}/runs")
-    page.get_by_role("button", name="Cancel all").first.click()
-    expect(
-        page.get_by_text(re.compile(r"cancel experiment 1: \d+ stages cancelled"))
-    ).to_be_visible()
+    for experiment_id in DEMO_EXPERIMENTS[::-1]:
+        page.get_by_role("button", name="Cancel all").first.click()
+        told = rf"cancel experiment {experiment_id}: \d+ stages cancelled"
+        expect(page.get_by_text(re.compile(told))).to_be_visible()
+    finished = {"cancelled", "skipped", "done"}
     wait_until(
-        lambda: set(farm.stage_statuses(1).values()) <= {"cancelled", "skipped", "done"},
+        lambda: all(set(farm.stage_statuses(e).values()) <= finished for e in DEMO_EXPERIMENTS),
         timeout=60, what="the demo's stages to be cancelled",
     )  # fmt: skip
     shot("02-runs-demo-cancelled")
@@ -181,9 +188,9 @@ def walk_through(farm: Farm, page: Any, expect: Any) -> None:
     page.get_by_role("button", name="Validate").click()
     expect(page.get_by_text(re.compile(r"Valid: 1 runs × 2 stages"))).to_be_visible()
     page.get_by_role("button", name="Submit").click()
-    expect(page.get_by_text(re.compile(r"Submitted experiment 2: 1 runs"))).to_be_visible()
+    expect(page.get_by_text(re.compile(rf"Submitted experiment {OURS}: 1 runs"))).to_be_visible()
     shot("04-submit-done")
-    (spec,) = farm.query("SELECT spec_yaml FROM experiment WHERE id = 2")
+    (spec,) = farm.query("SELECT spec_yaml FROM experiment WHERE id = ?", OURS)
     assert f"iters: {ITERS}" in str(spec[0]) and "fuse: null" in str(spec[0])
 
     # The runs page refreshes itself: the training bar moves without a reload.
@@ -204,12 +211,12 @@ def walk_through(farm: Farm, page: Any, expect: Any) -> None:
     assert seen == sorted(seen) and seen[-1] > seen[0], seen
 
     # The run's page: loss curves, stages, artifacts, eval rows.
-    (run_id,) = farm.query("SELECT id FROM run WHERE experiment_id = 2")[0]
+    (run_id,) = farm.query("SELECT id FROM run WHERE experiment_id = ?", OURS)[0]
     wait_until(
-        lambda: farm.stage_statuses(2).get("eval:adapter") in ("done", "failed"),
+        lambda: farm.stage_statuses(OURS).get("eval:adapter") in ("done", "failed"),
         timeout=300, what="the adapter eval to finish",
     )  # fmt: skip
-    assert farm.stage_statuses(2) == {"train:adapter": "done", "eval:adapter": "done"}
+    assert farm.stage_statuses(OURS) == {"train:adapter": "done", "eval:adapter": "done"}
     page.goto(f"{farm.url}/run?run={run_id}")
     expect(page.get_by_text("browser-e2e · seed 7")).to_be_visible()
     expect(page.get_by_text(re.compile(r"\d+ responses match"))).to_be_visible()

@@ -1,0 +1,51 @@
+"""The lines `farm demo` prints under the leaderboard, from facts (no DB)."""
+
+from __future__ import annotations
+
+from jobs.views.demo_story import RunFacts, StoryFacts, story_lines
+
+
+def run(config: str, seed: int, adapter: float, **more: object) -> RunFacts:
+    return RunFacts(config, seed, adapter, base=0.0, early_stop=None, probe_share=None, **more)  # type: ignore[arg-type]
+
+
+def test_the_story_names_best_and_worst_configs_and_seeds_that_disagree() -> None:
+    facts = StoryFacts(
+        [
+            run("lr=5e-05", 1, 0.10), run("lr=5e-05", 2, 0.15), run("lr=5e-05", 3, 0.12),
+            run("lr=0.001", 1, 0.82, val_loss_pick=(300, 500, 18.0)),
+            run("lr=0.001", 2, 0.22), run("lr=0.001", 3, 0.70),
+        ],
+        flagged={"quantization signal loss": ["mxfp4"]},
+    )  # fmt: skip
+    lines = story_lines(facts)
+    assert lines[0] == (
+        "configurations: best lr=0.001 at 0.58 mean adapter adherence, worst lr=5e-05 at 0.12"
+    )
+    assert "lr=5e-05: seeds agree (5 points apart): seed 1 0.10, seed 3 0.12, seed 2 0.15" in lines
+    assert "lr=0.001: seeds disagree (60 points apart): seed 2 0.22, seed 3 0.70, seed 1 0.82" in (
+        lines
+    )
+    assert "untrained base: 0.00 adherence at best" in lines
+    assert "flagged quantization signal loss: mxfp4" in lines
+    assert (
+        "lr=0.001 seed 1: val loss picks checkpoint 300, adherence picks 500 (18 points better)"
+        in lines
+    )
+
+
+LOCKED = "locked: adherence ≥ 0.90 on the probes at 200 and 300"
+
+
+def test_early_stops_and_the_probe_cost_are_told() -> None:
+    facts = StoryFacts(
+        [
+            RunFacts(
+                "a", 1, 0.9, 0.0, "locked: adherence ≥ 0.90 on the probes at 200 and 300", 0.04
+            ),
+            RunFacts("a", 2, 0.5, 0.0, None, 0.06),
+        ]
+    )
+    lines = story_lines(facts)
+    assert f"a seed 1: stopped early, {LOCKED}" in lines
+    assert lines[-1] == "adherence probe: 5.0% of training time on average (at most 6.0%)"
