@@ -19,9 +19,9 @@ from sqlmodel import Session, col, select
 from jobs.checkpoints import checkpoint_points, val_loss_verdict
 from jobs.db import Diagnostic, Experiment, Run, Stage
 
-# Two seeds of one config further apart than this "disagree" (the notes that
+# Two seeds of one config this far apart or more "disagree" (the notes that
 # started the farm: 82% with one seed, 22% with another).
-DISAGREE_POINTS = 30.0
+DISAGREE_POINTS = 20.0
 
 
 @dataclass(frozen=True)
