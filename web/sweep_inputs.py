@@ -22,14 +22,15 @@ from web.seed_ranges import parse_seeds
 PREFIX = "sweep."  # a sweep field's form key: PREFIX + the knob's dotted path
 SECTION = "Sweep"
 
-# The knobs the form can sweep (a YAML spec can sweep any): path, label.
+# The knobs the form can sweep (a YAML spec can sweep any): path, label. The
+# labels differ from the single-value fields' so each names one input.
 KNOBS: tuple[tuple[str, str], ...] = (
-    ("train.learning_rate", "Learning rates"),
-    ("train.lora.rank", "LoRA ranks"),
-    ("train.iters", "Iterations"),
-    ("train.lora.scale", "LoRA scales"),
-    ("train.lora.dropout", "LoRA dropouts"),
-    ("train.num_layers", "Layers to adapt"),
+    ("train.learning_rate", "Swept learning rates"),
+    ("train.lora.rank", "Swept LoRA ranks"),
+    ("train.iters", "Swept iterations"),
+    ("train.lora.scale", "Swept LoRA scales"),
+    ("train.lora.dropout", "Swept LoRA dropouts"),
+    ("train.num_layers", "Swept layers to adapt"),
 )
 EXAMPLES = {"train.learning_rate": "1e-4, 2e-4", "train.lora.rank": "8, 16"}
 

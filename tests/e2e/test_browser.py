@@ -153,10 +153,10 @@ def walk_through(farm: Farm, page: Any, expect: Any) -> None:
     shot("01-leaderboard-empty")
 
     # The demo (a sweep: one experiment per learning rate) runs on the only
-    # worker: cancel both of its experiments from the runs page, newest first.
+    # worker: cancel both of its experiments from the runs page (each its own button).
     page.goto(f"{farm.url}/runs")
     for experiment_id in DEMO_EXPERIMENTS[::-1]:
-        page.get_by_role("button", name="Cancel all").first.click()
+        page.locator(f".st-key-cancel_exp_{experiment_id} button").first.click()
         told = rf"cancel experiment {experiment_id}: \d+ stages cancelled"
         expect(page.get_by_text(re.compile(told))).to_be_visible()
     finished = {"cancelled", "skipped", "done"}
