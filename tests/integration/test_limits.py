@@ -1,4 +1,5 @@
-"""The DESIGN.md limits: refused once, in the spec layer, the same way everywhere.
+"""The input limits (docs/architecture.md, "Limits"): refused once, in the spec
+layer, the same way everywhere.
 
 Every case is run through `farm check` and `farm submit` (exit 2, one
 `file:line: field: message` line) and through the web form's validation (the

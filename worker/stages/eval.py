@@ -1,7 +1,7 @@
 """`eval`: the suite through one variant, batched, every response scored and stored.
 
 Prompts are rendered with the tokenizer's chat template (never plain text —
-the seeds lost 60 points that way), with thinking disabled where the template
+earlier runs lost 60 points that way), with thinking disabled where the template
 supports it, and generated greedily in one mlx-lm batch (`BatchGenerator`):
 eos and the suite's stop strings end a sequence inside the batch, and a
 prefix every prompt shares (system prompt, tool schema) is prefilled once.
