@@ -14,7 +14,6 @@ import re
 import signal
 import sqlite3
 import subprocess
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,15 +23,12 @@ import psutil
 import pytest
 
 from jobs.local.services import free_port
+from tests.support import PROJECT_ROOT
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, LOAD_S, SHOTS, healthy
 from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.browser
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-SHOTS = PROJECT_ROOT / "test-artifacts" / "screenshots"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-LOAD_S = 120_000  # ms: Streamlit's first page load on a slow 2-core machine
 ITERS = 200  # long enough (~20 s here) for the page to see the bar move twice
 
 
@@ -54,14 +50,6 @@ class Farm:
             experiment_id,
         )
         return {str(k): str(v) for k, v in rows}
-
-
-def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-            return response.read().strip() == b"ok"
-    except OSError:
-        return False
 
 
 def _default_sigint() -> None:

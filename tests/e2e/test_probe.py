@@ -25,11 +25,10 @@ import pytest
 from sqlmodel import select
 
 from jobs import lifecycle
-from jobs.db import Metric, Run, Stage, session_scope
-from jobs.spec import parse_spec
-from jobs.submit import create_rows
+from jobs.db import Metric, Stage, session_scope
 from jobs.suite import EvalSuite, load_suite
 from tests.support import PROJECT_ROOT
+from tests.support.farm import planned_train_stage, small_dataset
 from tests.support.models import SUITE, chain_model
 from tests.support.spec_files import write_spec
 
@@ -68,15 +67,6 @@ def suite() -> EvalSuite:
     return load_suite(SUITE)
 
 
-def small_dataset(folder: Path) -> Path:
-    source = PROJECT_ROOT / "data" / "datasets" / "code_mode"
-    folder.mkdir(parents=True)
-    for name, n in (("train.jsonl", 12), ("valid.jsonl", 4)):
-        lines = (source / name).read_text().splitlines()[:n]
-        (folder / name).write_text("\n".join(lines) + "\n")
-    return folder
-
-
 def train_stage(tmp_path: Path, model: Path, probe: dict[str, object]) -> tuple[int, int]:
     """A planned run (with checkpoint evals) whose train stage attempt 1 holds."""
     train = {
@@ -94,22 +84,13 @@ def train_stage(tmp_path: Path, model: Path, probe: dict[str, object]) -> tuple[
         tmp_path / "spec.yaml",
         model,
         name="probe",
-        dataset=str(small_dataset(tmp_path / "data")),
+        dataset=str(small_dataset(tmp_path / "data", valid=4)),
         train=train,
         fuse=None,
         quantize=[],
         eval={"suite": str(SUITE), "variants": ["adapter"], "checkpoints": True},
     )
-    spec = parse_spec(text.read_text())
-    with session_scope() as session:
-        experiment = create_rows(session, spec)
-        run = session.exec(select(Run).where(Run.experiment_id == experiment.id)).one()
-        stage = session.exec(
-            select(Stage).where(Stage.run_id == run.id, Stage.kind == "train")
-        ).one()
-        stage.status, stage.attempt = "running", 1
-        session.add(stage)
-        return stage.id or 0, run.id or 0
+    return planned_train_stage(text)
 
 
 def run_child(stage_id: int, attempt: int, log: Path, calls: Path) -> int:

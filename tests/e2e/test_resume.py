@@ -24,10 +24,9 @@ import psutil
 import pytest
 from sqlmodel import select
 
-from jobs.db import Artifact, Metric, Run, Stage, session_scope
-from jobs.spec import parse_spec
-from jobs.submit import create_rows
+from jobs.db import Artifact, Metric, Stage, session_scope
 from tests.support import PROJECT_ROOT
+from tests.support.farm import planned_train_stage, small_dataset
 from tests.support.processes import Workers, wait_until
 from tests.support.spec_files import write_spec
 from worker.checkpoint import (
@@ -126,33 +125,15 @@ def test_a_checkpoint_amid_gradient_accumulation_is_evaluable_not_resumable(
 # --------------------------------------------------------------------------- resume
 
 
-def small_dataset(folder: Path) -> Path:
-    """12 training examples (6 batches): 12 iterations cross an epoch boundary,
-    with validations in between drawing from numpy too."""
-    source = PROJECT_ROOT / "data" / "datasets" / "code_mode"
-    folder.mkdir(parents=True)
-    for name, n in (("train.jsonl", 12), ("valid.jsonl", 6)):
-        lines = (source / name).read_text().splitlines()[:n]
-        (folder / name).write_text("\n".join(lines) + "\n")
-    return folder
-
-
 def train_stage(tmp_path: Path, tiny_model: Path, name: str) -> tuple[int, int]:
-    """A planned run's train stage, claimed by attempt 1: (stage id, run id)."""
+    """A planned run's train stage, claimed by attempt 1: (stage id, run id). Its
+    12 examples (6 batches) make 12 iterations cross an epoch boundary, with
+    validations in between drawing from numpy too."""
     data = small_dataset(tmp_path / f"data-{name}")
     text = write_spec(
         tmp_path / f"{name}.yaml", tiny_model, name=name, dataset=str(data), train=TRAIN
     )
-    spec = parse_spec(text.read_text())
-    with session_scope() as session:
-        experiment = create_rows(session, spec)
-        run = session.exec(select(Run).where(Run.experiment_id == experiment.id)).one()
-        stage = session.exec(
-            select(Stage).where(Stage.run_id == run.id, Stage.kind == "train")
-        ).one()
-        stage.status, stage.attempt = "running", 1
-        session.add(stage)
-        return stage.id or 0, run.id or 0
+    return planned_train_stage(text)
 
 
 def claim(stage_id: int, attempt: int) -> None:

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from jobs.cli import app
 from jobs.db import Experiment, Run, Stage, session_scope
 from jobs.local.services import free_port
-from tests.e2e.test_browser import CHROMIUM, CHROMIUM_ARGS, LOAD_S, SHOTS, healthy
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, LOAD_S, SHOTS, healthy
 from tests.support.processes import wait_until
 from tests.support.spec_files import write_spec
 

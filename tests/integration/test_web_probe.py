@@ -12,15 +12,14 @@ from typer.testing import CliRunner
 from jobs.cli import app
 from jobs.db import Diagnostic, Metric, Run, Stage, session_scope
 from jobs.views.run_detail import diagnostic_groups
-from tests.integration.test_web_pages import RUN, finished_run  # noqa: F401 (a fixture)
-from tests.support.web import open_page, texts
+from tests.support.web import RUN, open_page, texts
 
 REASON = "locked: adherence ≥ 0.90 on the probes at 4 and 8"
 LOOPS = "mode_collapse"
 
 
 @pytest.fixture
-def probed_run(finished_run: int) -> int:  # noqa: F811 (the fixture imported above)
+def probed_run(finished_run: int) -> int:
     """The finished run, stopped early at 8 of 12 by the probe, with one pattern
     found in three variants and another in one."""
     with session_scope() as session:

@@ -11,7 +11,10 @@ from typer.testing import CliRunner
 
 from jobs.cli import app
 from jobs.db import Run, Stage, StageAttempt, session_scope
+from jobs.spec import parse_spec
 from jobs.states import FINISHED
+from jobs.submit import create_rows
+from tests.support import PROJECT_ROOT
 
 runner = CliRunner()
 
@@ -57,3 +60,30 @@ def attempts_of(stage_id: int) -> list[StageAttempt]:
                 .order_by(col(StageAttempt.id))
             )
         )
+
+
+def small_dataset(folder: Path, train: int = 12, valid: int = 6) -> Path:
+    """The first rows of the demo dataset: a few batches, so an epoch boundary and
+    validations fall inside a short training run."""
+    source = PROJECT_ROOT / "data" / "datasets" / "code_mode"
+    folder.mkdir(parents=True)
+    for name, n in (("train.jsonl", train), ("valid.jsonl", valid)):
+        lines = (source / name).read_text().splitlines()[:n]
+        (folder / name).write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def planned_train_stage(spec_path: Path) -> tuple[int, int]:
+    """A planned run of the spec whose train stage attempt 1 holds, as a worker
+    would after claiming it: (stage id, run id). Tests then run the stage's
+    child directly (`python -m worker.child STAGE 1`)."""
+    spec = parse_spec(spec_path.read_text())
+    with session_scope() as session:
+        experiment = create_rows(session, spec)
+        run = session.exec(select(Run).where(Run.experiment_id == experiment.id)).one()
+        stage = session.exec(
+            select(Stage).where(Stage.run_id == run.id, Stage.kind == "train")
+        ).one()
+        stage.status, stage.attempt = "running", 1
+        session.add(stage)
+        return stage.id or 0, run.id or 0

@@ -7,8 +7,11 @@ from typing import Any
 
 from streamlit.testing.v1 import AppTest
 
+from tests.support.spec_files import make_dataset, make_model_dir, make_suite
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 APP = str(PROJECT_ROOT / "web" / "app.py")
+RUN = "views/run.py"  # the run page
 
 
 def open_page(page: str | None = None, **query: str) -> AppTest:
@@ -75,4 +78,17 @@ def quick_form(model: Path, **overrides: Any) -> dict[str, Any]:
     values.update({"name": "quick", "seeds": "1-2", "train.iters": 12, "train.num_layers": -1,
                    "train.batch_size": 2, "quantize": ["q8"]})  # fmt: skip
     values.update({k.replace("__", "."): v for k, v in overrides.items()})
+    return values
+
+
+def workspace(root: Path) -> dict[str, object]:
+    """Form values for a spec over a fake model, dataset and suite under `root`."""
+    from web import forms
+
+    model = make_model_dir(root)
+    dataset = make_dataset(root)
+    suite = make_suite(root)
+    values = forms.default_form(str(model))
+    values.update({"dataset": str(dataset), "eval.suite": str(suite), "train.num_layers": 4,
+                   "train.batch_size": 2})  # fmt: skip
     return values

@@ -310,7 +310,7 @@ def test_an_existing_twin_is_enough(ws: Path, entries: tuple[str, ...], variants
 
 
 def test_the_form_offers_every_mode_and_recipe(tmp_path: Path) -> None:
-    from tests.unit.test_web_forms import workspace
+    from tests.support.web import workspace
     from web import forms
 
     options = forms.QUANT_OPTIONS

@@ -9,7 +9,8 @@ import yaml
 
 from jobs.problems import Problem
 from jobs.spec import config_fingerprint, parse_spec
-from tests.support.spec_files import make_dataset, make_model_dir, make_suite
+from tests.support.spec_files import make_dataset, make_suite
+from tests.support.web import workspace
 from web import forms, pickers
 from web.spec_yaml import spec_dict_to_yaml
 
@@ -50,16 +51,6 @@ def test_format_seeds_round_trips(seeds: list[int]) -> None:
     text = forms.format_seeds(seeds)
     assert forms.parse_seeds(text) == seeds
     assert len(text) <= len(", ".join(map(str, seeds)))
-
-
-def workspace(root: Path) -> dict[str, object]:
-    model = make_model_dir(root)
-    dataset = make_dataset(root)
-    suite = make_suite(root)
-    values = forms.default_form(str(model))
-    values.update({"dataset": str(dataset), "eval.suite": str(suite), "train.num_layers": 4,
-                   "train.batch_size": 2})  # fmt: skip
-    return values
 
 
 def test_default_form_is_a_valid_spec_whose_yaml_round_trips(tmp_path: Path) -> None:
