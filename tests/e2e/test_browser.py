@@ -143,15 +143,26 @@ def walk_through(farm: Farm, page: Any, expect: Any) -> None:
     # The demo (a sweep: one experiment per learning rate) runs on the only
     # worker: cancel both of its experiments from the runs page (each its own button).
     page.goto(f"{farm.url}/runs")
-    for experiment_id in DEMO_EXPERIMENTS[::-1]:
-        page.locator(f".st-key-cancel_exp_{experiment_id} button").first.click()
-        told = rf"cancel experiment {experiment_id}: \d+ stages cancelled"
-        expect(page.get_by_text(re.compile(told))).to_be_visible()
     finished = {"cancelled", "skipped", "done"}
-    wait_until(
-        lambda: all(set(farm.stage_statuses(e).values()) <= finished for e in DEMO_EXPERIMENTS),
-        timeout=60, what="the demo's stages to be cancelled",
-    )  # fmt: skip
+
+    def cancelled(experiment_id: int) -> bool:
+        """Click the experiment's Cancel all until the DB says it is cancelled (a
+        click can land on a button the refreshing page is replacing)."""
+        if set(farm.stage_statuses(experiment_id).values()) <= finished:
+            return True
+        button = page.locator(f".st-key-cancel_exp_{experiment_id} button")
+        if button.count():
+            try:
+                button.first.click(timeout=5_000)
+            except Exception:  # re-rendered under the click: the next poll clicks again
+                pass
+        return False
+
+    for experiment_id in DEMO_EXPERIMENTS[::-1]:
+        wait_until(
+            lambda e=experiment_id: cancelled(e),
+            timeout=120, interval=2.0, what=f"demo experiment {experiment_id} to be cancelled",
+        )  # fmt: skip
     shot("02-runs-demo-cancelled")
 
     # The form: a problem shows under its field, then a valid submission.
