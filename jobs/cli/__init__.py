@@ -14,8 +14,10 @@ from typing import Annotated, BinaryIO
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from jobs import settings
+from jobs.plaintext import printable
 from jobs.problems import InputError
 
 # The tokenizer checks import transformers, which announces at import time that
@@ -178,12 +180,12 @@ def status(
         f"[bold]{view.name}[/] (#{view.id}) {view.status} — fingerprint {view.fingerprint}"
     )
     for d in view.diagnostics:
-        console.print(f"  [yellow]{d['severity']}[/] {d['pattern']}: {d['message']}")
+        print_diagnostic(d)
     for run in view.runs:
         evals = f" · eval {run.eval_seconds:.1f} s" if run.eval_seconds_by_variant else ""
         console.print(f"run {run.id} seed {run.seed}: {run.status} on {run.host or '-'}{evals}")
         for s in run.stages:
-            progress = f"{s.progress}/{s.total}" if s.total else ""
+            progress = f"{s.progress or 0}/{s.total}" if s.total else ""
             took = f"{s.seconds:.1f} s" if s.seconds is not None else ""
             score = f"adherence {s.adherence:.3f}" if s.adherence is not None else ""
             line = f"  {s.kind:9} {s.variant:14} {s.status:10} {progress:>11} {took:>8} {score}"
@@ -198,7 +200,17 @@ def status(
             for told in s.history:  # retried, resumed, lost or re-planned: say so
                 console.print("      " + told, markup=False, soft_wrap=True)
         for d in run.diagnostics:
-            console.print(f"  [yellow]{d['severity']}[/] {d['pattern']}: {d['message']}")
+            print_diagnostic(d)
+
+
+def print_diagnostic(diagnostic: dict) -> None:
+    """One finding on one line, however long: a wrapped message would start a
+    line of its own that reads like a stage line. Its text comes from data, so
+    it is printed as text (no markup, no control characters)."""
+    line = Text("  ")
+    line.append(diagnostic["severity"], style="yellow")
+    line.append(f" {diagnostic['pattern']}: {printable(str(diagnostic['message']))}")
+    console.print(line, soft_wrap=True)
 
 
 @app.command()

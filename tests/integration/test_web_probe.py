@@ -16,6 +16,10 @@ from tests.support.web import RUN, open_page, texts
 
 REASON = "locked: adherence ≥ 0.90 on the probes at 4 and 8"
 LOOPS = "mode_collapse"
+LONG_FINDING = (
+    "67% of the 431 training examples are tool calls (290 tool-call, 141 direct-answer), "
+    "train\x1b]0;retitled\x07 and the rest answer in prose"
+)
 
 
 @pytest.fixture
@@ -39,6 +43,9 @@ def probed_run(finished_run: int) -> int:
                                    pattern=LOOPS, severity=severity,
                                    message=f"{variant}: 3 of 4 generations are repetition loops",
                                    evidence={"variant": variant}))  # fmt: skip
+        session.add(Diagnostic(experiment_id=run.experiment_id, run_id=None, scope="preflight",
+                               pattern="conflicting_formats", severity="warning",
+                               message=LONG_FINDING))  # fmt: skip
         session.add(Diagnostic(experiment_id=run.experiment_id, run_id=run.id, scope="run",
                                pattern="runaway_generation", severity="warning",
                                message="q4: runaway", evidence={"variant": "q4"}))  # fmt: skip
@@ -72,7 +79,17 @@ def test_farm_status_shows_the_early_stop_on_the_train_line(probed_run: int) -> 
         experiment_id = run.experiment_id
     result = CliRunner().invoke(app, ["status", str(experiment_id)])
     assert result.exit_code == 0, result.output
-    train = next(line for line in result.output.splitlines() if line.strip().startswith("train"))
+    # The train stage's line by what it is: its first word is the stage kind and
+    # its status follows (a wrapped diagnostic may start with "training …").
+    lines = result.output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"run {probed_run} "))
+    end = next((i for i, line in enumerate(lines) if i > start and line.startswith("run ")), None)
+    (train,) = [line for line in lines[start:end] if line.split()[:1] == ["train"]]
+    # A finding longer than the terminal stays one line (rich wrapped it at 80
+    # columns when output is not a terminal, as on a fresh clone's CI).
+    (finding,) = [line for line in lines if "conflicting_formats" in line]
+    assert finding.endswith("and the rest answer in prose")
+    assert "\x1b" not in result.output and "\x07" not in result.output  # data is text
     assert "8/12" in train and train.endswith(f"· stopped early: {REASON}")
     as_json = CliRunner().invoke(app, ["status", str(experiment_id), "--json"])
     (run,) = [r for r in json.loads(as_json.output)["runs"] if r["id"] == probed_run]

@@ -1,0 +1,24 @@
+"""Text that comes from data (datasets, suites, specs, model output) shown as
+text: never as terminal control sequences in the CLI, never as markdown (images
+that make a viewer's browser fetch an address, links) in the web UI."""
+
+from __future__ import annotations
+
+import re
+
+# C0 and C1 controls but tab and newline; DEL. An escape sequence in a dataset
+# line could otherwise move the cursor, retitle the terminal or hide text.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Every character markdown gives a meaning to, as Streamlit renders it.
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~$:])")
+
+
+def printable(text: str) -> str:
+    """`text` without control characters (each shown as U+FFFD), for a terminal."""
+    return _CONTROL.sub("\ufffd", text)
+
+
+def markdown_literal(text: str) -> str:
+    """`text` escaped so that markdown shows it as typed: no image, link, HTML or
+    emphasis is made of it. Newlines stay (as line breaks)."""
+    return _MARKDOWN.sub(r"\\\1", printable(text))
