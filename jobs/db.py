@@ -103,6 +103,8 @@ class Stage(SQLModel, table=True):
     adherence: float | None = None
     n_prompts: int | None = None
     label_counts: dict[str, int] | None = Field(default=None, sa_column=Column(JSON))
+    # eval: the prompt ids scored in full, for seed agreement per prompt (seed-lock@k)
+    passed_prompts: list[str] | None = Field(default=None, sa_column=Column(JSON))
     hit_max_share: float | None = None
     latency_s: float | None = None  # mean seconds per prompt
     tokens_per_sec: float | None = None

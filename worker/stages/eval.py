@@ -320,6 +320,7 @@ def run_eval(ctx: StageContext, weights: Weights | None = None) -> None:
         adherence=sum(r.score for r in rows) / n,
         n_prompts=len(rows),
         label_counts=dict(labels),
+        passed_prompts=sorted({r.prompt_id for r in rows if r.score >= 1.0}),
         hit_max_share=sum(r.hit_max_tokens for r in rows) / n,
         latency_s=elapsed / n,
         tokens_per_sec=float(stats.generation_tps),
