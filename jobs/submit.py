@@ -68,27 +68,33 @@ def create_rows(
     session.add(experiment)
     session.flush()
     for seed in spec.seeds:
-        run = Run(experiment_id=experiment.id or 0, seed=seed, fingerprint=fingerprint)
-        session.add(run)
-        session.flush()
-        ids: dict[str, int] = {}
-        for planned in plan_run(spec):
-            params = dict(planned.params)
-            if planned.kind == "train":
-                # The memory tier is not copied here: jobs.lifecycle reads it from
-                # the stored spec, its one source.
-                params["total"] = spec.train.iters
-            stage = Stage(
-                run_id=run.id or 0,
-                kind=planned.kind,
-                variant=planned.variant,
-                params=params,
-                depends_on=ids[planned.parent] if planned.parent else None,
-            )
-            session.add(stage)
-            session.flush()
-            ids[planned.key] = stage.id or 0
+        add_run(session, experiment, spec, seed)
     return experiment
+
+
+def add_run(session: Session, experiment: Experiment, spec: ExperimentSpec, seed: int) -> Run:
+    """One run of `experiment` with `seed` and its planned stages (flushed)."""
+    run = Run(experiment_id=experiment.id or 0, seed=seed, fingerprint=experiment.fingerprint)
+    session.add(run)
+    session.flush()
+    ids: dict[str, int] = {}
+    for planned in plan_run(spec):
+        params = dict(planned.params)
+        if planned.kind == "train":
+            # The memory tier is not copied here: jobs.lifecycle reads it from
+            # the stored spec, its one source.
+            params["total"] = spec.train.iters
+        stage = Stage(
+            run_id=run.id or 0,
+            kind=planned.kind,
+            variant=planned.variant,
+            params=params,
+            depends_on=ids[planned.parent] if planned.parent else None,
+        )
+        session.add(stage)
+        session.flush()
+        ids[planned.key] = stage.id or 0
+    return run
 
 
 def submit_experiment(
