@@ -23,6 +23,7 @@ from jobs.checks.findings import MIN_SAFE_BITS
 from jobs.db import Experiment, Run, Stage
 from jobs.spec.options import variant_bits
 from jobs.states import StageStatus
+from jobs.stats import Interval, mean_interval, seed_locks
 
 LOCK_THRESHOLD = 0.8
 
@@ -54,6 +55,16 @@ class LeaderboardRow:
     # Quantized and fused variants: adherence minus their twin's, in points, averaged
     # over the runs that evaluated both (-34.0: the quantization cost 34 points).
     points_lost: float | None = None
+    # The mean's 95% interval from the seed scores (jobs.stats.mean_interval).
+    ci_low: float | None = None
+    ci_high: float | None = None
+    # seed-lock@k for k = 1…3: the chance k seeds all get a prompt right.
+    seed_lock: dict[int, float] = field(default_factory=dict)
+
+    def interval(self) -> Interval | None:
+        if self.ci_low is None or self.ci_high is None:
+            return None
+        return Interval(self.mean, self.ci_low, self.ci_high, len(self.seed_scores) or self.seeds)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -240,9 +251,7 @@ def _attach_details(session: Session, rows: list[LeaderboardRow]) -> None:
     """Per-seed scores and label mix, for just the rows on this page."""
     fingerprints = {r.fingerprint for r in rows}
     query = (
-        select(
-            Run.fingerprint, Stage.variant, Run.seed, Stage.adherence, Stage.label_counts, Run.id
-        )
+        select(*SEED_DETAIL_COLUMNS)
         .join(Run, Run.id == Stage.run_id)
         .where(
             Stage.kind == "eval",
@@ -252,19 +261,44 @@ def _attach_details(session: Session, rows: list[LeaderboardRow]) -> None:
         )
         .order_by(Run.seed)
     )
+    attach_seed_details(rows, session.execute(query))
+
+
+# What `attach_seed_details` reads of each finished eval stage of a page's runs.
+SEED_DETAIL_COLUMNS = (
+    Run.fingerprint, Stage.variant, Run.seed, Stage.adherence, Stage.label_counts, Run.id,
+    Stage.passed_prompts, Stage.n_prompts,
+)  # fmt: skip
+
+
+def attach_seed_details(rows: list[LeaderboardRow], per_seed: Iterable[Any]) -> None:
+    """Fill each row's per-seed scores, label mix, points lost, interval and
+    seed-lock@k from `SEED_DETAIL_COLUMNS` rows (ordered by seed). Every eval of
+    the page's runs is needed, not only the page's variants: a q4 row needs its
+    twin (fused, q8…) from the same runs for its points lost."""
     scores: dict[tuple[str, str], list[tuple[int, float]]] = {}
     labels: dict[tuple[str, str], list[dict[str, int] | None]] = {}
+    passes: dict[tuple[str, str], list[list[str]]] = {}
+    prompts: dict[tuple[str, str], int] = {}
     per_run = []
-    for fp, variant, seed, adherence, counts, run_id in session.execute(query):
-        scores.setdefault((fp, variant), []).append((int(seed), float(adherence)))
-        labels.setdefault((fp, variant), []).append(counts)
+    for fp, variant, seed, adherence, counts, run_id, passed, n_prompts in per_seed:
+        key = (fp, variant)
+        scores.setdefault(key, []).append((int(seed), float(adherence)))
+        labels.setdefault(key, []).append(counts)
         per_run.append((fp, int(run_id), variant, float(adherence)))
+        if passed is not None and n_prompts:
+            passes.setdefault(key, []).append(list(passed))
+            prompts[key] = max(prompts.get(key, 0), int(n_prompts))
     lost = mean_points_lost(per_run)
     for row in rows:
         key = (row.fingerprint, row.variant)
         row.seed_scores = scores.get(key, [])
         row.label_mix = label_shares(labels.get(key, []))
         row.points_lost = lost.get(key)
+        if row.seed_scores:
+            interval = mean_interval([score for _, score in row.seed_scores])
+            row.ci_low, row.ci_high = interval.low, interval.high
+        row.seed_lock = seed_locks(passes.get(key, []), prompts.get(key, 0))
 
 
 def optional_float(value: Any) -> float | None:

@@ -56,8 +56,8 @@ from jobs.states import ACTIVE, FINISHED, AttemptOutcome, StageStatus, WorkerSta
 _SUMMARY_FIELDS = (
     "worker", "queue", "rq_job_id", "enqueued_at", "started_at", "finished_at", "error",
     "progress", "total", "adherence", "n_prompts", "label_counts", "passed_prompts",
-    "hit_max_share", "latency_s", "tokens_per_sec", "peak_memory_gb", "size_bytes", "val_loss", "heartbeat_at", "resumed_from",
-    "early_stop",
+    "hit_max_share", "latency_s", "tokens_per_sec", "peak_memory_gb", "size_bytes", "val_loss",
+    "heartbeat_at", "resumed_from", "early_stop",
 )  # fmt: skip
 
 

@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from jobs import settings
+from jobs.cli import decide
 from jobs.plaintext import printable
 from jobs.problems import InputError
 
@@ -228,6 +229,10 @@ def cancel(experiment_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
     console.print(f"cancelled {count} stages of experiment {experiment_id}")
 
 
+app.command()(decide.compare)
+app.add_typer(decide.seeds_app, name="seeds")
+
+
 @app.command()
 def reconcile() -> None:
     """Repair the queue from the database: re-queue lost work, give queued stages
@@ -279,6 +284,11 @@ def leaderboard(
         print(json.dumps(out, indent=2))
         return
     print_leaderboard(rows, flags, console)
+    from jobs.views.verdicts import top_two
+
+    comparison = top_two(rows)
+    for line in comparison.lines() if comparison else []:
+        console.print(printable(line), markup=False, highlight=False, soft_wrap=True)
 
 
 def show_sweep(sweep_id: int, variant: str | None, as_json: bool) -> None:

@@ -20,12 +20,12 @@ from sqlmodel import Session, select
 from jobs.db import Experiment, Run, Stage
 from jobs.leaderboard import (
     LOCK_THRESHOLD,
+    SEED_DETAIL_COLUMNS,
     SORT_KEYS,
     LeaderboardRow,
     aggregate_query,
+    attach_seed_details,
     count_rows,
-    label_shares,
-    mean_points_lost,
     row_from_aggregate,
 )
 from jobs.views.compare import config_diff, config_specs
@@ -167,29 +167,14 @@ def _full_rows(
         for r in session.execute(query)
         if (r.fingerprint, r.variant) in wanted
     ]  # fmt: skip
-    # Every eval of the page's runs, not only the page's variants: a q4 row needs
-    # its twin (fused, q8…) from the same runs for its points lost.
     per_seed = session.execute(
-        select(
-            Run.fingerprint, Stage.variant, Run.seed, Stage.adherence, Stage.label_counts, Run.id
-        )
+        select(*SEED_DETAIL_COLUMNS)
         .join(Run, Run.id == Stage.run_id)
         .where(Stage.id.in_(listed), Stage.kind == "eval", Stage.status == "done")  # type: ignore[union-attr]
         .where(Stage.adherence.is_not(None))  # type: ignore[union-attr]
         .order_by(Run.seed)
     )
-    scores: dict[tuple[str, str], list[tuple[int, float]]] = {}
-    labels: dict[tuple[str, str], list[dict[str, int] | None]] = {}
-    per_run = []
-    for fp, variant, seed, adherence, counts, run_id in per_seed:
-        scores.setdefault((fp, variant), []).append((int(seed), float(adherence)))
-        labels.setdefault((fp, variant), []).append(counts)
-        per_run.append((fp, int(run_id), variant, float(adherence)))
-    lost = mean_points_lost(per_run)
-    for row in rows:
-        row.seed_scores = scores.get((row.fingerprint, row.variant), [])
-        row.label_mix = label_shares(labels.get((row.fingerprint, row.variant), []))
-        row.points_lost = lost.get((row.fingerprint, row.variant))
+    attach_seed_details(rows, per_seed)
     return rows
 
 
@@ -218,6 +203,9 @@ def table_rows(rows: Sequence[LeaderboardRow]) -> list[dict[str, Any]]:
             "variant": r.variant,
             "seeds": r.seeds,
             "mean": r.mean,
+            # the mean's 95% interval from the seed scores, as "[23, 80]" in points
+            "interval": interval_text(r),
+            "seed_lock": r.seed_lock.get(3),
             # next to the mean: what this variant's quantization (or fuse) cost
             "points_lost": r.points_lost,
             "std": r.std,
@@ -236,6 +224,12 @@ def table_rows(rows: Sequence[LeaderboardRow]) -> list[dict[str, Any]]:
         }
         for r in rows
     ]
+
+
+def interval_text(row: LeaderboardRow) -> str:
+    if row.ci_low is None or row.ci_high is None:
+        return ""
+    return f"[{100 * row.ci_low:.0f}, {100 * row.ci_high:.0f}] · {len(row.seed_scores)} seeds"
 
 
 def seed_points(rows: Sequence[LeaderboardRow]) -> list[dict[str, Any]]:

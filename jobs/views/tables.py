@@ -23,8 +23,8 @@ from jobs.views.sweep import SweepView
 if TYPE_CHECKING:
     from jobs.submit import SweepPlan
 
-COLUMNS = ("config", "variant", "seeds", "mean ± std", "worst", "best", "lock", "val loss",
-           "labels", "s/prompt", "tok/s", "MB", "flags")  # fmt: skip
+COLUMNS = ("config", "variant", "seeds", "mean [95% CI]", "std", "worst", "best", "lock",
+           "seed-lock@3", "val loss", "labels", "s/prompt", "tok/s", "MB", "flags")  # fmt: skip
 LEFT_ALIGNED = ("config", "variant", "labels", "flags")
 
 Flags = Mapping[tuple[str, str], Sequence[Badge]]
@@ -44,10 +44,12 @@ def leaderboard_table(rows: Sequence[LeaderboardRow], flags: Flags | None = None
             f"{r.name} {r.fingerprint[:6]}",
             r.variant,
             str(r.seeds),
-            f"{r.mean:.2f} ± {r.std:.2f}",
+            mean_with_interval(r),
+            f"{r.std:.2f}",
             f"{r.worst:.2f}",
             f"{r.best:.2f}",
             f"{r.lock_rate:.0%}",
+            "-" if 3 not in r.seed_lock else f"{r.seed_lock[3]:.2f}",
             "-" if r.val_loss is None else f"{r.val_loss:.3f}",
             " ".join(f"{k} {v:.0%}" for k, v in top),
             "-" if r.latency_s is None else f"{r.latency_s:.2f}",
@@ -56,6 +58,13 @@ def leaderboard_table(rows: Sequence[LeaderboardRow], flags: Flags | None = None
             ", ".join(b.pattern for b in flags.get((r.fingerprint, r.variant), [])),
         )
     return table
+
+
+def mean_with_interval(row: LeaderboardRow) -> str:
+    """'0.52 [0.23, 0.80]': the mean and its 95% interval from the seed scores."""
+    if row.ci_low is None or row.ci_high is None:
+        return f"{row.mean:.2f}"
+    return f"{row.mean:.2f} [{row.ci_low:.2f}, {row.ci_high:.2f}]"
 
 
 def print_leaderboard(
