@@ -252,11 +252,18 @@ def compare_seeds(
         p_value = 0.0 if diff != 0 else 1.0
     else:
         half = t_quantile(1 - alpha_half, df) * se
-        low, high = diff - half, diff + half
+        # adherence lies in [0, 1], so no difference is outside ±1
+        low, high = max(diff - half, -1.0), min(diff + half, 1.0)
         p_value = 2 * (1 - t_cdf(abs(diff) / se, df))
     better = name_a if low > 0 else name_b if high < 0 else None
     return Verdict(name_a, name_b, mean_a, mean_b, na, nb, diff, low, high, p_value, method,
                    better, confidence)  # fmt: skip
+
+
+def unpaired(a: Sequence[float], b: Sequence[float]) -> tuple[dict[int, float], dict[int, float]]:
+    """Scores with no seed to pair them by (pooled over a sweep's other knobs) as
+    mappings with disjoint keys, so `compare_seeds` and `seeds_needed` use Welch."""
+    return dict(enumerate(a)), {len(a) + i: x for i, x in enumerate(b)}
 
 
 # --- how many seeds would settle it ----------------------------------------------------

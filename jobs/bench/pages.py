@@ -143,8 +143,8 @@ def synthetic_tables(n_runs: int, seed: int = 0) -> Iterator[tuple[str, list[str
     stage_cols = ["id", "run_id", "kind", "variant", "params", "depends_on", "status", "worker",
                   "rq_job_id", "queue", "enqueued_at", "started_at", "finished_at", "error",
                   "progress", "total", "adherence", "n_prompts", "label_counts",
-                  "hit_max_share", "latency_s", "tokens_per_sec", "peak_memory_gb",
-                  "size_bytes", "val_loss"]  # fmt: skip
+                  "passed_prompts", "hit_max_share", "latency_s", "tokens_per_sec",
+                  "peak_memory_gb", "size_bytes", "val_loss"]  # fmt: skip
     metric_cols = ["id", "stage_id", "run_id", "iteration", "train_loss", "val_loss",
                    "learning_rate", "tokens_per_sec", "iterations_per_sec", "peak_memory_gb",
                    "trained_tokens", "created_at"]  # fmt: skip
@@ -182,7 +182,7 @@ def synthetic_tables(n_runs: int, seed: int = 0) -> Iterator[tuple[str, list[str
                 (train_id, run_id, "train", "adapter", json.dumps({"total": 800}), None,
                  "done" if train_done else "running", worker, f"stage-{train_id}",
                  "farm:mem:32", t0, t0, t0 + timedelta(hours=1) if train_done else None, None,
-                 800 if train_done else 400, 800, None, None, None, None, None, 310.0, 18.5,
+                 800 if train_done else 400, 800, None, None, None, None, None, None, 310.0, 18.5,
                  12_000_000, val_loss)
             )  # fmt: skip
             stage_id = train_id
@@ -202,7 +202,8 @@ def synthetic_tables(n_runs: int, seed: int = 0) -> Iterator[tuple[str, list[str
                 stages.append(
                     (stage_id, run_id, kind, name, "{}", parent, "done", worker,
                      f"stage-{stage_id}", f"farm:worker:{worker}", t0, t0, t0, None, None,
-                     None, None, None, None, None, None, None, 30.0, 1_200_000_000, None)
+                     None, None, None, None, None, None, None, None, 30.0, 1_200_000_000,
+                     None)
                 )  # fmt: skip
                 parents[name] = stage_id
             for variant in VARIANTS if train_done else ():
@@ -216,18 +217,21 @@ def synthetic_tables(n_runs: int, seed: int = 0) -> Iterator[tuple[str, list[str
                     stage, adherence_value = "done", adherence
                 good = round(adherence * PROMPTS)
                 counts = {"execute_code": good, "prose": PROMPTS - good}
+                passed = sorted(rng.sample(range(PROMPTS), good))  # which ones this seed got
                 stages.append(
                     (stage_id, run_id, "eval", variant, "{}", parents[variant], stage, worker,
                      f"stage-{stage_id}", f"farm:worker:{worker}", t0, t0,
                      t0 + timedelta(minutes=3), "killed" if stage == "failed" else None,
                      PROMPTS, PROMPTS, adherence_value, PROMPTS,
                      json.dumps(counts) if adherence_value is not None else None,
+                     json.dumps([f"p{p:02d}" for p in passed])
+                     if adherence_value is not None else None,
                      0.05, 0.8, 45.0, 19.0, 1_200_000_000, None)
                 )  # fmt: skip
                 if variant == "adapter":
                     for p in range(PROMPTS):
                         eval_id += 1
-                        label = "execute_code" if p < good else LABELS_TOOL[p % 6]
+                        label = "execute_code" if p in passed else LABELS_TOOL[p % 6]
                         evals.append(
                             (eval_id, stage_id, run_id, f"p{p:02d}", CATEGORIES[p % 7], "tool",
                              f"Prompt {p}: read pyproject.toml and run the tests of module {p}.",

@@ -13,11 +13,13 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from statistics import fmean
 
 from sqlmodel import Session, col, select
 
 from jobs.checkpoints import checkpoint_points, val_loss_verdict
 from jobs.db import Diagnostic, Experiment, Run, Stage
+from jobs.stats import compare_seeds, mean_interval, seeds_needed
 
 # Two seeds of one config this far apart or more "disagree" (the notes that
 # started the farm: 82% with one seed, 22% with another).
@@ -34,6 +36,7 @@ class RunFacts:
     probe_share: float | None  # probe seconds / training seconds
     # (iteration val loss picks, iteration adherence picks, points lost) when they differ
     val_loss_pick: tuple[int, int, float] | None = None
+    experiment_id: int | None = None  # where `farm seeds add` would add seeds
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ def gather(session: Session, experiment_ids: Sequence[int]) -> StoryFacts:
                 early_stop=train.early_stop if train else None,
                 probe_share=float(share) if isinstance(share, int | float) else None,
                 val_loss_pick=pick,
+                experiment_id=run.experiment_id,
             )
         )
     flagged: dict[str, set[str]] = defaultdict(set)
@@ -101,18 +105,7 @@ def story_lines(facts: StoryFacts) -> list[str]:
     by_config: dict[str, list[RunFacts]] = defaultdict(list)
     for run in facts.runs:
         by_config[run.config].append(run)
-    means = {
-        config: sum(scores) / len(scores)
-        for config, runs in by_config.items()
-        if (scores := [r.adapter for r in runs if r.adapter is not None])
-    }
-    if means:
-        ranked = sorted(means.items(), key=lambda kv: -kv[1])
-        best, worst = ranked[0], ranked[-1]
-        lines.append(
-            f"configurations: best {best[0]} at {best[1]:.2f} mean adapter adherence, "
-            f"worst {worst[0]} at {worst[1]:.2f}"
-        )
+    lines += verdict_lines(by_config)
     for config, runs in by_config.items():
         scored = sorted((r for r in runs if r.adapter is not None), key=lambda r: r.adapter or 0)
         if len(scored) < 2:
@@ -143,6 +136,48 @@ def story_lines(facts: StoryFacts) -> list[str]:
             f"adherence probe: {100 * sum(shares) / len(shares):.1f}% of training time "
             f"on average (at most {100 * max(shares):.1f}%)"
         )
+    return lines
+
+
+def verdict_lines(by_config: dict[str, list[RunFacts]]) -> list[str]:
+    """Best and worst configuration with their intervals, then the best against the
+    runner-up (and the worst, when there are more than two): each verdict, and
+    how many seeds would settle it with the command that adds them."""
+    seeds = {
+        config: {r.seed: r.adapter for r in runs if r.adapter is not None}
+        for config, runs in by_config.items()
+    }
+    seeds = {config: scores for config, scores in seeds.items() if scores}
+    if not seeds:
+        return []
+    ranked = sorted(seeds, key=lambda c: -fmean(seeds[c].values()))
+    best, worst = ranked[0], ranked[-1]
+    best_i, worst_i = (
+        mean_interval(list(seeds[best].values())),
+        mean_interval(list(seeds[worst].values())),
+    )
+    lines = [
+        f"configurations: best {best} at {best_i.mean:.2f} mean adapter adherence "
+        f"[95%: {best_i.low:.2f}, {best_i.high:.2f}; {best_i.seeds} seeds], worst {worst} at "
+        f"{worst_i.mean:.2f} [95%: {worst_i.low:.2f}, {worst_i.high:.2f}; {worst_i.seeds} seeds]"
+    ]
+    experiments = {c: next((r.experiment_id for r in by_config[c] if r.experiment_id), None)
+                   for c in ranked}  # fmt: skip
+    for other in dict.fromkeys(ranked[1:2] + ranked[-1:]):
+        if other == best:
+            continue
+        verdict = compare_seeds(seeds[best], seeds[other], (best, other))
+        lines.append(f"verdict: {verdict.text()}")
+        plan = seeds_needed(seeds[best], seeds[other])
+        if plan.settled:
+            continue
+        command = ""
+        if plan.more_a or plan.more_b:
+            adds = [f"farm seeds add {experiments[c]} {n}"
+                    for c, n in ((best, plan.more_a), (other, plan.more_b))
+                    if n and experiments[c] is not None]  # fmt: skip
+            command = f" ({'; '.join(adds)})" if adds else ""
+        lines.append(f"seeds: {plan.text(best, other)}{command}")
     return lines
 
 

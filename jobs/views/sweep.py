@@ -23,6 +23,15 @@ from jobs.db import Experiment, Run, Stage, Sweep
 from jobs.spec.sweep import point_label, short_knob
 from jobs.spec.sweep import show_value as value_text
 from jobs.states import StageStatus
+from jobs.stats import (
+    Interval,
+    SeedPlan,
+    Verdict,
+    compare_seeds,
+    mean_interval,
+    seeds_needed,
+    unpaired,
+)
 
 # The variant a sweep is read by unless another is picked: train knobs act on it directly.
 DEFAULT_VARIANT = "adapter"
@@ -81,6 +90,11 @@ class KnobValue:
     def mean(self) -> float | None:
         return fmean(self.scores) if self.scores else None
 
+    @property
+    def interval(self) -> Interval | None:
+        """The mean's 95% interval over every point and seed with this value."""
+        return mean_interval(self.scores) if self.scores else None
+
 
 @dataclass(frozen=True)
 class KnobEffect:
@@ -107,6 +121,15 @@ class KnobEffect:
             return None
         return (self.high.mean or 0.0) - (self.low.mean or 0.0)
 
+    def verdict(self) -> tuple[Verdict, SeedPlan] | None:
+        """The highest value against the lowest: is the gap more than seed noise?
+        Unpaired (Welch): each value pools several grid points and seeds."""
+        if self.spread is None or self.low is None or self.high is None:
+            return None
+        high, low = unpaired(self.high.scores, self.low.scores)
+        labels = (f"{self.name}={self.high.text}", f"{self.name}={self.low.text}")
+        return compare_seeds(high, low, labels), seeds_needed(high, low)
+
 
 @dataclass
 class SweepView:
@@ -127,14 +150,21 @@ class SweepView:
         return sorted({s for p in self.points for s in p.seeds})
 
     def strongest_line(self) -> str:
-        """`learning_rate moved adherence most: 0.21 → 0.55 (1e-05 → 0.0001)`."""
+        """The knob whose values differ most, claimed as an effect only when the
+        verdict between its best and worst value shows it beyond seed noise:
+        `learning_rate moved adherence most: 0.21 → 0.55 (1e-05 → 0.0001); …`."""
         knob = self.strongest
-        if knob is None or knob.low is None or knob.high is None:
+        judged = knob.verdict() if knob is not None else None
+        if knob is None or knob.low is None or knob.high is None or judged is None:
             return f"no {self.variant} adherence on two values of any knob yet"
         low, high = knob.low, knob.high
+        verdict, plan = judged
+        move = f"{low.mean:.2f} → {high.mean:.2f} ({low.text} → {high.text})"
+        if verdict.shown:
+            return f"{knob.name} moved adherence most: {move}; {verdict.text()}"
         return (
-            f"{knob.name} moved adherence most: {low.mean:.2f} → {high.mean:.2f} "
-            f"({low.text} → {high.text})"
+            f"no knob moved adherence beyond seed noise yet: {knob.name} differs most, {move}, "
+            f"but {verdict.text()}; {plan.text(verdict.a, verdict.b)}"
         )
 
 
@@ -245,7 +275,8 @@ def knob_table(view: SweepView) -> list[dict[str, Any]]:
     """One row per knob value: the mean over every point and seed that has it."""
     return [
         {"knob": k.name, "value": v.text, "runs": len(v.scores), "mean": v.mean,
-         "range": k.spread}
+         "ci_low": v.interval.low if v.interval else None,
+         "ci_high": v.interval.high if v.interval else None, "range": k.spread}
         for k in view.knobs
         for v in k.values
     ]  # fmt: skip
@@ -263,10 +294,14 @@ def knob_points(view: SweepView) -> list[dict[str, Any]]:
 
 
 def knob_means(view: SweepView) -> list[dict[str, Any]]:
-    """The per-value means the chart draws as a line over the seed points."""
-    return [
-        {"knob": k.name, "value": v.text, "adherence": v.mean}
-        for k in view.knobs
-        for v in k.values
-        if v.mean is not None
-    ]
+    """The per-value means the chart draws as a line over the seed points, with
+    their 95% intervals as error bars."""
+    out = []
+    for k in view.knobs:
+        for v in k.values:
+            interval = v.interval
+            if interval is not None:
+                out.append({"knob": k.name, "value": v.text, "adherence": interval.mean,
+                            "low": interval.low, "high": interval.high,
+                            "runs": interval.seeds})  # fmt: skip
+    return out

@@ -13,7 +13,15 @@ from jobs import limits
 from jobs.problems import InputError
 from jobs.spec import config_fingerprint, load_spec, spec_to_yaml
 from jobs.spec.sweep import KNOB_PATHS, expand_sweep, load_sweep
-from jobs.views.sweep import PointInfo, SeedScore, SweepInfo, build_view, knob_points
+from jobs.stats import mean_interval
+from jobs.views.sweep import (
+    PointInfo,
+    SeedScore,
+    SweepInfo,
+    build_view,
+    knob_means,
+    knob_points,
+)
 from tests.support.spec_files import VALID_SPEC, make_workspace
 
 GRID = """\
@@ -161,10 +169,30 @@ def test_the_sweep_view_finds_the_knob_that_moved_adherence_most() -> None:
     assert [round(v.mean or 0, 2) for v in lr.values] == [0.21, 0.55]
     assert round(lr.spread or 0, 2) == 0.34 and round(rank.spread or 0, 2) == 0.0
     assert view.strongest is lr
-    assert view.strongest_line() == (
-        "learning_rate moved adherence most: 0.21 → 0.55 (0.0001 → 0.0002)"
+    # four seeds a value, 34 points apart with a spread of 5: an effect, and said so
+    line = view.strongest_line()
+    assert line.startswith(
+        "learning_rate moved adherence most: 0.21 → 0.55 (0.0001 → 0.0002); "
+        "learning_rate=0.0002 is better than learning_rate=0.0001 (95%): +34 points ["
     )
+    # error bars: each value's 95% interval over its points and seeds
+    bars = {m["value"]: m for m in knob_means(view) if m["knob"] == "learning_rate"}
+    interval = mean_interval([0.5, 0.6, 0.6, 0.5])
+    assert (bars["0.0002"]["low"], bars["0.0002"]["high"]) == (interval.low, interval.high)
     # Each seed of each point is a dot on each knob's chart.
     assert len(knob_points(view)) == 2 * 4 * 2
     # Another variant reads the same grid differently.
     assert build_view(SweepInfo(1, "s", axes), points, scores, "q8").strongest is None
+
+
+def test_the_strongest_knob_is_no_effect_when_seeds_overlap() -> None:
+    """The demo's own learning rates: 16 points apart, seeds overlapping."""
+    axes = {"train.learning_rate": [2e-4, 1e-3]}
+    points = [PointInfo(1, {"train.learning_rate": 2e-4}, "a"),
+              PointInfo(2, {"train.learning_rate": 1e-3}, "b")]  # fmt: skip
+    scores = [SeedScore(1, s, "adapter", a) for s, a in ((1, 0.65), (2, 0.46), (3, 0.44))]
+    scores += [SeedScore(2, s, "adapter", a) for s, a in ((1, 0.25), (2, 0.35), (3, 0.46))]
+    line = build_view(SweepInfo(1, "lr", axes), points, scores).strongest_line()
+    assert line.startswith("no knob moved adherence beyond seed noise yet: learning_rate differs")
+    assert "no difference shown" in line and "3 + 3 seeds" in line
+    assert "seeds per configuration" in line and "80% power" in line
