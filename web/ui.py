@@ -23,6 +23,7 @@ from jobs import settings
 from jobs.access import configured_password
 from jobs.connection_errors import describe as describe_connection_error
 from jobs.db import migrate, session_scope
+from jobs.plaintext import markdown_literal
 from web.signin import process_throttle, sign_in
 
 log = logging.getLogger("lorafarm.web")
@@ -175,6 +176,12 @@ def badge(status: str, text: str | None = None) -> str:
     """Markdown for a coloured status badge: `:green-badge[:material/check_circle: done]`."""
     colour, icon = STATUS_STYLE.get(status, ("gray", ":material/help:"))
     return f":{colour}-badge[{icon} {text if text is not None else status}]"
+
+
+def plain(text: object) -> str:
+    """Text from data (a dataset, suite, spec or model) for a markdown element:
+    shown as typed, never as an image, link or HTML (`jobs.plaintext`)."""
+    return markdown_literal(str(text))
 
 
 def number(value: float | None, digits: int = 3) -> str:

@@ -28,6 +28,7 @@ from jobs.leaderboard import (
     count_rows,
     row_from_aggregate,
 )
+from jobs.stats import FragilePrompt
 from jobs.views.compare import config_diff, config_specs
 
 SORT_LABELS = {
@@ -203,11 +204,11 @@ def table_rows(rows: Sequence[LeaderboardRow]) -> list[dict[str, Any]]:
             "variant": r.variant,
             "seeds": r.seeds,
             "mean": r.mean,
+            # next to the mean: what this variant's quantization (or fuse) cost
+            "points_lost": r.points_lost,
             # the mean's 95% interval from the seed scores, as "[23, 80]" in points
             "interval": interval_text(r),
             "seed_lock": r.seed_lock.get(3),
-            # next to the mean: what this variant's quantization (or fuse) cost
-            "points_lost": r.points_lost,
             "std": r.std,
             "worst": r.worst,
             "best": r.best,
@@ -230,6 +231,15 @@ def interval_text(row: LeaderboardRow) -> str:
     if row.ci_low is None or row.ci_high is None:
         return ""
     return f"[{100 * row.ci_low:.0f}, {100 * row.ci_high:.0f}] · {len(row.seed_scores)} seeds"
+
+
+def fragile_rows(fragile: Sequence[FragilePrompt]) -> list[dict[str, Any]]:
+    """One row per seed-fragile prompt: how many seeds got it right, each seed's label."""
+    return [
+        {"prompt": f.prompt_id, "right": f"{f.right} of {f.seeds} seeds",
+         **{f"seed {seed}": label for seed, label in f.labels.items()}}
+        for f in fragile
+    ]  # fmt: skip
 
 
 def seed_points(rows: Sequence[LeaderboardRow]) -> list[dict[str, Any]]:

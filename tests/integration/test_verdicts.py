@@ -116,3 +116,34 @@ def test_seeds_add_refuses_unknown_and_cancelled_experiments(
 def _count_runs() -> int:
     with session_scope() as session:
         return len(session.exec(select(Run)).all())
+
+
+def test_leaderboard_page_shows_intervals_verdicts_and_fragile_prompts(
+    two_rates: tuple[int, int], redis_url: str
+) -> None:
+    from tests.support.web import open_page, texts
+
+    at = open_page()
+    table = next(d for d in at.dataframe if "mean" in d.value.columns).value
+    assert table["config"][0].startswith("lr-2e-4")
+    assert table["interval"][0].endswith("· 3 seeds") and table["interval"][0].startswith("[")
+    assert table["seed_lock"][0] == pytest.approx(0.4)
+    page = texts(at)
+    assert "Top against runner-up: no difference shown between lr-2e-4" in page
+    assert "seeds per configuration" in page
+    # one row: the prompts its seeds disagree on, each seed's label
+    at.session_state["lb_table"] = {"selection": {"rows": [0], "columns": []}}
+    at.run()
+    fragile = next(d for d in at.dataframe if "prompt" in d.value.columns).value
+    assert list(fragile["prompt"]) == ["p4", "p5", "p6"]  # p4: 2 of 3 seeds; p5, p6: 1 of 3
+    assert list(fragile["seed 3"]) == ["prose", "prose", "prose"]
+    # two rows: the verdict between them
+    at.session_state["lb_table"] = {"selection": {"rows": [0, 1], "columns": []}}
+    at.run()
+    assert any("no difference shown between lr-2e-4" in i.value for i in at.info)
+    # the button adds the seeds the sentence asks for, to both configurations
+    runs = _count_runs()
+    button = next(b for b in at.button if b.key == "lb_add_seeds")
+    more = int(button.label.split()[1])
+    button.click().run()
+    assert _count_runs() == runs + 2 * more

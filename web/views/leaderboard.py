@@ -6,7 +6,9 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from jobs.views import compare
+from jobs.problems import InputError
+from jobs.seeds import add_seeds
+from jobs.views import compare, verdicts
 from jobs.views import leaderboard as leaderboard_view
 from jobs.views import sweep as sweep_view
 from jobs.views.runs import count_experiments
@@ -86,6 +88,17 @@ event = st.dataframe(
         "mean": st.column_config.ProgressColumn(
             "mean adherence", min_value=0, max_value=1, format=percent
         ),
+        "interval": st.column_config.TextColumn(
+            "95% interval",
+            help="where the mean adherence lies with 95% confidence, from the seed scores "
+            "(Student's t: with 2–3 seeds it is wide, as the data are)",
+        ),
+        "seed_lock": st.column_config.NumberColumn(
+            "seed-lock@3",
+            format=percent,
+            help="the chance that 3 independently trained seeds all get a prompt right "
+            "(pass^k with seeds as trials, averaged over prompts)",
+        ),
         "points_lost": st.column_config.NumberColumn(
             "points lost",
             format="%+.0f pts",
@@ -118,6 +131,42 @@ event = st.dataframe(
 )
 
 selected = [rows[i] for i in event.selection.rows if i < len(rows)]
+
+
+@st.fragment
+def runner_up_section() -> None:
+    """The top row against the runner-up: the verdict, how many seeds would settle
+    it, and a button that adds them to both configurations."""
+    comparison = verdicts.top_two(rows) if offset == 0 else None
+    if comparison is None:
+        return
+    with st.container(key="runner_up"):
+        verdict, plan = comparison.verdict, comparison.plan
+        (st.success if verdict.shown else st.info)(
+            f"Top against runner-up: {verdict.text()}", icon=":material/balance:"
+        )
+        if plan.settled or plan.per_config is None:
+            return
+        st.caption(plan.text(verdict.a, verdict.b))
+        more = max(plan.more_a, plan.more_b)
+        if more and st.button(f"Add {more} seeds to each", key="lb_add_seeds"):
+            redis = ui.redis()
+            if redis is None:
+                st.error("Redis is not reachable: no seeds were added.")
+                return
+            top, other = rows[0], next(r for r in rows[1:] if verdict.b == verdicts.row_name(r))
+            with ui.db() as session:
+                targets = [verdicts.resolve_config(session, r.fingerprint) for r in (top, other)]
+            for config in targets:
+                try:
+                    added = add_seeds(config.experiment_id, more, redis)
+                except InputError as exc:
+                    st.error(str(exc))
+                    continue
+                st.success(f"{config.label}: seeds {', '.join(map(str, added))} queued")
+
+
+runner_up_section()
 
 left, right = st.columns(2)
 with left:
@@ -192,7 +241,7 @@ def sweep_section() -> None:
             view = sweep_view.load_sweep_view(session, sweep_id, variant)
     if view is None:
         return
-    st.markdown(f"**{view.strongest_line()}**")
+    st.markdown(f"**{ui.plain(view.strongest_line())}**")
     points = pd.DataFrame(sweep_view.knob_points(view))
     means = pd.DataFrame(sweep_view.knob_means(view))
     if points.empty:
@@ -210,7 +259,18 @@ def sweep_section() -> None:
             )  # fmt: skip
             mean = means[means["knob"] == knob.name]
             line = alt.Chart(mean).mark_line(point=True).encode(x=x, y=y)
-            chart = (dots + line).properties(title=f"{view.variant} adherence vs {knob.name}")
+            # each value's 95% interval over its points and seeds
+            bars = (
+                alt.Chart(mean)
+                .mark_errorbar(ticks=True, thickness=2)
+                .encode(x=x, y=alt.Y("low:Q", title="adherence"), y2="high:Q",
+                        tooltip=["value", "runs", alt.Tooltip("adherence:Q", format=".1%"),
+                                 alt.Tooltip("low:Q", format=".1%"),
+                                 alt.Tooltip("high:Q", format=".1%")])
+            )  # fmt: skip
+            chart = (dots + bars + line).properties(
+                title=f"{view.variant} adherence vs {knob.name} (mean, 95% interval)"
+            )
             column.altair_chart(chart, width="stretch")
     st.dataframe(pd.DataFrame(sweep_view.point_table(view)), hide_index=True, key="lb_sweep_table")
 
@@ -219,9 +279,30 @@ with st.container(key="sweep_section"):
     sweep_section()
 
 st.subheader("Compare configurations")
+if len(selected) == 1:
+    row = selected[0]
+    with ui.db() as session:
+        fragile = verdicts.seed_fragile_prompts(session, row.fingerprint, row.variant)
+    with st.container(key="seed_fragile"):
+        st.markdown(f"**Seed-fragile prompts** of {ui.plain(leaderboard_view.row_label(row))}")
+        if not fragile:
+            st.caption("Every prompt was right in all seeds or wrong in all seeds.")
+        else:
+            st.caption(
+                f"{len(fragile)} prompts some seeds got right and others did not (the most "
+                "evenly split first): where more training data helps most."
+            )
+            st.dataframe(pd.DataFrame(leaderboard_view.fragile_rows(fragile)), hide_index=True,
+                         key="lb_fragile")  # fmt: skip
 if len(selected) < 2:
     st.caption("Select two or more rows in the table to compare their configs and label mixes.")
     st.stop()
+if len(selected) == 2:
+    pair = verdicts.rows_comparison(*selected)
+    with st.container(key="pair_verdict"):
+        (st.success if pair.verdict.shown else st.info)(pair.verdict.text())
+        if not pair.plan.settled:
+            st.caption(pair.plan.text(pair.verdict.a, pair.verdict.b))
 only_differences = st.toggle("Only fields that differ", key="lb_only_diff")
 with ui.db() as session:
     diff = pd.DataFrame(leaderboard_view.compare_rows(session, selected, only_differences))
