@@ -9,8 +9,10 @@ import re
 # C0 and C1 controls but tab and newline; DEL. An escape sequence in a dataset
 # line could otherwise move the cursor, retitle the terminal or hide text.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-# Every character markdown gives a meaning to, as Streamlit renders it.
-_MARKDOWN = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~$:])")
+# The characters that make markdown more than text as Streamlit renders it:
+# links and images ([ ] ( )), HTML and autolinks (< > and the colon of a URL),
+# emphasis, code, tables, LaTeX ($) and Streamlit's :colour[…] and :icon: marks.
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()<>#|~$:])")
 
 
 def printable(text: str) -> str:

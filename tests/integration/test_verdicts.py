@@ -131,16 +131,18 @@ def test_leaderboard_page_shows_intervals_verdicts_and_fragile_prompts(
     page = texts(at)
     assert "Top against runner-up: no difference shown between lr-2e-4" in page
     assert "seeds per configuration" in page
-    # one row: the prompts its seeds disagree on, each seed's label
-    at.session_state["lb_table"] = {"selection": {"rows": [0], "columns": []}}
-    at.run()
+    # any two rows (the top two by default): the verdict and each one's fragile prompts
+    decide = at.get("selectbox")
+    assert [sb.key for sb in decide if sb.key in ("lb_verdict_a", "lb_verdict_b")]
+    assert any("no difference shown between lr-2e-4" in i.value for i in at.info)
     fragile = next(d for d in at.dataframe if "prompt" in d.value.columns).value
     assert list(fragile["prompt"]) == ["p4", "p5", "p6"]  # p4: 2 of 3 seeds; p5, p6: 1 of 3
     assert list(fragile["seed 3"]) == ["prose", "prose", "prose"]
-    # two rows: the verdict between them
-    at.session_state["lb_table"] = {"selection": {"rows": [0, 1], "columns": []}}
+    # any other pair
+    at.selectbox(key="lb_verdict_a").set_value(1)
+    at.selectbox(key="lb_verdict_b").set_value(0)
     at.run()
-    assert any("no difference shown between lr-2e-4" in i.value for i in at.info)
+    assert any("no difference shown between lr-1e-3" in i.value for i in at.info)
     # the button adds the seeds the sentence asks for, to both configurations
     runs = _count_runs()
     button = next(b for b in at.button if b.key == "lb_add_seeds")

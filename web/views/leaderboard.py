@@ -275,34 +275,53 @@ def sweep_section() -> None:
     st.dataframe(pd.DataFrame(sweep_view.point_table(view)), hide_index=True, key="lb_sweep_table")
 
 
+def decide_section() -> None:
+    """Any two rows of this page (the top two at first): the verdict between them
+    and each one's seed-fragile prompts."""
+    if len(rows) < 2:
+        return
+    st.subheader("Decide between two rows")
+    labels = [leaderboard_view.row_label(r) for r in rows]
+    first, second = 0, 1
+    with st.container(key="decide"):
+        left, right = st.columns(2)
+        a = left.selectbox("A", range(len(rows)), index=first, format_func=labels.__getitem__,
+                           key="lb_verdict_a")  # fmt: skip
+        b = right.selectbox("B", range(len(rows)), index=second, format_func=labels.__getitem__,
+                            key="lb_verdict_b")  # fmt: skip
+        if a == b:
+            st.caption("Pick two different rows.")
+            return
+        pair = verdicts.rows_comparison(rows[a], rows[b])
+        (st.success if pair.verdict.shown else st.info)(ui.plain(pair.verdict.text()))
+        if not pair.plan.settled:
+            st.caption(ui.plain(pair.plan.text(pair.verdict.a, pair.verdict.b)))
+        for column, side, index in ((left, "a", a), (right, "b", b)):
+            row = rows[index]
+            with ui.db() as session:
+                fragile = verdicts.seed_fragile_prompts(session, row.fingerprint, row.variant)
+            with column.container(key=f"seed_fragile_{side}"):
+                st.markdown(f"**Seed-fragile prompts** of {ui.plain(labels[index])}")
+                if not fragile:
+                    st.caption("No prompt is right in some seeds and wrong in others.")
+                    continue
+                st.caption(
+                    f"{len(fragile)} prompts some seeds got right and others did not, the "
+                    "most evenly split first: where more training data helps most."
+                )
+                frame = pd.DataFrame(leaderboard_view.fragile_rows(fragile))
+                st.dataframe(frame, hide_index=True)
+
+
 with st.container(key="sweep_section"):
     sweep_section()
 
+decide_section()
+
 st.subheader("Compare configurations")
-if len(selected) == 1:
-    row = selected[0]
-    with ui.db() as session:
-        fragile = verdicts.seed_fragile_prompts(session, row.fingerprint, row.variant)
-    with st.container(key="seed_fragile"):
-        st.markdown(f"**Seed-fragile prompts** of {ui.plain(leaderboard_view.row_label(row))}")
-        if not fragile:
-            st.caption("Every prompt was right in all seeds or wrong in all seeds.")
-        else:
-            st.caption(
-                f"{len(fragile)} prompts some seeds got right and others did not (the most "
-                "evenly split first): where more training data helps most."
-            )
-            st.dataframe(pd.DataFrame(leaderboard_view.fragile_rows(fragile)), hide_index=True,
-                         key="lb_fragile")  # fmt: skip
 if len(selected) < 2:
     st.caption("Select two or more rows in the table to compare their configs and label mixes.")
     st.stop()
-if len(selected) == 2:
-    pair = verdicts.rows_comparison(*selected)
-    with st.container(key="pair_verdict"):
-        (st.success if pair.verdict.shown else st.info)(pair.verdict.text())
-        if not pair.plan.settled:
-            st.caption(pair.plan.text(pair.verdict.a, pair.verdict.b))
 only_differences = st.toggle("Only fields that differ", key="lb_only_diff")
 with ui.db() as session:
     diff = pd.DataFrame(leaderboard_view.compare_rows(session, selected, only_differences))

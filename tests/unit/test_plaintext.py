@@ -1,0 +1,20 @@
+"""Text from data stays text: no terminal control sequences, no markdown."""
+
+from __future__ import annotations
+
+from jobs.plaintext import markdown_literal, printable
+
+
+def test_printable_drops_terminal_controls_but_keeps_lines() -> None:
+    text = "loss\x1b[2J\x1b]0;owned\x07 ok\ttab\nnext\x9b"
+    shown = printable(text)
+    assert "\x1b" not in shown and "\x07" not in shown and "\x9b" not in shown
+    assert "\ttab\nnext" in shown and shown.startswith("loss\ufffd[2J")
+
+
+def test_markdown_literal_leaves_no_image_link_html_or_colour() -> None:
+    shown = markdown_literal("![x](http://evil.example/a.png) <img src=x> :red[hi] **b**")
+    assert "![" not in shown and "](" not in shown and "<img" not in shown
+    assert ":red[" not in shown and "**" not in shown
+    # what a reader sees once markdown drops the escapes is what was typed
+    assert shown.replace("\\", "") == "![x](http://evil.example/a.png) <img src=x> :red[hi] **b**"
