@@ -16,18 +16,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+import zlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
-from rq import Queue
+from rq import Queue, Worker
 from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
-from rq.job import Job, JobStatus
+from rq.job import JobStatus
 from rq.serializers import JSONSerializer
 
 from jobs import settings
+from jobs.rq_job import FOREIGN_FIELDS, FarmJob, fetch_job
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,8 @@ MEMORY_TIERS_GB = (0, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512)
 STAGE_FUNCTION = "worker.stage_job.run_stage"
 DOWNSTREAM_TIMEOUT_S = 6 * 3600
 _LIVE = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
+# Job hashes read per pipeline round trip when a reconciler pass checks the queue.
+READ_BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -85,10 +90,13 @@ def stage_job_id(stage_id: int, attempt: int = 1) -> str:
 
 
 def _queue(name: str, redis: Redis) -> Queue:
-    return Queue(name, connection=redis, serializer=JSONSerializer)
+    return Queue(name, connection=redis, serializer=JSONSerializer, job_class=FarmJob)
 
 
 def push(redis: Redis, ticket: Ticket) -> None:
+    """Push a stage's job onto a clean hash: fields RQ would keep from a forged
+    hash of the same id (webhooks, say) would get the job refused."""
+    redis.delete(FarmJob.key_for(ticket.job_id))
     _queue(ticket.queue, redis).enqueue_call(
         STAGE_FUNCTION,
         args=(ticket.stage_id,),
@@ -115,32 +123,51 @@ def push_all(redis: Redis | None, tickets: Iterable[Ticket]) -> list[int]:
     return pushed
 
 
+def push_again(redis: Redis, tickets: Sequence[Ticket]) -> list[int]:
+    """The reconciler's re-push of jobs Redis lost or holds broken, pipelined in
+    batches: each job's old hash and queue entries go, a clean job comes in
+    their place. Redis failing leaves the rest for the next pass; returns the
+    stage ids pushed."""
+    pushed: list[int] = []
+    for start in range(0, len(tickets), READ_BATCH):
+        batch = tickets[start : start + READ_BATCH]
+        try:
+            with redis.pipeline() as pipe:
+                for ticket in batch:
+                    pipe.delete(FarmJob.key_for(ticket.job_id))
+                    pipe.lrem(_queue(ticket.queue, redis).key, 0, ticket.job_id)
+                for name in sorted({t.queue for t in batch}):
+                    _queue(name, redis).enqueue_many(
+                        [_enqueue_data(t) for t in batch if t.queue == name], pipeline=pipe
+                    )
+                pipe.execute()
+        except RedisError as exc:
+            log.warning("%s stages stay queued in the DB (Redis: %s)", len(tickets) - start, exc)
+            break
+        pushed += [t.stage_id for t in batch]
+    return pushed
+
+
+def _enqueue_data(ticket: Ticket) -> Any:
+    return Queue.prepare_data(
+        STAGE_FUNCTION,
+        args=(ticket.stage_id,),
+        job_id=ticket.job_id,
+        timeout=ticket.timeout_s,
+        result_ttl=86400,
+        failure_ttl=7 * 86400,
+    )
+
+
 def job_is_live(redis: Redis, job_id: str | None) -> bool:
     """True when Redis still carries this job (waiting, deferred or running)."""
     if not job_id:
         return False
     try:
-        status = Job.fetch(job_id, connection=redis, serializer=JSONSerializer).get_status()
-    except NoSuchJobError:
+        status = fetch_job(job_id, redis).get_status()
+    except (NoSuchJobError, ValueError):  # gone, or a status RQ does not know
         return False
     return status in _LIVE
-
-
-def job_is_waiting_in(redis: Redis, job_id: str, queue: str) -> bool:
-    """The job is live and, unless running, really in its queue's list (a
-    restored Redis can hold the job hash without the queue entry).
-
-    A worker pops a job from the list a moment before marking it started; a
-    job seen in that moment is looked at again before it is called missing."""
-    for recheck in (False, True):
-        if recheck:
-            time.sleep(1.0)
-        if not job_is_live(redis, job_id):
-            return False
-        status = Job.fetch(job_id, connection=redis, serializer=JSONSerializer).get_status()
-        if status != JobStatus.QUEUED or job_id in _queue(queue, redis).get_job_ids():
-            return True
-    return False
 
 
 def stop_job(redis: Redis | None, job_id: str | None) -> None:
@@ -149,13 +176,124 @@ def stop_job(redis: Redis | None, job_id: str | None) -> None:
     if redis is None or not job_id:
         return
     try:
-        job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
+        job = fetch_job(job_id, redis)
         status = job.get_status(refresh=True)
         if status == JobStatus.STARTED:
             send_stop_job_command(redis, job_id, serializer=JSONSerializer)
         elif status in _LIVE:
             job.cancel()
-    except (NoSuchJobError, InvalidJobOperation):
+    except (NoSuchJobError, InvalidJobOperation, ValueError):  # gone, or unreadable
         pass
     except RedisError as exc:
         log.warning("could not stop job %s (Redis: %s)", job_id, exc)
+
+
+# --- which queued stages Redis really carries (the reconciler's check) -------------
+
+
+@dataclass(frozen=True)
+class Carry:
+    """A stage the DB says is queued, and the job that should carry it."""
+
+    stage_id: int
+    job_id: str
+    queue: str
+
+
+def carried(redis: Redis, wanted: Sequence[Carry], recheck_after_s: float = 1.0) -> set[str]:
+    """The job ids of `wanted` that Redis carries: a job a farm worker will run
+    for its stage (the stage runner, the stage's id, nothing foreign) that is
+    either waiting in its queue's list or started by a worker that is alive and
+    holds it. Anything else (no hash, a status that is garbage or ended, a hash
+    that cannot be read, a queue entry lost in a restore, a worker gone) is not.
+
+    The cost does not grow with the queue per stage: each queue's list is read
+    once, job hashes and worker states in pipelined batches. A worker pops a job
+    from its list a moment before marking it started; the jobs seen in that
+    moment are looked at again together, after one short wait."""
+    if not wanted:
+        return set()
+    in_queues = _queue_members(redis, {c.queue for c in wanted})
+    states = _job_states(redis, wanted)
+    held = _held_by_workers(redis)
+    found, between = set(), []
+    for c in wanted:
+        status = states.get(c.job_id)
+        if status == JobStatus.QUEUED and c.job_id in in_queues[c.queue]:
+            found.add(c.job_id)
+        elif status == JobStatus.STARTED and c.job_id in held:
+            found.add(c.job_id)
+        elif status in (JobStatus.QUEUED, JobStatus.STARTED):
+            between.append(c)  # popped but not yet started, or started by a worker gone
+    if between:
+        time.sleep(recheck_after_s)
+        in_queues = _queue_members(redis, {c.queue for c in between})
+        states = _job_states(redis, between)
+        held = _held_by_workers(redis)
+        for c in between:
+            status = states.get(c.job_id)
+            if (status == JobStatus.QUEUED and c.job_id in in_queues[c.queue]) or (
+                status == JobStatus.STARTED and c.job_id in held
+            ):
+                found.add(c.job_id)
+    return found
+
+
+def _queue_members(redis: Redis, names: Iterable[str]) -> dict[str, set[str]]:
+    """Each queue's job ids, one read per queue."""
+    names = sorted(names)
+    with redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.lrange(_queue(name, redis).key, 0, -1)
+        lists = pipe.execute()
+    return {name: {i.decode() for i in ids} for name, ids in zip(names, lists, strict=True)}
+
+
+_STATE_FIELDS = ("status", "data", *FOREIGN_FIELDS)
+
+
+def _job_states(redis: Redis, wanted: Sequence[Carry]) -> dict[str, JobStatus]:
+    """The status of each job that a farm worker would run for its stage;
+    jobs that are absent, unreadable or not the stage's own are left out."""
+    states: dict[str, JobStatus] = {}
+    for start in range(0, len(wanted), READ_BATCH):
+        batch = wanted[start : start + READ_BATCH]
+        with redis.pipeline(transaction=False) as pipe:
+            for c in batch:
+                pipe.hmget(FarmJob.key_for(c.job_id), _STATE_FIELDS)
+            rows = pipe.execute()
+        for c, row in zip(batch, rows, strict=True):
+            status = _stage_job_status(c.stage_id, row)
+            if status is not None:
+                states[c.job_id] = status
+    return states
+
+
+def _stage_job_status(stage_id: int, row: list[bytes | None]) -> JobStatus | None:
+    raw_status, data, *foreign = row
+    if raw_status is None or data is None or any(foreign):
+        return None
+    try:
+        status = JobStatus(raw_status.decode())
+        try:
+            data = zlib.decompress(data)
+        except zlib.error:
+            pass  # RQ stores small payloads uncompressed
+        func, _, args, kwargs = JSONSerializer.loads(data)
+    except Exception:  # a hash anyone could have written: unreadable is not carried
+        return None
+    if func != STAGE_FUNCTION or kwargs or len(args) != 1 or type(args[0]) is not int:
+        return None
+    if args[0] != stage_id:
+        return None
+    return status
+
+
+def _held_by_workers(redis: Redis) -> set[str]:
+    """Job ids the live workers are running (a dead worker's hash has expired)."""
+    keys = sorted(Worker.all_keys(connection=redis))
+    with redis.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.hget(key, "current_job")
+        current = pipe.execute()
+    return {job_id.decode() for job_id in current if job_id}

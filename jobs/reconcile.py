@@ -18,21 +18,27 @@ Idempotent: a second pass right after the first changes nothing.
 from __future__ import annotations
 
 import logging
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from redis import Redis
 from redis.exceptions import LockError, RedisError
+from redis.lock import Lock
 from sqlmodel import Session, col, select
 
 from jobs import lifecycle, settings
 from jobs.dag import HOLD
-from jobs.db import Run, Stage, WorkerRow, session_scope, utcnow
-from jobs.queue import Ticket, job_is_waiting_in, push_all, worker_queue_name
+from jobs.db import Experiment, Run, Stage, WorkerRow, session_scope, utcnow
+from jobs.queue import Carry, Ticket, carried, push_again, push_all, worker_queue_name
 from jobs.states import StageStatus, WorkerStatus
 
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "farm:reconcile:lock"
+LOCK_TTL_S = 30
 
 
 @dataclass
@@ -53,30 +59,63 @@ class Repairs:
         if self.lost_workers:
             out.append(f"workers lost: {', '.join(self.lost_workers)}")
         if self.lost_stages:
-            out.append(f"stages re-queued after a lost worker: {self.lost_stages}")
+            out.append(f"stages re-queued after a lost worker: {_ids(self.lost_stages)}")
         if self.replanned_runs:
-            out.append(f"runs training again elsewhere: {self.replanned_runs}")
+            out.append(f"runs training again elsewhere: {_ids(self.replanned_runs)}")
         if self.released_stages:
-            out.append(f"waiting stages queued: {self.released_stages}")
+            out.append(f"waiting stages queued: {_ids(self.released_stages)}")
         if self.repushed_stages:
-            out.append(f"queued stages given their job back: {self.repushed_stages}")
+            out.append(f"queued stages given their job back: {_ids(self.repushed_stages)}")
         return out or ["nothing to repair"]
+
+
+def _ids(ids: list[int], shown: int = 20) -> str:
+    """Ids for a log line: all of a few, the first of many and how many in all
+    (a pass after Redis lost its data can repair 100,000 stages)."""
+    if len(ids) <= shown:
+        return str(ids)
+    return f"{str(ids[:shown])[:-1]}, … ({len(ids)} in all)]"
 
 
 def reconcile(redis: Redis, wait_for_lock: float = 0.0) -> Repairs | None:
     """One pass under the farm-wide lock; None when another pass holds it."""
     # The lock expires on its own, so a worker cut off mid-pass holds it up
-    # for half a minute at most.
-    lock = redis.lock(LOCK_NAME, timeout=30, blocking_timeout=wait_for_lock or None)
+    # for half a minute at most; a long pass keeps it while it works.
+    lock = redis.lock(
+        LOCK_NAME, timeout=LOCK_TTL_S, blocking_timeout=wait_for_lock or None, thread_local=False
+    )
     if not lock.acquire(blocking=wait_for_lock > 0):
         return None
     try:
-        return reconcile_once(redis)
+        with _kept(lock):
+            return reconcile_once(redis)
     finally:
         try:
             lock.release()
         except LockError:  # expired during a very slow pass; nothing to undo
             pass
+
+
+@contextmanager
+def _kept(lock: Lock) -> Iterator[None]:
+    """Renew the lock every third of its lifetime while a pass runs (a pass over
+    100,000 stages outlasts it); renewals stop with the pass or its process."""
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(LOCK_TTL_S / 3):
+            try:
+                lock.reacquire()
+            except (LockError, RedisError):
+                return
+
+    keeper = threading.Thread(target=renew, name="reconcile-lock", daemon=True)
+    keeper.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        keeper.join()
 
 
 def reconcile_once(redis: Redis) -> Repairs:
@@ -190,20 +229,72 @@ def queue_released_stages(session: Session, repairs: Repairs) -> list[Ticket]:
     return tickets
 
 
-def repush_missing_jobs(redis: Redis, just_pushed: set[int]) -> list[int]:
-    """Queued in the DB but not carried by Redis: push the job again."""
+def repush_missing_jobs(
+    redis: Redis, just_pushed: set[int], recheck_after_s: float = 1.0
+) -> list[int]:
+    """Queued in the DB but not carried by Redis: push the job again.
+
+    One look at Redis for all queued stages (`jobs.queue.carried`), however
+    many there are; only the stages found missing are loaded in full."""
     with session_scope() as session:
-        queued = session.exec(select(Stage).where(Stage.status == StageStatus.QUEUED)).all()
-        missing = []
-        for stage in queued:
-            if stage.id in just_pushed:
-                continue
-            try:
-                carried = job_is_waiting_in(redis, stage.rq_job_id or "", stage.queue or "")
-            except RedisError:
-                return []
-            if not carried:
+        rows = session.exec(
+            select(Stage.id, Stage.rq_job_id, Stage.queue).where(Stage.status == StageStatus.QUEUED)
+        ).all()
+    wanted = [
+        Carry(stage_id, job_id, queue)
+        for stage_id, job_id, queue in rows
+        if stage_id is not None and stage_id not in just_pushed and job_id and queue
+    ]
+    unrouted = [s for s, j, q in rows if s is not None and s not in just_pushed and not (j and q)]
+    try:
+        found = carried(redis, wanted, recheck_after_s)
+    except RedisError:
+        return []
+    missing = unrouted + [c.stage_id for c in wanted if c.job_id not in found]
+    tickets = []
+    with session_scope() as session:
+        for start in range(0, len(missing), 500):
+            chunk = missing[start : start + 500]
+            # Read again: a stage claimed while Redis was looked at is not missing.
+            stages = session.exec(
+                select(Stage).where(col(Stage.id).in_(chunk), Stage.status == StageStatus.QUEUED)
+            ).all()
+            loaded = _load_runs(session, {s.run_id for s in stages})  # noqa: F841 (held)
+            for stage in stages:
                 if stage.queue is None or stage.rq_job_id is None:
                     lifecycle.queue_stage(session, stage)
-                missing.append(lifecycle.ticket_for(session, stage))
-    return push_all(redis, missing)
+                tickets.append(lifecycle.ticket_for(session, stage))
+    return push_again(redis, tickets)
+
+
+def _load_runs(session: Session, run_ids: set[int]) -> list[object]:
+    """Runs and their experiments in two queries, not two per stage: routing and
+    tickets then find them in the session (which holds them only while the
+    caller holds the list returned)."""
+    runs = session.exec(select(Run).where(col(Run.id).in_(run_ids))).all()
+    experiment_ids = {r.experiment_id for r in runs}
+    experiments = session.exec(select(Experiment).where(col(Experiment.id).in_(experiment_ids)))
+    return [*runs, *experiments.all()]
+
+
+def main() -> int:
+    """`python -m jobs.reconcile`: one pass, the way a worker runs its periodic
+    reconciler: in a process of its own, so however long a pass takes, the
+    worker's loop (and its heartbeat) never waits for it. 0 also when another
+    pass holds the lock; 1 when Redis or the database is away."""
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    url = settings.redis_url()
+    if url is None:
+        print("reconciler skipped: REDIS_URL is not set", file=sys.stderr, flush=True)
+        return 1
+    try:
+        reconcile(Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30))
+    except Exception as exc:  # the worker tries again on a later heartbeat
+        why = settings.redact_text(str(exc))
+        print(f"reconciler skipped: {why}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

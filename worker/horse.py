@@ -12,26 +12,34 @@ import sys
 from redis import Redis
 from rq import Queue, Worker
 from rq.executions import Execution
-from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from jobs.rq_job import FarmJob, fetch_job
 from worker.allowlist import refuse_foreign_job
 
 
 def main() -> None:
     redis = Redis.from_url(os.environ["REDIS_URL"])
     worker = Worker.find_by_key(
-        os.environ["FARM_HORSE_WORKER_KEY"], connection=redis, serializer=JSONSerializer
+        os.environ["FARM_HORSE_WORKER_KEY"],
+        connection=redis,
+        serializer=JSONSerializer,
+        job_class=FarmJob,
     )
     if worker is None:
         sys.exit(1)
-    job = Job.fetch(os.environ["FARM_HORSE_JOB"], connection=redis, serializer=JSONSerializer)
+    job = fetch_job(os.environ["FARM_HORSE_JOB"], redis)
     # Checked again here: the job was read from Redis anew after the worker's check.
     why = refuse_foreign_job(job)
     if why is not None:
         print(f"refused job {job.id}: {why}", file=sys.stderr, flush=True)
         sys.exit(1)
-    queue = Queue(os.environ["FARM_HORSE_QUEUE"], connection=redis, serializer=JSONSerializer)
+    queue = Queue(
+        os.environ["FARM_HORSE_QUEUE"],
+        connection=redis,
+        serializer=JSONSerializer,
+        job_class=FarmJob,
+    )
     worker.execution = Execution.fetch(os.environ["RQ_EXECUTION_ID"], job.id, connection=redis)
     os.setpgrp()  # a stop command kills this group: the horse and its MLX child
     worker._is_horse = True

@@ -34,8 +34,10 @@ from jobs import queue as farm_queue
 from jobs.db import Stage, WorkerRow, migrate, session_scope, utcnow
 from jobs.queue import push_all
 from jobs.reconcile import reconcile
+from jobs.rq_job import FarmJob
 from jobs.states import StageStatus, WorkerStatus
 from worker.allowlist import refuse_foreign_job
+from worker.reconciler import ReconcilerProcess
 
 
 def total_memory_gb(total_bytes: int | None = None) -> float:
@@ -156,8 +158,11 @@ class FarmWorkerMixin:
     job allow-list, Redis blips that never kill it, and a clean restart under
     the same name after a crash."""
 
+    # Jobs read from Redis carry no callbacks or webhooks (`jobs.rq_job`).
+    job_class = FarmJob
     _last_db_beat = 0.0
     _last_reconcile = 0.0
+    _reconciler: ReconcilerProcess | None = None
 
     def heartbeat(self, *args: Any, **kwargs: Any) -> None:
         now = time.monotonic()
@@ -175,9 +180,15 @@ class FarmWorkerMixin:
             if not _is_redis_down(exc):
                 raise
             self.log.warning("Redis unreachable (%s); still working", exc)  # type: ignore[attr-defined]
+        # The periodic pass runs in a child process: the heartbeat only starts
+        # it or looks whether it ended, so no pass can make this worker look lost.
+        if self._reconciler is None:
+            self._reconciler = ReconcilerProcess()
         if now - self._last_reconcile >= settings.reconcile_every_s():
             self._last_reconcile = now
-            run_reconciler(self.connection, self.log)  # type: ignore[attr-defined]
+            self._reconciler.due(self.log)  # type: ignore[attr-defined]
+        else:
+            self._reconciler.running(self.log)  # type: ignore[attr-defined]
 
     def maintain_heartbeats(self, job: Job) -> None:
         # Called while the horse works: a Redis restart must not end the worker
@@ -299,6 +310,7 @@ def run_worker(name: str, memory_gb: float, redis_url: str, burst: bool = False)
                 connection=redis,
                 name=name,
                 serializer=JSONSerializer,
+                job_class=FarmJob,
                 # RQ waits on the queues for worker_ttl - 15 s at a time; the
                 # DB heartbeat and the reconciler run between two waits.
                 worker_ttl=15 + max(1, int(settings.heartbeat_every_s())),

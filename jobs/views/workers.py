@@ -13,6 +13,7 @@ from sqlmodel import Session, select
 
 from jobs import settings
 from jobs.db import Experiment, Run, Stage, WorkerRow, utcnow
+from jobs.rq_job import FarmJob
 from jobs.states import WorkerStatus
 from jobs.views.runs import aware, format_duration
 
@@ -79,16 +80,23 @@ def lost_note(rows: list[dict[str, Any]]) -> str:
 
 
 def queue_depths(redis: Redis) -> list[dict[str, Any]]:
-    """Each farm queue: jobs waiting, running, waiting on a dependency, failed."""
+    """Each farm queue: jobs waiting, running, waiting on a dependency, failed.
+
+    Counting a registry cleans it, and cleaning the started registry calls the
+    failure callback of each expired entry: the registries read jobs as
+    `FarmJob`, which has none, whatever Redis says."""
     rows = []
-    for queue in sorted(Queue.all(connection=redis, serializer=JSONSerializer), key=_queue_key):
+    queues = Queue.all(connection=redis, serializer=JSONSerializer, job_class=FarmJob)
+    for queue in sorted(queues, key=_queue_key):
+        kinds = (StartedJobRegistry, DeferredJobRegistry, FailedJobRegistry)
+        running, deferred, failed = (kind(queue=queue, job_class=FarmJob).count for kind in kinds)
         rows.append(
             {
                 "queue": queue.name,
                 "queued": queue.count,
-                "running": StartedJobRegistry(queue=queue).count,
-                "deferred": DeferredJobRegistry(queue=queue).count,
-                "failed": FailedJobRegistry(queue=queue).count,
+                "running": running,
+                "deferred": deferred,
+                "failed": failed,
             }
         )
     return rows
@@ -103,7 +111,7 @@ def _queue_key(queue: Queue) -> tuple[int, int, str]:
 
 def live_worker_names(redis: Redis) -> set[str]:
     """Workers registered in Redis right now (RQ drops them when their TTL lapses)."""
-    return {w.name for w in Worker.all(connection=redis)}
+    return {w.name for w in Worker.all(connection=redis, job_class=FarmJob)}
 
 
 def worker_status(row: dict[str, Any]) -> dict[str, Any]:
