@@ -174,13 +174,20 @@ def _per_seed(row: LeaderboardRow) -> dict[int, float]:
 def top_two(rows: Sequence[LeaderboardRow]) -> Comparison | None:
     """The top row against the runner-up: the best row of another configuration
     with the same variant and suite (else of any variant). None below two configs."""
+    index = runner_up_index(rows)
+    return None if index is None else rows_comparison(rows[0], rows[index])
+
+
+def runner_up_index(rows: Sequence[LeaderboardRow]) -> int | None:
+    """Where the runner-up is in `rows`: the next row of another configuration on
+    the same suite, with the top row's variant if one has it."""
     if not rows:
         return None
     top = rows[0]
-    others = [r for r in rows[1:] if r.fingerprint != top.fingerprint and r.suite == top.suite]
-    same_variant = [r for r in others if r.variant == top.variant]
-    runner_up = (same_variant or others or [None])[0]
-    return None if runner_up is None else rows_comparison(top, runner_up)
+    others = [i for i, r in enumerate(rows)
+              if i and r.fingerprint != top.fingerprint and r.suite == top.suite]  # fmt: skip
+    same_variant = [i for i in others if rows[i].variant == top.variant]
+    return (same_variant or others or [None])[0]
 
 
 def seed_fragile_prompts(session: Session, fingerprint: str, variant: str) -> list[FragilePrompt]:

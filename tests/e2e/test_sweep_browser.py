@@ -6,9 +6,6 @@ the sweep's line, a chart per knob and the grid table."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,9 +15,7 @@ from typer.testing import CliRunner
 
 from jobs.cli import app
 from jobs.db import Experiment, Run, Stage, session_scope
-from jobs.local.services import free_port
-from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, LOAD_S, SHOTS, healthy
-from tests.support.processes import wait_until
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, LOAD_S, SHOTS, farm_web
 from tests.support.spec_files import write_spec
 
 pytestmark = pytest.mark.browser
@@ -53,34 +48,8 @@ def scored_sweep(farm_home: Path, redis_url: str, tiny_model: Path, tmp_path: Pa
 
 @pytest.fixture
 def web_url(scored_sweep: int, tmp_path: Path) -> Iterator[str]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian's chromium is missing: apt-get install -y chromium chromium-driver")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "FARM_UI_PASSWORD"}
-    log = tmp_path / "farm-web.log"
-    process = subprocess.Popen(
-        ["uv", "run", "farm", "web", "--port", str(port)],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=open(log, "wb"),  # noqa: SIM115 - the child owns it
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: process.poll() is not None or healthy(url), timeout=120,
-                   what="farm web to serve the UI")  # fmt: skip
-        assert process.poll() is None, log.read_text(errors="replace")
+    with farm_web(tmp_path) as url:
         yield url
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
 
 
 def test_the_sweep_view_renders_in_a_browser(web_url: str) -> None:

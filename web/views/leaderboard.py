@@ -262,7 +262,7 @@ def sweep_section() -> None:
             # each value's 95% interval over its points and seeds
             bars = (
                 alt.Chart(mean)
-                .mark_errorbar(ticks=True, thickness=2)
+                .mark_errorbar(thickness=2)
                 .encode(x=x, y=alt.Y("low:Q", title="adherence"), y2="high:Q",
                         tooltip=["value", "runs", alt.Tooltip("adherence:Q", format=".1%"),
                                  alt.Tooltip("low:Q", format=".1%"),
@@ -282,7 +282,7 @@ def decide_section() -> None:
         return
     st.subheader("Decide between two rows")
     labels = [leaderboard_view.row_label(r) for r in rows]
-    first, second = 0, 1
+    first, second = 0, verdicts.runner_up_index(rows) or 1
     with st.container(key="decide"):
         left, right = st.columns(2)
         a = left.selectbox("A", range(len(rows)), index=first, format_func=labels.__getitem__,
