@@ -46,7 +46,7 @@ from jobs.spec import (
 )
 from jobs.spec.sweep import parse_sweep
 from jobs.submit import SweepPlan, plan_sweep
-from web import sweep_inputs
+from web import probe_inputs, sweep_inputs
 from web.seed_ranges import format_seeds, parse_seeds
 from web.spec_yaml import spec_dict_to_yaml
 
@@ -118,8 +118,8 @@ def _quant_options() -> tuple[str, ...]:
 
 QUANT_OPTIONS = _quant_options()
 
-SECTIONS = ("Experiment", "Training", "LoRA", "Learning-rate schedule", "Fuse and quantize", "Eval",
-            "Resources", sweep_inputs.SECTION)  # fmt: skip
+SECTIONS = ("Experiment", "Training", "LoRA", "Learning-rate schedule", probe_inputs.SECTION,
+            "Fuse and quantize", "Eval", "Resources", sweep_inputs.SECTION)  # fmt: skip
 
 _FIELDS: tuple[FormField, ...] = (
     FormField("name", "Name", "text", "my-experiment",
@@ -222,6 +222,8 @@ _FIELDS: tuple[FormField, ...] = (
     FormField("resources.timeout_hours", "Timeout (hours)", "float", FROM_SPEC,
               "A training stage running longer is stopped.", "Resources"),
     # Several values in one text field make a grid (web.sweep_inputs).
+    *(FormField(key, label, kind, default, text, probe_inputs.SECTION)  # type: ignore[arg-type]
+      for key, label, kind, default, text in probe_inputs.INPUTS),
     *(FormField(sweep_inputs.PREFIX + path, label, "sweep", "", sweep_inputs.help_text(path),
                 sweep_inputs.SECTION) for path, label in sweep_inputs.KNOBS),
 )  # fmt: skip
@@ -271,7 +273,8 @@ def form_to_spec_dict(values: Mapping[str, Any]) -> tuple[dict[str, Any], list[P
     data: dict[str, Any] = {}
     for f in FIELDS:
         value = merged[f.key]
-        if f.key.startswith(("fuse.", "train.lr_schedule.", "quantize", sweep_inputs.PREFIX)):
+        if f.key.startswith(("fuse.", "train.lr_schedule.", "quantize", sweep_inputs.PREFIX,
+                             probe_inputs.PREFIX)):  # fmt: skip
             continue  # sections assembled below
         if f.kind == "seeds":
             try:
@@ -309,6 +312,8 @@ def form_to_spec_dict(values: Mapping[str, Any]) -> tuple[dict[str, Any], list[P
             "warmup_init": merged["train.lr_schedule.warmup_init"],
         }
         del data["train"]["learning_rate"]  # the schedule's first argument is the rate
+    probe = probe_inputs.probe_from_form(merged)
+    data["train"].update({"adherence_probe": probe} if probe else {})
     sweep, sweep_problems = sweep_inputs.sweep_from_form(merged)
     problems.extend(Problem(FORM_SOURCE, message, None, key) for key, message in sweep_problems)
     data.update({"sweep": sweep} if sweep else {})
@@ -383,7 +388,7 @@ def spec_dict_to_form(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str
         return True, node
 
     for f in FIELDS:
-        if f.key.startswith("fuse.") or f.key == "quantize":
+        if f.key.startswith(("fuse.", probe_inputs.PREFIX)) or f.key == "quantize":
             continue
         found, value = get(f.key)
         if not found or value is None:
@@ -427,6 +432,7 @@ def spec_dict_to_form(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str
         arguments = schedule.get("arguments")
         if isinstance(arguments, list) and arguments:
             values["train.learning_rate"] = arguments[0]
+    values.update(probe_inputs.probe_to_form(get("train.adherence_probe")[1]))
     sweep_texts, sweep_notes = sweep_inputs.sweep_to_form(data.get("sweep"))
     values.update(sweep_texts)
     notes.extend(sweep_notes)

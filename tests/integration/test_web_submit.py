@@ -183,3 +183,17 @@ def test_uploading_something_that_is_not_a_spec_says_so(app_env: Path, redis_url
     at.run()
     assert "a spec must be a YAML mapping" in texts(at)
     assert widget(at, "name").value == "my-experiment"
+
+
+def test_the_form_submits_the_adherence_probe(app_env: Path, redis_url: str) -> None:
+    at = open_page(SUBMIT)
+    assert "Adherence probe" in texts(at)
+    fill(at, name="probed", seeds="1", train__iters=16, train__save_every=4, train__num_layers=-1,
+         train__adherence_probe__enabled=True, train__adherence_probe__prompts="3",
+         train__adherence_probe__stop_when_locked=0.9)  # fmt: skip
+    press(at, "Submit")
+    assert "Submitted experiment" in texts(at)
+    with session_scope() as session:
+        experiment = session.exec(select(Experiment)).one()
+    probe = parse_spec(experiment.spec_yaml, base_dir=PROJECT_ROOT).train.adherence_probe
+    assert probe is not None and (probe.prompts, probe.stop_when_locked) == (3, 0.9)

@@ -184,3 +184,42 @@ def test_stage_count_includes_the_quantization_twin(tmp_path: Path) -> None:
     twinned, twin = ensure_quant_twin(result.spec)
     assert twin is not None and twinned.quantize_variants == ["q4", "q5"]
     assert result.stages_per_run == len(plan_run(twinned)) > len(plan_run(result.spec))
+
+
+def test_the_adherence_probe_fields_reach_the_spec_and_come_back(tmp_path: Path) -> None:
+    values = workspace(tmp_path)
+    assert forms.form_to_spec_dict(values)[0]["train"].get("adherence_probe") is None  # off
+    values.update({
+        "train.save_every": 10, "train.adherence_probe.enabled": True,
+        "train.adherence_probe.prompts": "4", "train.adherence_probe.every": 20,
+        "train.adherence_probe.max_tokens": 64, "train.adherence_probe.stop_when_locked": 0.9,
+        "train.adherence_probe.stop_when_collapsed": True, "train.adherence_probe.patience": 3,
+    })  # fmt: skip
+    result = forms.validate_form(values, run_preflight=False)
+    assert result.ok, result.problems
+    assert result.spec is not None
+    probe = result.spec.train.adherence_probe
+    assert probe is not None
+    assert (probe.prompts, probe.every, probe.max_tokens) == (4, 20, 64)
+    assert (probe.stop_when_locked, probe.stop_when_collapsed, probe.patience) == (0.9, True, 3)
+    back, notes = forms.spec_dict_to_form(yaml.safe_load(result.yaml))
+    assert notes == []
+    assert {k: v for k, v in back.items() if k.startswith("train.adherence_probe.")} == {
+        k: v for k, v in values.items() if k.startswith("train.adherence_probe.")
+    }
+    # prompt ids instead of a count
+    values["train.adherence_probe.prompts"] = "p1, p2"
+    data, _ = forms.form_to_spec_dict(values)
+    assert data["train"]["adherence_probe"]["prompts"] == ["p1", "p2"]
+
+
+def test_the_adherence_probe_fields_are_checked_like_yaml(tmp_path: Path) -> None:
+    values = workspace(tmp_path)
+    values.update({"train.save_every": 10, "train.adherence_probe.enabled": True,
+                   "train.adherence_probe.stop_when_locked": 1.5,
+                   "train.adherence_probe.every": 15})  # fmt: skip
+    result = forms.validate_form(values, run_preflight=False)
+    assert not result.ok and result.spec is None
+    locked = " ".join(result.messages("train.adherence_probe.stop_when_locked"))
+    assert "1" in locked  # the same bound as the spec's (≤ 1)
+    assert "save_every" in " ".join(result.messages("train.adherence_probe.every"))
