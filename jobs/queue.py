@@ -129,13 +129,20 @@ def push_again(redis: Redis, tickets: Sequence[Ticket]) -> list[int]:
     their place. Redis failing leaves the rest for the next pass; returns the
     stage ids pushed."""
     pushed: list[int] = []
+    try:
+        # LREM walks the whole list: only for the entries that are really there.
+        listed = _queue_members(redis, {t.queue for t in tickets})
+    except RedisError as exc:
+        log.warning("%s stages stay queued in the DB (Redis: %s)", len(tickets), exc)
+        return pushed
     for start in range(0, len(tickets), READ_BATCH):
         batch = tickets[start : start + READ_BATCH]
         try:
             with redis.pipeline() as pipe:
                 for ticket in batch:
                     pipe.delete(FarmJob.key_for(ticket.job_id))
-                    pipe.lrem(_queue(ticket.queue, redis).key, 0, ticket.job_id)
+                    if ticket.job_id in listed[ticket.queue]:
+                        pipe.lrem(_queue(ticket.queue, redis).key, 0, ticket.job_id)
                 for name in sorted({t.queue for t in batch}):
                     _queue(name, redis).enqueue_many(
                         [_enqueue_data(t) for t in batch if t.queue == name], pipeline=pipe

@@ -118,7 +118,9 @@ def _kept(lock: Lock) -> Iterator[None]:
         keeper.join()
 
 
-def reconcile_once(redis: Redis) -> Repairs:
+def reconcile_once(redis: Redis, recheck_after_s: float = 1.0) -> Repairs:
+    """One pass, without the lock. `recheck_after_s`: how long jobs caught
+    between a worker's pop and its start are given before they count as lost."""
     repairs = Repairs()
     tickets: list[Ticket] = []
     with session_scope() as session:
@@ -127,7 +129,8 @@ def reconcile_once(redis: Redis) -> Repairs:
         tickets += replan_stranded_runs(session, repairs)
         tickets += queue_released_stages(session, repairs)
     push_all(redis, tickets)
-    repairs.repushed_stages = repush_missing_jobs(redis, {t.stage_id for t in tickets})
+    just_pushed = {t.stage_id for t in tickets}
+    repairs.repushed_stages = repush_missing_jobs(redis, just_pushed, recheck_after_s)
     for line in repairs.lines() if repairs else []:
         log.warning("reconcile: %s", line)
     return repairs

@@ -11,6 +11,9 @@
 - dispatch: submit → stage started on an idle worker, p50 and p95, before any
   model is loaded.
 - pages: leaderboard and runs page queries at 100,000 runs (see bench_pages).
+- reconcile: one reconciler pass over 10,000 queued stages, every job carried
+  and after the queue was lost (see jobs/bench/reconcile.py; 100,000 with
+  `python -m jobs.bench.reconcile --stages 100000`).
 
 Everything runs in a temporary FARM_HOME on the tiny local model unless `--model` says otherwise.
 """
@@ -510,6 +513,11 @@ def run_benchmarks(
 
                 with console.status("pages at 100,000 runs"):
                     results["pages"] = bench_pages()
+            if only in (None, "reconcile"):
+                from jobs.bench.reconcile import bench_reconcile
+
+                with console.status("reconciler pass at 10,000 queued stages"):
+                    results["reconcile"] = bench_reconcile()
         finally:
             db.dispose_engines()
             for key, value in saved.items():
@@ -578,6 +586,13 @@ def print_results(results: dict[str, Any], console: Console) -> None:
         table.add_row(
             "dispatch submit → started",
             f"p50 {d['p50_s'] * 1000:.0f} ms, p95 {d['p95_s'] * 1000:.0f} ms",
+            "",
+        )
+    for r in results.get("reconcile", {}).values():
+        table.add_row(
+            f"reconcile pass, {r['stages']:,} queued stages: all carried / all re-pushed",
+            f"{r['pass_all_carried_s']:.2f} s / {r['pass_repushing_all_s']:.2f} s"
+            f" ({r['redis_commands']:,} Redis commands, {r['redis_lrange']} queue reads)",
             "",
         )
     for name, value in results.get("pages", {}).items():

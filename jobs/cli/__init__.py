@@ -531,7 +531,9 @@ def demo(
 @app.command()
 def bench(
     out: Annotated[Path | None, typer.Option(help="Write the JSON here too")] = None,
-    only: Annotated[str | None, typer.Option(help="overhead, eval, dispatch or pages")] = None,
+    only: Annotated[
+        str | None, typer.Option(help="overhead, eval, dispatch, pages or reconcile")
+    ] = None,
     model: Annotated[
         Path | None, typer.Option(help="A local model dir for the eval benchmark (default: tiny)")
     ] = None,
