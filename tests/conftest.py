@@ -18,7 +18,12 @@ from redis import Redis
 from jobs import db
 from tests.support.processes import Workers
 
-REDIS_TEST_URL = os.environ.get("FARM_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+# Each pytest-xdist worker (gw0, gw1, …) flushes a Redis database of its own:
+# 13, 12, 11, … so parallel tests never see each other's jobs.
+_XDIST_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+REDIS_TEST_URL = os.environ.get(
+    "FARM_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{13 - _XDIST_WORKER % 13}"
+)
 POSTGRES_ADMIN_URL = os.environ.get(
     "FARM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )

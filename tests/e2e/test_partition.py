@@ -54,7 +54,9 @@ from tests.support.netns import (
 from tests.support.processes import wait_until
 from tests.support.spec_files import write_spec
 
-pytestmark = pytest.mark.netns
+# One host LAN at a time: the namespaces share the 10.231.0.0/16 addresses, so
+# parallel workers (pytest -n) run these tests one after another on one worker.
+pytestmark = [pytest.mark.netns, pytest.mark.xdist_group("netns")]
 
 runner = CliRunner()
 LOST_AFTER_S = 6
