@@ -182,6 +182,9 @@ class FarmWorkerMixin:
             self.log.warning("Redis unreachable (%s); still working", exc)  # type: ignore[attr-defined]
         # The periodic pass runs in a child process: the heartbeat only starts
         # it or looks whether it ended, so no pass can make this worker look lost.
+        # The work horse beats too (as it starts a job); the worker reconciles.
+        if self.is_horse:  # type: ignore[attr-defined]
+            return
         if self._reconciler is None:
             self._reconciler = ReconcilerProcess()
         if now - self._last_reconcile >= settings.reconcile_every_s():
