@@ -133,7 +133,7 @@ def run_demo(workers: int = 2, web_port: int | None = None, console: Console | N
         story = demo_story(session, experiment_ids)
     print_leaderboard(rows, console=console)
     for line in story:
-        console.print(line, markup=False, highlight=False)
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     # A checkpoint eval skipped because the probe ended training is the demo working.
     failed = [
         s
