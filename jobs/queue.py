@@ -39,7 +39,7 @@ MEMORY_TIERS_GB = (0, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512)
 STAGE_FUNCTION = "worker.stage_job.run_stage"
 DOWNSTREAM_TIMEOUT_S = 6 * 3600
 _LIVE = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
-# Job hashes read per pipeline round trip when a reconciler pass checks the queue.
+# Jobs read or re-pushed per pipeline round trip by a reconciler pass.
 READ_BATCH = 1000
 
 
@@ -164,17 +164,6 @@ def _enqueue_data(ticket: Ticket) -> Any:
         result_ttl=86400,
         failure_ttl=7 * 86400,
     )
-
-
-def job_is_live(redis: Redis, job_id: str | None) -> bool:
-    """True when Redis still carries this job (waiting, deferred or running)."""
-    if not job_id:
-        return False
-    try:
-        status = fetch_job(job_id, redis).get_status()
-    except (NoSuchJobError, ValueError):  # gone, or a status RQ does not know
-        return False
-    return status in _LIVE
 
 
 def stop_job(redis: Redis | None, job_id: str | None) -> None:
