@@ -343,9 +343,18 @@ def seeds_needed(
         return SeedPlan(max(na, nb), 0, 0, gap, spread, True, power)
     if gap == 0 or math.isnan(spread) or spread == 0:
         return SeedPlan(None, 0, 0, gap, 0.0 if math.isnan(spread) else spread, False, power)
-    n = PAIRED_MIN_SEEDS if paired else 2
-    while n < MAX_SEEDS and _power(gap, spread, n, paired, confidence) < power:
-        n += 1
+    # Power grows with n: bisect for the smallest n that reaches it (a page shows
+    # this for every comparison, and each power is a t quantile).
+    low, high = (PAIRED_MIN_SEEDS if paired else 2), MAX_SEEDS
+    if _power(gap, spread, low, paired, confidence) >= power:
+        high = low
+    while high - low > 1:
+        middle = (low + high) // 2
+        if _power(gap, spread, middle, paired, confidence) >= power:
+            high = middle
+        else:
+            low = middle
+    n = high
     return SeedPlan(n, max(0, n - na), max(0, n - nb), gap, spread, False, power)
 
 
