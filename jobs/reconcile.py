@@ -17,9 +17,13 @@ Idempotent: a second pass right after the first changes nothing.
 
 from __future__ import annotations
 
+import argparse
 import logging
+import os
+import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -280,23 +284,53 @@ def _load_runs(session: Session, run_ids: set[int]) -> list[object]:
     return [*runs, *experiments.all()]
 
 
-def main() -> int:
-    """`python -m jobs.reconcile`: one pass, the way a worker runs its periodic
-    reconciler: in a process of its own, so however long a pass takes, the
-    worker's loop (and its heartbeat) never waits for it. 0 also when another
-    pass holds the lock; 1 when Redis or the database is away."""
+def main(argv: list[str] | None = None) -> int:
+    """`python -m jobs.reconcile`: one pass; with `--every S --parent PID`, a pass
+    every S seconds for as long as process PID (the worker) lives. Run in a
+    process of its own, so however long a pass takes, the worker's loop (and
+    its heartbeat) never waits for it. 0 also when another pass holds the lock;
+    1 when one pass found Redis or the database away."""
+    parser = argparse.ArgumentParser(prog="python -m jobs.reconcile")
+    parser.add_argument("--every", type=float, default=None, help="seconds between passes")
+    parser.add_argument("--parent", type=int, default=None, help="end when this process does")
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     url = settings.redis_url()
     if url is None:
         print("reconciler skipped: REDIS_URL is not set", file=sys.stderr, flush=True)
         return 1
+    redis = Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30)
+    if args.every is None:
+        return one_pass(redis)
+    alive = (lambda: os.getppid() == args.parent) if args.parent else (lambda: True)
+    while alive():
+        one_pass(redis, limit_s=max(300.0, 10 * args.every))
+        next_at = time.monotonic() + args.every
+        while alive() and time.monotonic() < next_at:
+            time.sleep(min(0.5, args.every))
+    return 0
+
+
+def one_pass(redis: Redis, limit_s: float | None = None) -> int:
+    """A pass, stopped after `limit_s` (a hung database or Redis must not stall
+    every later pass: the lock expires on its own); 1 if it could not run."""
+    if limit_s:
+        signal.signal(signal.SIGALRM, _overran)
+        signal.alarm(int(limit_s))
     try:
-        reconcile(Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30))
-    except Exception as exc:  # the worker tries again on a later heartbeat
+        reconcile(redis)
+    except Exception as exc:  # the next pass tries again
         why = settings.redact_text(str(exc))
         print(f"reconciler skipped: {why}", file=sys.stderr, flush=True)
         return 1
+    finally:
+        if limit_s:
+            signal.alarm(0)
     return 0
+
+
+def _overran(signum: int, frame: object) -> None:
+    raise TimeoutError("the pass ran past its time limit and was stopped")
 
 
 if __name__ == "__main__":

@@ -161,7 +161,6 @@ class FarmWorkerMixin:
     # Jobs read from Redis carry no callbacks or webhooks (`jobs.rq_job`).
     job_class = FarmJob
     _last_db_beat = 0.0
-    _last_reconcile = 0.0
     _reconciler: ReconcilerProcess | None = None
 
     def heartbeat(self, *args: Any, **kwargs: Any) -> None:
@@ -187,11 +186,7 @@ class FarmWorkerMixin:
             return
         if self._reconciler is None:
             self._reconciler = ReconcilerProcess()
-        if now - self._last_reconcile >= settings.reconcile_every_s():
-            self._last_reconcile = now
-            self._reconciler.due(self.log)  # type: ignore[attr-defined]
-        else:
-            self._reconciler.running(self.log)  # type: ignore[attr-defined]
+        self._reconciler.ensure(self.log)  # type: ignore[attr-defined]
 
     def maintain_heartbeats(self, job: Job) -> None:
         # Called while the horse works: a Redis restart must not end the worker
@@ -325,6 +320,9 @@ def run_worker(name: str, memory_gb: float, redis_url: str, burst: bool = False)
             except Exception as exc:
                 if not _is_redis_down(exc):
                     raise
+            finally:
+                if worker._reconciler is not None:  # the next round starts its own
+                    worker._reconciler.stop()
             # RQ marks a stop asked for while idle only by its date.
             if burst or worker._stop_requested or worker._shutdown_requested_date:
                 break

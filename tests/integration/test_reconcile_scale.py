@@ -10,6 +10,9 @@ instead of running it.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -155,9 +158,35 @@ def test_a_worker_heartbeat_starts_the_periodic_pass_in_a_child_process(
     worker.heartbeat()
     assert worker._reconciler is not None and worker._reconciler.process is not None
     child = worker._reconciler.process
-    assert child.args == [sys.executable, "-m", "jobs.reconcile"]
-    assert child.wait(timeout=120) == 0
-    worker.heartbeat()  # reaps it; the next pass is not due yet
-    assert worker._reconciler.process is None
+    assert child.args[:3] == [sys.executable, "-m", "jobs.reconcile"]
+    assert child.args[3:] == ["--every", "30", "--parent", str(os.getpid())]
+    # the child's first pass gives the stage its job back…
+    expected = [job_ids([stage_id])[stage_id]]
+    wait_until(lambda: queue_ids(redis, tier_queue_name(0)) == expected, timeout=120,
+               what="the reconciler child's first pass")  # fmt: skip
+    worker.heartbeat()  # …and it stays: one process for the worker's life
+    assert worker._reconciler.process is child and child.poll() is None
     assert passes_here == []  # nothing ran in the worker's own process
-    assert queue_ids(redis, tier_queue_name(0)) == [job_ids([stage_id])[stage_id]]
+    child.kill()
+    child.wait()
+    worker.heartbeat()  # a child that died is started again
+    assert worker._reconciler.process is not child
+    worker._reconciler.stop()
+    assert worker._reconciler.process is None
+
+
+def test_the_reconciler_child_ends_when_its_worker_is_killed(private_redis: Redis) -> None:
+    import psutil
+
+    # A stand-in worker: a shell that starts the child as the worker does, then
+    # is killed with SIGKILL (no chance to stop its child).
+    shell = subprocess.Popen(
+        ["bash", "-c", f"{sys.executable} -m jobs.reconcile --every 1 --parent $$ & wait"],
+        start_new_session=True,
+    )
+    (child,) = wait_until(lambda: psutil.Process(shell.pid).children(), timeout=60,
+                          what="the reconciler child")  # fmt: skip
+    os.kill(shell.pid, signal.SIGKILL)
+    shell.wait()
+    wait_until(lambda: not child.is_running() or child.status() == psutil.STATUS_ZOMBIE,
+               timeout=30, what="the orphaned reconciler to end")  # fmt: skip
