@@ -222,6 +222,20 @@ class Diagnostic(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
+class Publication(SQLModel, table=True):
+    """A run's variant published to the Hugging Face Hub by `farm publish`,
+    recorded only once the upload returned its commit."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id", index=True)
+    variant: str
+    repo: str  # USER/NAME
+    revision: str  # the Hub's commit id of the upload
+    url: str = ""
+    private: bool = False
+    published_at: datetime = Field(default_factory=utcnow)
+
+
 # --- engines and sessions -------------------------------------------------
 
 _engines: dict[str, Engine] = {}
