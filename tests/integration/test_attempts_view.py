@@ -17,7 +17,7 @@ from jobs.db import Run, Stage, WorkerRow, session_scope, utcnow
 from jobs.spec import parse_spec
 from jobs.submit import create_rows
 from jobs.views.attempts import attempt_lines, has_history, progress_note, run_story
-from tests.support.web import open_page, texts
+from tests.support.web import open_page, shown, texts
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 11, 27, 14, 0, 0, tzinfo=UTC)
@@ -237,7 +237,7 @@ def test_runs_page_shows_the_attempt_and_the_resume(farm_home: Path) -> None:
 def test_run_page_tells_what_the_run_went_through(farm_home: Path) -> None:
     _, run_id, _ = lost_then_resumed()
     at = open_page("views/run.py", run=str(run_id))
-    (story,) = [i.value for i in at.info if "lost worker" in i.value]
+    (story,) = [shown(i.value) for i in at.info if "lost worker" in shown(i.value)]
     assert story.startswith("This run lost worker mac-a at ")
     assert story.endswith("; train resumed on mac-b from iteration 20 (attempt 2).")
     (history,) = [e for e in at.expander if e.label == "train: attempt 2, resumed from 20"]
@@ -267,7 +267,7 @@ def test_run_page_of_a_re_planned_run(farm_home: Path) -> None:
         assert run is not None
         lifecycle.replan_run(session, run, REPLANNED)
     at = open_page("views/run.py", run=str(run_id))
-    (story,) = [i.value for i in at.info if "re-planned" in i.value]
+    (story,) = [shown(i.value) for i in at.info if "re-planned" in shown(i.value)]
     assert story.startswith("In this run, train was re-planned at ")
     assert story.endswith("worker mac-a, which holds its checkpoints, was gone too long; "
                           "train is queued for attempt 2.")  # fmt: skip
@@ -296,7 +296,7 @@ def test_workers_page_says_which_worker_is_lost_and_since_when(farm_home: Path) 
         session.add(WorkerRow(name="mac-b", host="mac-b.lan", memory_gb=16, status="busy",
                               last_heartbeat=utcnow() - timedelta(minutes=10)))  # fmt: skip
     at = open_page("views/workers.py")
-    (warning,) = [w.value for w in at.warning]
+    (warning,) = [shown(w.value) for w in at.warning]
     assert warning.startswith("mac-b (last heartbeat 10m 0")
     assert "is lost: crashed, asleep or off the network" in warning and "mac-a" not in warning
     rows = next(d for d in at.dataframe if "heartbeat_s" in d.value.columns).value

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from jobs.cli import app
 from jobs.db import Diagnostic, Metric, Run, Stage, session_scope
 from jobs.views.run_detail import diagnostic_groups
-from tests.support.web import RUN, open_page, texts
+from tests.support.web import RUN, open_page, shown, texts
 
 REASON = "locked: adherence ≥ 0.90 on the probes at 4 and 8"
 LOOPS = "mode_collapse"
@@ -62,14 +62,14 @@ def test_run_page_shows_the_probe_curve_the_early_stop_and_one_card_per_pattern(
     assert len(at.get("vega_lite_chart")) == 4
     assert "Adherence probe" in page
 
-    cards = [e.value for e in [*at.error, *at.warning] if LOOPS in e.value]
+    cards = [shown(e.value) for e in [*at.error, *at.warning] if LOOPS in shown(e.value)]
     assert len(cards) == 1  # not one per variant
     (card,) = cards
     assert card.startswith(f"**{LOOPS}** — in adapter, q8, q4")
     assert "adapter: 3 of 4 generations are repetition loops" in card
-    assert [e.value for e in at.error] == [card]  # the worst severity of the group
-    assert any(e.label == f"{LOOPS}: all 3 findings" for e in at.expander)
-    assert any("runaway_generation" in w.value for w in at.warning)
+    assert [shown(e.value) for e in at.error] == [card]  # the worst severity of the group
+    assert any(shown(e.label) == f"{LOOPS}: all 3 findings" for e in at.expander)
+    assert any("runaway_generation" in shown(w.value) for w in at.warning)
 
 
 def test_farm_status_shows_the_early_stop_on_the_train_line(probed_run: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +47,16 @@ def messages_after(at: AppTest, key: str) -> list[str]:
     out = []
     for element in elements[index + 1 :]:
         if element.type == "alert" or type(element).__name__ == "Error":
-            out.append(element.value)
+            out.append(shown(element.value))
             continue
         break
     return out
+
+
+def shown(markdown: str) -> str:
+    """What a reader sees of markdown that text from data was escaped into: the
+    escapes (`\\[`, `\\<`, …) drop out."""
+    return re.sub(r"\\(.)", r"\1", markdown)
 
 
 def texts(at: AppTest) -> str:
@@ -57,7 +64,7 @@ def texts(at: AppTest) -> str:
     parts = []
     for kind in ("title", "header", "subheader", "markdown", "caption", "info", "success",
                  "error", "warning"):  # fmt: skip
-        parts.extend(str(e.value) for e in getattr(at, kind))
+        parts.extend(shown(str(e.value)) for e in getattr(at, kind))
     return "\n".join(parts)
 
 

@@ -163,7 +163,7 @@ def runner_up_section() -> None:
                 except InputError as exc:
                     st.error(str(exc))
                     continue
-                st.success(f"{config.label}: seeds {', '.join(map(str, added))} queued")
+                st.success(f"{ui.plain(config.label)}: seeds {', '.join(map(str, added))} queued")
 
 
 runner_up_section()

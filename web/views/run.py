@@ -32,14 +32,15 @@ if header is None:
     st.error(f"No run {run_id}.")
     st.stop()
 
-st.title(f"{header.name} · seed {header.seed}")
+st.title(f"{ui.plain(header.name)} · seed {header.seed}")
 st.caption(
     f"run {header.id} of experiment {header.experiment_id} · "
     f"{ui.badge(header.status)} · artifacts on "
-    f"{header.host or '–'} · fingerprint `{header.fingerprint}`"
+    f"{ui.plain(header.host or '–')} · fingerprint `{header.fingerprint}`"
 )
 st.markdown(
-    f"**model** `{header.base_model}` · **dataset** `{header.dataset}` · **suite** `{header.suite}`"
+    f"**model** {ui.plain(header.base_model)} · **dataset** {ui.plain(header.dataset)} · "
+    f"**suite** {ui.plain(header.suite)}"
 )
 
 
@@ -91,11 +92,13 @@ def diagnostic_card(group: dict) -> None:
     """One pattern: where it was found, its first message, the others folded."""
     where = f" — in {', '.join(group['variants'])}" if group["variants"] else ""
     messages = group["messages"]
-    SHOW.get(group["severity"], st.info)(f"**{group['pattern']}**{where}\n\n{messages[0]}")
+    SHOW.get(group["severity"], st.info)(
+        f"**{ui.plain(group['pattern'])}**{ui.plain(where)}\n\n{ui.plain(messages[0])}"
+    )
     if len(messages) > 1:
-        with st.expander(f"{group['pattern']}: all {len(messages)} findings"):
+        with st.expander(f"{ui.plain(group['pattern'])}: all {len(messages)} findings"):
             for message in messages:
-                st.markdown(f"- {message}")
+                st.markdown(f"- {ui.plain(message)}")
 
 
 # What went wrong in this run, one card per pattern; what preflight said before
@@ -116,7 +119,7 @@ if preflight:
 with ui.db() as session:
     story = run_detail.attempt_story(session, header.id)
 if story:  # retried, resumed or re-planned: say it before the charts do
-    st.info(story, icon=":material/restart_alt:")
+    st.info(ui.plain(story), icon=":material/restart_alt:")
 
 with ui.db() as session:
     timeline = run_detail.stage_timeline(session, header.id)
@@ -261,7 +264,7 @@ for t in timeline:
     about, retry = st.columns([8, 1], vertical_alignment="center")
     with about:
         if t["error_full"]:
-            title = f"{t['stage']} {t['status']}: {t['error'][:120]}"
+            title = ui.plain(f"{t['stage']} {t['status']}: {t['error'][:120]}")
             with st.expander(title, icon=ui.status_icon(t["status"])):
                 st.code(t["error_full"])
         else:
@@ -368,9 +371,9 @@ if rows:
     )
     for row in rows:
         status = "done" if row["score"] >= 1 else ("skipped" if row["score"] > 0 else "failed")
-        title = f"{row['prompt_id']} · {row['label']} · {row['prompt'][:80]}"
+        title = ui.plain(f"{row['prompt_id']} · {row['label']} · {row['prompt'][:80]}")
         with st.expander(title, icon=ui.status_icon(status)):
-            st.markdown(f"**Prompt** ({row['category']}, expects {row['expect']})")
+            st.markdown(f"**Prompt** ({ui.plain(row['category'])}, expects {row['expect']})")
             st.text(row["prompt"])
             st.markdown(
                 f"**Response** — {row['tokens']} tokens"

@@ -127,7 +127,7 @@ def render_field(field: forms.FormField) -> None:
     else:
         st.text_input(field.label, **common)
     for message in result.messages(field.key) if result else []:
-        st.error(message, icon=":material/warning:")
+        st.error(ui.plain(message), icon=":material/warning:")
 
 
 with st.form("spec_form"):
@@ -146,7 +146,7 @@ with st.form("spec_form"):
 st.caption(f"Planned: {sweep_inputs.run_count_text(widget_values())}")
 error = st.session_state.get("submit_error")
 if error:
-    st.error(error)
+    st.error(ui.plain(error))
 if result is not None:
     if result.sweep_id is not None and result.plan is not None:
         st.success(
@@ -178,10 +178,10 @@ if result is not None:
             f"{count} problem(s): see the messages under the fields above. Nothing was queued."
         )
         for message in result.messages(forms.GENERAL):
-            st.error(message)
+            st.error(ui.plain(message))
     for finding in result.findings:
         show = {"error": st.error, "warning": st.warning}.get(finding.severity, st.info)
-        show(finding.render())
+        show(ui.plain(finding.render()))  # findings quote datasets and suites
 
 st.subheader("Equivalent YAML")
 st.caption("Save it and submit from the command line: `uv run farm submit spec.yaml`.")

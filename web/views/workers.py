@@ -37,7 +37,7 @@ def workers_panel() -> None:
         st.caption(f"{len(rows)} workers, {busy} busy")
         lost = lost_note(rows)
         if lost:
-            st.warning(lost, icon=":material/wifi_off:")
+            st.warning(ui.plain(lost), icon=":material/wifi_off:")
         st.dataframe(
             table,
             hide_index=True,
