@@ -20,7 +20,13 @@ def printable(text: str) -> str:
     return _CONTROL.sub("\ufffd", text)
 
 
+# Streamlit's markdown links bare addresses (GFM autolinks) even with their
+# colon escaped: a word joiner (U+2060, invisible) after the scheme, after
+# "www" and after an email's "@" keeps them from being recognised.
+_AUTOLINK = re.compile(r"(?i)(\b(?:https?|ftp|mailto|www)(?=[:.])|@)")
+
+
 def markdown_literal(text: str) -> str:
     """`text` escaped so that markdown shows it as typed: no image, link, HTML or
     emphasis is made of it. Newlines stay (as line breaks)."""
-    return _MARKDOWN.sub(r"\\\1", printable(text))
+    return _MARKDOWN.sub(r"\\\1", _AUTOLINK.sub("\\1\u2060", printable(text)))

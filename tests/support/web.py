@@ -56,7 +56,7 @@ def messages_after(at: AppTest, key: str) -> list[str]:
 def shown(markdown: str) -> str:
     """What a reader sees of markdown that text from data was escaped into: the
     escapes (`\\[`, `\\<`, …) drop out."""
-    return re.sub(r"\\(.)", r"\1", markdown)
+    return re.sub(r"\\(.)", r"\1", markdown).replace("\u2060", "")
 
 
 def texts(at: AppTest) -> str:

@@ -15,7 +15,10 @@ def test_printable_drops_terminal_controls_but_keeps_lines() -> None:
 def test_markdown_literal_leaves_no_image_link_html_or_colour() -> None:
     shown = markdown_literal("![x](http://evil.example/a.png) <img src=x> :red[hi] **b**")
     # every mark that would make an image, link, tag, colour or emphasis is escaped
-    for escaped in ("!\\[x\\]\\(http\\://", "\\<img", "\\:red\\[", "\\*\\*b\\*\\*"):
+    for escaped in ("!\\[x\\]\\(http\u2060\\://", "\\<img", "\\:red\\[", "\\*\\*b\\*\\*"):
         assert escaped in shown, escaped
     # what a reader sees once markdown drops the escapes is what was typed
-    assert shown.replace("\\", "") == "![x](http://evil.example/a.png) <img src=x> :red[hi] **b**"
+    typed = "![x](http://evil.example/a.png) <img src=x> :red[hi] **b**"
+    assert shown.replace("\\", "").replace("\u2060", "") == typed
+    # bare addresses are not linked either: a word joiner breaks the scheme and "@"
+    assert markdown_literal("see www.a.io or me@a.io") == "see www\u2060.a.io or me@\u2060a.io"
