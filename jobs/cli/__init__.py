@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from jobs import settings
-from jobs.cli import decide
+from jobs.cli import decide, ship
 from jobs.plaintext import printable
 from jobs.problems import InputError
 
@@ -231,6 +231,8 @@ def cancel(experiment_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
 
 app.command()(decide.compare)
 app.add_typer(decide.seeds_app, name="seeds")
+app.command()(ship.export)
+app.command()(ship.publish)
 
 
 @app.command()

@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from jobs import control
+from jobs.ship.publish import publications
 from jobs.views import run_detail
 from web import ui
 
@@ -286,6 +287,15 @@ if files:
     )
 else:
     st.caption("No artifacts yet.")
+with ui.db() as session:
+    published = [vars(p) for p in publications(session, run_id)]
+if published:  # `farm publish` records each upload the Hub accepted
+    st.subheader("Published")
+    st.dataframe(
+        pd.DataFrame(published)[["variant", "repo", "revision", "private", "published_at", "url"]],
+        hide_index=True,
+        column_config={"url": st.column_config.LinkColumn("on the Hub")},
+    )
 
 # --- variants ---------------------------------------------------------------------------
 st.header("Variants side by side")
