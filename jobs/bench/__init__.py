@@ -11,9 +11,8 @@
 - dispatch: submit → stage started on an idle worker, p50 and p95, before any
   model is loaded.
 - pages: leaderboard and runs page queries at 100,000 runs (see bench_pages).
-- reconcile: one reconciler pass over 10,000 queued stages, every job carried
-  and after the queue was lost (see jobs/bench/reconcile.py; 100,000 with
-  `python -m jobs.bench.reconcile --stages 100000`).
+- reconcile: a reconciler pass over 10,000 queued stages, all carried and all
+  lost (jobs/bench/reconcile.py; `--stages 100000` there for 100,000).
 
 Everything runs in a temporary FARM_HOME on the tiny local model unless `--model` says otherwise.
 """
@@ -40,6 +39,7 @@ from rich.table import Table
 from sqlmodel import select
 
 from jobs import db
+from jobs.bench.reconcile import reconcile_rows
 from jobs.local.services import free_port
 from jobs.local.stack import DATA_DIR
 from jobs.states import StageStatus
@@ -588,13 +588,8 @@ def print_results(results: dict[str, Any], console: Console) -> None:
             f"p50 {d['p50_s'] * 1000:.0f} ms, p95 {d['p95_s'] * 1000:.0f} ms",
             "",
         )
-    for r in results.get("reconcile", {}).values():
-        table.add_row(
-            f"reconcile pass, {r['stages']:,} queued stages: all carried / all re-pushed",
-            f"{r['pass_all_carried_s']:.2f} s / {r['pass_repushing_all_s']:.2f} s"
-            f" ({r['redis_commands']:,} Redis commands, {r['redis_lrange']} queue reads)",
-            "",
-        )
+    for row in reconcile_rows(results.get("reconcile", {})):
+        table.add_row(*row)
     for name, value in results.get("pages", {}).items():
         if isinstance(value, int | float):
             table.add_row(f"pages: {name}", f"{value:.3f}", "< 1 s" if name.endswith("_s") else "")

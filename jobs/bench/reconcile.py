@@ -162,6 +162,19 @@ def bench_reconcile(sizes: list[int] | None = None) -> dict[str, Any]:
 
 
 @contextmanager
+def reconcile_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The `farm bench` table's rows for `bench_reconcile`'s results."""
+    return [
+        (
+            f"reconcile pass, {r['stages']:,} queued stages: all carried / all re-pushed",
+            f"{r['pass_all_carried_s']:.2f} s / {r['pass_repushing_all_s']:.2f} s"
+            f" ({r['redis_commands']:,} Redis commands, {r['redis_lrange']} queue reads)",
+            "",
+        )
+        for r in results.values()
+    ]
+
+
 def _private_farm() -> Iterator[Redis]:
     """A temporary SQLite farm and a redis-server of its own, environment restored after."""
     import subprocess

@@ -127,6 +127,13 @@ class Network:
         self.namespaces.clear()
 
 
+def _reconciler(process: psutil.Process) -> bool:
+    try:
+        return "jobs.reconcile" in process.cmdline()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
+
+
 def private_tempdir(prefix: str) -> Path:
     """A temp dir outside pytest's root-only tree, so the postgres user can reach it."""
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
@@ -257,12 +264,14 @@ class NetnsWorkers:
         return self.log_path(name).read_text(errors="replace")
 
     def children(self, name: str) -> list[psutil.Process]:
-        """The worker's live descendants (its horse, the stage's MLX child)."""
+        """The worker's live descendants that run work (its horse, the stage's MLX
+        child), not its reconciler, which lives as long as the worker."""
         try:
             tree = psutil.Process(self.processes[name].pid).children(recursive=True)
         except psutil.NoSuchProcess:
             return []
-        return [p for p in tree if _status(p) not in (psutil.STATUS_ZOMBIE, "gone")]
+        alive = [p for p in tree if _status(p) not in (psutil.STATUS_ZOMBIE, "gone")]
+        return [p for p in alive if not _reconciler(p)]
 
     def zombies(self, name: str) -> list[int]:
         """Descendants that ended and were never reaped."""
