@@ -60,6 +60,9 @@ def _panel(
         y = bottom - (point[1] - low) / (high - low) * (bottom - top - 20)
         return x, y
 
+    if not values:
+        note = "not measured during training (eval.checkpoints, train.adherence_probe)"
+        draw.text((left + 12, (top + bottom) // 2), note, fill=(120, 120, 120))
     legend = left + 200
     for name, pts in lines:
         if not pts:

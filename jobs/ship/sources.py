@@ -85,13 +85,15 @@ def _newest(artifacts: Sequence[Artifact], kind: str, variant: str | None = None
     return max(found, key=lambda a: a.id or 0) if found else None
 
 
-def exportable(artifacts: Sequence[Artifact]) -> list[str]:
-    """The variants a run's artifacts can be exported as (`best` when it has checkpoints)."""
+def exportable(artifacts: Sequence[Artifact], best_iteration: int | None = None) -> list[str]:
+    """The variants a run's artifacts can be exported as (`best` once a checkpoint
+    was scored)."""
     names = {a.variant for a in artifacts if a.kind in ("adapter", "fused", "quantized")}
     checkpoints = sorted({a.variant for a in artifacts if a.kind == "checkpoint"})
     return (
         [v for v in ("adapter",) if v in names]
-        + ([BEST, *checkpoints] if checkpoints else [])
+        + ([BEST] if best_iteration is not None and checkpoints else [])
+        + checkpoints
         + [v for v in ("fused",) if v in names]
         + sorted(names - {"adapter", "fused"})
     )
@@ -103,7 +105,7 @@ def plan_export(run_id: int, variant: str, base_model: str, artifacts: Sequence[
     variants it has when the asked one is not there."""
 
     def missing(what: str) -> ExportRefused:
-        have = ", ".join(exportable(artifacts)) or "none yet"
+        have = ", ".join(exportable(artifacts, best_iteration)) or "none yet"
         return ExportRefused(f"run {run_id} has no {what} (it can export: {have})")
 
     if variant in ("adapter", BEST) or checkpoint_iteration(variant) is not None:
@@ -148,5 +150,6 @@ def load_plan(session: Session, run_id: int, variant: str) -> ExportPlan:
     experiment = session.get(Experiment, run.experiment_id)
     assert experiment is not None
     artifacts = session.exec(select(Artifact).where(Artifact.run_id == run_id)).all()
-    best = best_iteration(session, run_id) if variant == BEST else None
-    return plan_export(run_id, variant, experiment.base_model, artifacts, best)
+    return plan_export(
+        run_id, variant, experiment.base_model, artifacts, best_iteration(session, run_id)
+    )

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from jobs import db
 from jobs.cli import app
-from jobs.db import Artifact, Publication, Run, session_scope
+from jobs.db import Artifact, Publication, Run, Stage, session_scope
 from jobs.local.services import free_port
 from tests.conftest import REDIS_TEST_URL
 from tests.support import PROJECT_ROOT
@@ -29,6 +29,8 @@ from tests.support.processes import Workers, wait_until
 from tests.support.spec_files import write_spec
 
 runner = CliRunner()
+# One training run serves every test here: keep them on one xdist worker.
+pytestmark = pytest.mark.xdist_group("export")
 
 # Loads a model (and adapter) in a fresh interpreter, generates a few tokens
 # greedily and prints them with a digest of the logits of a fixed prompt.
@@ -84,7 +86,8 @@ def trained(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     redis.flushdb()
     db.dispose_engines()
     db.migrate()
-    spec = write_spec(root / "spec.yaml", tiny_model, seeds=[1, 2])
+    checkpoints = {"checkpoints": True, "checkpoint_prompts": ["quality-01", "quality-02"]}
+    spec = write_spec(root / "spec.yaml", tiny_model, seeds=[1, 2], eval=checkpoints)
     experiment_id = submit(spec)
     pool = Workers(home)
     try:
@@ -139,6 +142,19 @@ def test_fused_quantized_and_checkpoint_exports_load_and_generate(
         assert out["tokens"] > 0, (variant, out)
     card = (tmp_path / "q8" / "README.md").read_text()
     assert "## What quantization cost" in card and "`q8` against `fused`" in card
+    # best: the checkpoint the run's `best` eval chose by adherence.
+    with session_scope() as session:
+        best = session.exec(select(Stage).where(
+            Stage.run_id == trained.run_id, Stage.variant == "best")).one()  # fmt: skip
+    iteration = int(best.params["iteration"])
+    dest = tmp_path / "best"
+    result = runner.invoke(app, ["export", str(trained.run_id), "--variant", "best",
+                                 "--to", str(dest)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    checkpoint = trained.adapter_dir / f"{iteration:07d}_adapters.safetensors"
+    assert (dest / "adapters.safetensors").read_bytes() == checkpoint.read_bytes()
+    assert f"checkpoint at iteration {iteration}" in (dest / "README.md").read_text()
+    assert probe(trained.base_model, dest)["tokens"] > 0
 
 
 def test_a_changed_byte_is_refused_by_checksum(trained: Trained, tmp_path: Path) -> None:
@@ -166,6 +182,13 @@ def test_a_changed_byte_is_refused_by_checksum(trained: Trained, tmp_path: Path)
         assert str(checkpoint) in result.stderr
     finally:
         checkpoint.write_bytes(original)
+
+
+def test_a_folder_that_is_not_empty_is_not_written_into(trained: Trained, tmp_path: Path) -> None:
+    (tmp_path / "mine.txt").write_text("keep me")
+    result = runner.invoke(app, ["export", str(trained.run_id), "--to", str(tmp_path)])
+    assert result.exit_code == 2 and "already exists" in result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]
 
 
 def test_an_artifact_on_another_worker_names_it(trained: Trained, tmp_path: Path) -> None:
@@ -239,7 +262,7 @@ def test_publish_without_a_hub_or_a_token_fails_in_one_line(
 
 def test_the_card_matches_the_database(trained: Trained, tmp_path: Path) -> None:
     from jobs.datasets import dataset_digest
-    from jobs.db import EvalResult, Metric, Stage
+    from jobs.db import EvalResult, Metric
     from jobs.stats import mean_interval
 
     dest = tmp_path / "q8"

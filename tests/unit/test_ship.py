@@ -54,8 +54,9 @@ ARTIFACTS = [
 
 
 def test_which_artifacts_an_export_takes() -> None:
-    assert exportable(ARTIFACTS) == ["adapter", "best", "ckpt-0000003", "ckpt-0000006",
-                                     "fused", "q8"]  # fmt: skip
+    assert exportable(ARTIFACTS, 6) == ["adapter", "best", "ckpt-0000003", "ckpt-0000006",
+                                        "fused", "q8"]  # fmt: skip
+    assert "best" not in exportable(ARTIFACTS, None)  # no checkpoint scored yet
     plan = plan_export(1, "best", "base", ARTIFACTS, best_iteration=6)
     assert plan.shape == "adapter" and plan.iteration == 6
     weights, config = plan.sources
@@ -121,3 +122,17 @@ def test_a_naive_recorded_time_is_utc(tmp_path: Path) -> None:
     (tmp_path / "a").write_text("a")
     assert changed_since(tmp_path, datetime(2000, 1, 1)) == ["a"]
     assert changed_since(tmp_path, datetime(2999, 1, 1, tzinfo=UTC)) == []
+
+
+def test_the_license_is_the_base_models_own(tmp_path: Path) -> None:
+    from jobs.ship.card_data import base_license
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    assert base_license(str(model)) is None
+    (model / "README.md").write_text("---\nlicense: apache-2.0\ntags: [x]\n---\n# Model\n")
+    assert base_license(str(model)) == "apache-2.0"
+    (model / "README.md").write_text("# no front matter\nlicense: mit\n")
+    (model / "config.json").write_text('{"license": "mit"}')
+    assert base_license(str(model)) == "mit"
