@@ -29,12 +29,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from jobs.limits import MAX_DATASET_FILE_BYTES, file_size_problem
 from jobs.problems import Problem
 
 FORMATS = ("chat", "tools", "completions", "text")
@@ -357,8 +359,13 @@ def scan_jsonl(path: Path, split: str = "train", mask_prompt: bool = False) -> J
     kind, first_line, has_tools = "", 0, False
     try:
         fh = path.open("rb")
+        too_big = oversized_problem(path, _size(fh))
     except OSError as exc:
         report.problems.append(Problem(file, f"cannot read file: {exc.strerror or exc}"))
+        return report
+    if too_big is not None:
+        fh.close()
+        report.problems.append(too_big)
         return report
     with fh:
         for line in iter_lines(fh):
@@ -384,6 +391,20 @@ def scan_jsonl(path: Path, split: str = "train", mask_prompt: bool = False) -> J
     report.format = "tools" if kind == "chat" and has_tools else kind
     report.problems, report.warnings = out.finish(rows_are_read)
     return report
+
+
+def _size(fh: BinaryIO) -> int:
+    return os.fstat(fh.fileno()).st_size
+
+
+def oversized_problem(path: Path, size: int) -> Problem | None:
+    """A split file over MAX_DATASET_FILE_BYTES, refused before a line is read."""
+    message = file_size_problem(
+        f"{path.name} is too big to check: the file", size, MAX_DATASET_FILE_BYTES
+    )
+    if message is None:
+        return None
+    return Problem(str(path), message + " — split the data or train on a subset")
 
 
 def _first_row(row: Any, file: str, number: int, out: _Collector) -> str:
@@ -455,8 +476,20 @@ class DatasetCheck:
 
 
 def check_dataset(directory: Path, batch_size: int | None, mask_prompt: bool) -> DatasetCheck:
-    """Scan train/valid/test.jsonl of a dataset folder and check them together."""
+    """Scan train/valid/test.jsonl of a dataset folder and check them together (a
+    file over MAX_DATASET_FILE_BYTES is refused unread; `jobs.dataset_memo` keeps
+    recent results)."""
+    directory = Path(directory)
     result = DatasetCheck()
+    oversized = [
+        problem
+        for split in SPLITS
+        if (file := directory / f"{split}.jsonl").is_file()
+        and (problem := oversized_problem(file, file.stat().st_size)) is not None
+    ]
+    if oversized:  # refused unread: nothing else about the folder is known
+        result.problems += oversized
+        return result
     for split in SPLITS:
         file = directory / f"{split}.jsonl"
         if file.is_file():

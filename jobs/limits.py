@@ -20,6 +20,12 @@ MAX_TIMEOUT_HOURS = 720  # 30 days
 MAX_MEMORY_GB = 1024
 MAX_NAME_CHARS = 200
 MAX_SPEC_BYTES = 1_000_000  # 1 MB, checked before any parsing
+# An eval suite is a few hundred prompts; a YAML parse holds several times the file
+# in memory, so the file is measured before it is read.
+MAX_SUITE_BYTES = 4_000_000  # 4 MB
+# One split file of a dataset (train/valid/test.jsonl), measured before it is scanned:
+# the scan reads every line, about 13 s per 500 MB.
+MAX_DATASET_FILE_BYTES = 1_000_000_000  # 1 GB
 MAX_YAML_DEPTH = 64  # nested lists/mappings
 # Every key, list item and scalar counts, and an alias counts as everything it
 # stands for: a spec with the maximum seeds and every knob stays far below this.
@@ -103,6 +109,20 @@ def spec_size_problem(size: int) -> str | None:
     if size <= MAX_SPEC_BYTES:
         return None
     return f"the spec is {size} bytes, at most {MAX_SPEC_BYTES} (1 MB) allowed"
+
+
+def file_size_problem(what: str, size: int, limit: int) -> str | None:
+    """Why a file of `size` bytes is refused unread, or None: 'the suite file is
+    5000000 bytes, at most 4000000 (4 MB) allowed'."""
+    if size <= limit:
+        return None
+    return f"{what} is {size} bytes, at most {limit} ({_megabytes(limit)}) allowed"
+
+
+def _megabytes(size: int) -> str:
+    if size >= 1_000_000_000 and size % 1_000_000_000 == 0:
+        return f"{size // 1_000_000_000} GB"
+    return f"{size / 1_000_000:g} MB"
 
 
 def text_size(text: str, chunk: int = 1 << 20) -> int:

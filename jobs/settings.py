@@ -65,6 +65,52 @@ def reconcile_every_s() -> float:
     return _seconds("FARM_RECONCILE_EVERY_S", 30.0)
 
 
+def check_template_s() -> float:
+    """FARM_CHECK_TEMPLATE_S (default 60): how long the tokenizer checks (load the
+    tokenizer, render sampled examples with its chat template) may take before
+    they are stopped; a template with runaway loops is a finding, not a hang."""
+    return _seconds("FARM_CHECK_TEMPLATE_S", 60.0)
+
+
+def _count(name: str, default: int) -> int:
+    try:
+        value = int(os.environ.get(name, default))
+    except ValueError:
+        return default
+    return value if value >= 0 else default
+
+
+def max_queued_runs() -> int:
+    """FARM_MAX_QUEUED_RUNS (default 5000): runs not yet finished the whole farm may
+    hold; a submission that would go over is refused."""
+    return _count("FARM_MAX_QUEUED_RUNS", 5000)
+
+
+def max_queued_runs_per_submitter() -> int:
+    """FARM_MAX_QUEUED_RUNS_PER_SUBMITTER (default 2000): the same, for one submitter,
+    so one person's sweep cannot fill the farm's whole queue."""
+    return _count("FARM_MAX_QUEUED_RUNS_PER_SUBMITTER", 2000)
+
+
+def trusted_proxies() -> tuple[str, ...]:
+    """FARM_TRUSTED_PROXIES: addresses (comma or space separated) of reverse proxies
+    whose X-Forwarded-For the sign-in believes; default none (the socket's peer is
+    the client)."""
+    return tuple(a for a in re.split(r"[\s,]+", os.environ.get("FARM_TRUSTED_PROXIES", "")) if a)
+
+
+def notify_url() -> str | None:
+    """FARM_NOTIFY_URL: where every experiment's end is POSTed (`jobs.notify`),
+    besides any `notify.url` of its own; unset: only those."""
+    return os.environ.get("FARM_NOTIFY_URL") or None
+
+
+def ui_url() -> str:
+    """FARM_UI_URL (default http://127.0.0.1:8501): the web UI's address, for the
+    links in notifications."""
+    return os.environ.get("FARM_UI_URL", "http://127.0.0.1:8501").rstrip("/")
+
+
 # --- keeping passwords out of output ------------------------------------------------
 
 MASK = "***"

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from jobs.limits import MAX_SUITE_BYTES, file_size_problem
 from jobs.problems import InputError, Problem
 from jobs.spec.yaml_source import line_locator
 
@@ -78,11 +79,19 @@ def suite_digest(path: Path | str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def suite_size_problem(path: Path) -> str | None:
+    """Why a suite file is refused unread (over MAX_SUITE_BYTES), or None; raises
+    OSError when it cannot be measured."""
+    return file_size_problem("the suite file", path.stat().st_size, MAX_SUITE_BYTES)
+
+
 def load_suite(path: Path | str) -> EvalSuite:
     """Parse and validate a suite file; raise InputError listing every problem."""
     path = Path(path)
     file = str(path)
     try:
+        if (too_big := suite_size_problem(path)) is not None:
+            raise InputError([Problem(file, too_big)])
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InputError([Problem(file, "suite file not found")]) from None

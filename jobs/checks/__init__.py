@@ -23,14 +23,19 @@ The checks, one module each:
 * `suite`        — the suite's own consistency
 * `quantization` — quantization and its twin, seeds, checkpoints' val loss
 * `model`        — the edge: load the tokenizer, read the model's files, model checks
+* `sample`       — the rows the content checks read: all of a small file, a sample of a big one
+* `bounded`      — the tokenizer checks in a child process, stopped at a time limit
 * `hf_cache`     — the edge: models already in the Hugging Face cache
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from jobs import settings
 from jobs.checks.api import (
     ApiProblem,
     call_api_problems,
@@ -38,6 +43,7 @@ from jobs.checks.api import (
     code_api_problems,
     suggest_attribute,
 )
+from jobs.checks.bounded import call_with_time_limit
 from jobs.checks.dataset import (
     check_call_formats,
     check_duplicates,
@@ -94,6 +100,7 @@ from jobs.checks.quantization import (
     ensure_quant_twin,
     quantized_bits,
 )
+from jobs.checks.sample import SampledFile, read_sample
 from jobs.checks.suite import check_suite
 from jobs.checks.tokenizer import (
     ExampleLength,
@@ -106,7 +113,8 @@ from jobs.checks.tokenizer import (
     measure_examples,
     render_like_mlx_lm,
 )
-from jobs.datasets import check_dataset, iter_lines, parse_line
+from jobs.dataset_memo import checked_dataset
+from jobs.datasets import iter_lines, parse_line
 from jobs.problems import InputError
 from jobs.spec import ExperimentSpec
 from jobs.spec.yaml_source import yaml_locator
@@ -228,13 +236,13 @@ def preflight(spec: ExperimentSpec, spec_path: Path | None = None) -> list[Findi
             for p in exc.problems
         ]
     suite_line = yaml_locator(suite_path.read_text(encoding="utf-8"))
-    examples = read_examples(Path(spec.dataset))
-
-    loading = check_dataset(Path(spec.dataset), spec.train.batch_size, spec.train.mask_prompt)
+    loading = checked_dataset(Path(spec.dataset), spec.train.batch_size, spec.train.mask_prompt)
+    lines = {split: report.rows for split, report in loading.reports.items()}
+    examples, sampled = read_sample(Path(spec.dataset), lines)
     findings = [
         *check_suite(suite, str(suite_path), suite_line, spec.eval.checkpoint_prompts),
         *data_loading_findings(loading.warnings),
-        *dataset_findings(examples, suite, str(suite_path)),
+        *noted(dataset_findings(examples, suite, str(suite_path)), sampled),
     ]
     config: dict[str, Any] | None = None
     model_dir: Path | None = None
@@ -254,7 +262,9 @@ def preflight(spec: ExperimentSpec, spec_path: Path | None = None) -> list[Findi
             if spec.eval.max_tokens
             else (str(suite_path), suite_line(("generation", "max_tokens")))
         )
-        findings += model_findings(spec, suite, model_dir, examples, None, max_tokens_at)
+        findings += noted(
+            bounded_model_findings(spec, suite, model_dir, examples, max_tokens_at), sampled
+        )
     else:
         findings.append(
             Finding(
@@ -268,5 +278,70 @@ def preflight(spec: ExperimentSpec, spec_path: Path | None = None) -> list[Findi
                 evidence={"base_model": spec.base_model},
             )
         )
+    findings += sample_findings(sampled)
     order = {"error": 0, "warning": 1, "info": 2}
     return sorted(findings, key=lambda f: order.get(f.severity, 3))
+
+
+def noted(findings: Sequence[Finding], sampled: Sequence[SampledFile]) -> list[Finding]:
+    """Findings drawn from a sampled file say so, in the message and the evidence."""
+    samples = {s.file: s for s in sampled if s.is_sample}
+    out: list[Finding] = []
+    for finding in findings:
+        sample = samples.get(finding.file)
+        if sample is None:
+            out.append(finding)
+            continue
+        evidence = {
+            **finding.evidence,
+            "sample": {"checked": sample.checked, "lines": sample.lines},
+        }
+        message = f"{finding.message} (checked on {sample.note()})"
+        out.append(replace(finding, message=message, evidence=evidence))
+    return out
+
+
+def sample_findings(sampled: Sequence[SampledFile]) -> list[Finding]:
+    """One note per sampled file: the loading check read every line, the content
+    checks a sample."""
+    return [
+        Finding(
+            "info",
+            DATA_LOADING,
+            f"every line was checked for loading; the content and token-length checks read "
+            f"{s.note()}",
+            file=s.file,
+            evidence={"checked": s.checked, "lines": s.lines},
+        )
+        for s in sampled
+        if s.is_sample
+    ]
+
+
+def bounded_model_findings(
+    spec: ExperimentSpec,
+    suite: Any,
+    model_dir: Path,
+    examples: Sequence[Example],
+    max_tokens_at: tuple[str, int | None],
+) -> list[Finding]:
+    """`model_findings` in a child process stopped after FARM_CHECK_TEMPLATE_S: a
+    chat template that renders without end is a finding, not a hang."""
+    limit = settings.check_template_s()
+    args = (spec, suite, model_dir, list(examples), None, max_tokens_at)
+    outcome = call_with_time_limit(model_findings, args, limit)
+    if outcome.ok:
+        return list(outcome.value)
+    if outcome.timed_out:
+        message = (
+            f"loading the tokenizer of {spec.base_model} and rendering {len(examples)} examples "
+            f"with its chat template did not finish within {limit:g} s and was stopped — a "
+            "template with nested loops over the messages can render for hours, and mlx-lm "
+            "renders every training example with it"
+        )
+        fix = "simplify the chat template, or raise FARM_CHECK_TEMPLATE_S on a slow machine"
+    else:
+        message = f"the tokenizer checks of {spec.base_model} failed: {outcome.error}"
+        fix = "check the model folder's tokenizer files and chat template"
+    evidence = {"time_limit_s": limit, "timed_out": outcome.timed_out}
+    return [Finding("error", TOKENIZER_MISMATCH, message, fix, str(model_dir), evidence=evidence)]

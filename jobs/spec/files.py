@@ -17,7 +17,8 @@ from typing import Any
 
 import yaml
 
-from jobs.datasets import check_dataset
+from jobs.dataset_memo import checked_dataset
+from jobs.limits import MAX_SUITE_BYTES, file_size_problem
 from jobs.problems import Problem
 from jobs.spec.model import TrainSpec
 from jobs.spec.words import Loc, dotted, is_int, suggest
@@ -25,7 +26,7 @@ from jobs.spec.words import Loc, dotted, is_int, suggest
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 _HF_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?"
-_HF_ID_RE = re.compile(rf"^{_HF_PART}/{_HF_PART}$")
+_HF_ID_RE = re.compile(rf"{_HF_PART}/{_HF_PART}")  # the whole value: fullmatch
 
 
 def resolve_path(value: str, base_dir: Path) -> Path:
@@ -43,7 +44,7 @@ def resolve_path(value: str, base_dir: Path) -> Path:
 
 
 def looks_like_hf_id(value: str) -> bool:
-    return bool(_HF_ID_RE.match(value)) and ".." not in value and "--" not in value
+    return bool(_HF_ID_RE.fullmatch(value)) and ".." not in value and "--" not in value
 
 
 def _path_like(value: str) -> bool:
@@ -138,7 +139,7 @@ class _Checker:
 
     def base_model(self, check_files: bool) -> None:
         value = self.data.get("base_model")
-        if not isinstance(value, str) or not value.strip():
+        if not isinstance(value, str) or not value.strip() or self._nul(value, ("base_model",)):
             return
         path = resolve_path(value, self.base)
         if path.is_dir():
@@ -178,12 +179,26 @@ class _Checker:
             f"(config.json num_hidden_layers) — use at most {layers}, or -1 for all",
         )
 
+    def _nul(self, value: str, loc: Loc) -> bool:
+        """A NUL byte cannot be in a path (the OS refuses it): say so rather than
+        let the filesystem calls raise."""
+        if "\x00" not in value:
+            return False
+        self.add(
+            loc,
+            f"contains a NUL byte (\\0) at character {value.index(chr(0)) + 1} — "
+            "a path cannot hold one",
+        )
+        return True
+
     def _path(self, holder: dict[str, Any], key: str, loc: Loc) -> Path | None:
         value = holder.get(key)
         if not isinstance(value, str):
             return None
         if not value.strip():
             self.add(loc, "must not be empty")
+            return None
+        if self._nul(value, loc):
             return None
         path = resolve_path(value, self.base)
         holder[key] = str(path)
@@ -207,7 +222,7 @@ class _Checker:
         # The files are checked as mlx-lm loads them with these knobs; its warnings
         # (no valid.jsonl, ...) are preflight findings, not problems.
         batch = self._train("batch_size")
-        result = check_dataset(
+        result = checked_dataset(
             path,
             batch if is_int(batch) and batch >= 1 else None,
             self._train("mask_prompt") is True,
@@ -230,6 +245,10 @@ class _Checker:
                 f"suite file {what}: {path} (relative paths are looked up next to the spec, "
                 "then in the current directory)",
             )
+            return
+        too_big = file_size_problem("the suite file", path.stat().st_size, MAX_SUITE_BYTES)
+        if too_big is not None:  # refused unread, as `jobs.suite.load_suite` refuses it
+            self.add(("eval", "suite"), f"{path}: {too_big} — split the suite")
             return
         # Prompt ids the spec names: the checkpoint evals' and the probe's.
         train = self.data.get("train")

@@ -34,10 +34,11 @@ from jobs.spec.options import (
     quant_variant,
     variant_bits,
 )
+from jobs.spec.notify import NotifySpec
 from jobs.spec.probe import AdherenceProbe
 from jobs.spec.words import dotted
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+_NAME_RE = re.compile(r"[A-Za-z0-9._-]+")  # the whole name: fullmatch
 
 # `parse_spec` runs the cross checks itself, on the raw YAML, to give each
 # problem its line number; this validation context flag keeps the model from
@@ -210,11 +211,13 @@ class ExperimentSpec(BaseModel):
     sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] | None = Field(
         None, exclude_if=lambda value: value is None
     )
+    # Where to POST when the experiment ends (`jobs.notify`); not part of the config.
+    notify: NotifySpec | None = Field(None, exclude_if=lambda value: value is None)
 
     @field_validator("name")
     @classmethod
     def _check_name(cls, value: str) -> str:
-        if not _NAME_RE.match(value):
+        if not _NAME_RE.fullmatch(value):
             hint = re.sub(r"[^A-Za-z0-9._-]+", "-", value).strip("-") or "my-experiment"
             raise ValueError(
                 f"may only contain letters, digits, '.', '_' and '-', got {value!r} — e.g. {hint!r}"
