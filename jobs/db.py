@@ -170,6 +170,9 @@ class Artifact(SQLModel, table=True):
     host: str
     bytes: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
     sha256: str = ""
+    # A folder's files, relative name → sha256, so an export names the file that
+    # changed (None on rows written before it was kept).
+    file_sha256: dict[str, str] | None = Field(default=None, sa_column=Column(JSON))
     created_at: datetime = Field(default_factory=utcnow)
 
 

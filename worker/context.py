@@ -7,7 +7,6 @@ never overwrite the results of the attempt that replaced it.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import threading
@@ -23,6 +22,7 @@ from sqlmodel import Session
 from jobs import lifecycle, settings
 from jobs.db import Artifact, Experiment, Run, Stage, session_scope
 from jobs.lifecycle import StaleAttempt as StaleAttempt
+from jobs.ship.digest import artifact_digest
 from jobs.spec import ExperimentSpec
 
 
@@ -99,21 +99,15 @@ def path_bytes(path: Path) -> int:
 
 
 def sha256_of(path: Path) -> str:
-    """sha256 of a file, or of a folder's files in name order."""
-    digest = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode())
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    """sha256 of a file, or of a folder's files in name order (`jobs.ship.digest`,
+    which `farm export` checks artifacts with)."""
+    return artifact_digest(path).sha256
 
 
 def record_artifact(
     ctx: StageContext, kind: str, path: Path, variant: str = "", iteration: int | None = None
 ) -> Artifact:
+    digest = artifact_digest(path)
     artifact = Artifact(
         run_id=ctx.run_id,
         stage_id=ctx.stage_id,
@@ -124,7 +118,8 @@ def record_artifact(
         path=str(path),
         host=os.environ.get("FARM_WORKER_NAME") or socket.gethostname(),
         bytes=path_bytes(path),
-        sha256=sha256_of(path),
+        sha256=digest.sha256,
+        file_sha256=digest.files,
     )
     with stage_write(ctx) as session:
         session.add(artifact)

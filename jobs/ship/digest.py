@@ -1,10 +1,10 @@
-"""The digest the farm records for an artifact, recomputed when it is shipped.
+"""The digest the farm records for an artifact, and recomputes when it ships it.
 
-It must equal `worker.context.sha256_of` byte for byte (a file: its bytes; a
-folder: each file's relative name then its bytes, in name order): the core may
-not import the worker, so the rule lives here too and a test holds them equal.
-Each file's own digest comes out of the same pass, so an export can check the
-copies it made against what it verified.
+One rule for both sides (`worker.context.record_artifact` records with it,
+`farm export` checks with it): a file's digest is its bytes'; a folder's is
+each file's relative name then its bytes, in name order. Each file's own
+digest comes out of the same pass: it is recorded too, so a refusal can name
+the file that changed, and an export checks the copies it made against it.
 """
 
 from __future__ import annotations

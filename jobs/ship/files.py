@@ -68,22 +68,45 @@ def changed_since(path: Path, recorded_at: datetime) -> list[str]:
     ]
 
 
+def differences(recorded: dict[str, str], now: dict[str, str]) -> list[str]:
+    """What differs between the recorded and the present files, file by file."""
+    changed = [n for n in sorted(recorded) if n in now and now[n] != recorded[n]]
+    gone = [n for n in sorted(recorded) if n not in now]
+    added = [n for n in sorted(now) if n not in recorded]
+    out = []
+    if changed:
+        out.append(f"{', '.join(changed)} {'has' if len(changed) == 1 else 'have'} changed")
+    if gone:
+        out.append(f"{', '.join(gone)} {'is' if len(gone) == 1 else 'are'} gone")
+    if added:
+        out.append(f"{', '.join(added)} {'was' if len(added) == 1 else 'were'} added")
+    return out
+
+
 def verify(source: Source, path: Path, run_id: int) -> Digest:
     """The artifact's digest now, if it equals the recorded one; else `ExportRefused`
-    naming the file that changed (the one modified since it was recorded)."""
+    naming the file that changed (from the recorded per-file digests, or for rows
+    without them, the files modified since the artifact was recorded)."""
     if not source.sha256:
         raise ExportRefused(f"{source.what} of run {run_id} has no recorded sha256 to check")
     digest = artifact_digest(path)
     if digest.sha256 == source.sha256:
         return digest
-    changed = changed_since(path, source.created_at)
-    where = path if path.is_file() else path / (changed[0] if len(changed) == 1 else "")
-    if changed:
-        names = ", ".join(changed)
-        verb = "was" if len(changed) == 1 else "were"
-        what = f"{names} {verb} modified after the farm recorded it"
+    if source.file_sha256 and not path.is_file():
+        found = differences(source.file_sha256, digest.files)
+        culprits = [
+            n for n in sorted(source.file_sha256) if digest.files.get(n) != source.file_sha256[n]
+        ]
     else:
-        what = "a file was changed, added or removed since the farm recorded it"
+        culprits = changed_since(path, source.created_at)
+        verb = "was" if len(culprits) == 1 else "were"
+        found = (
+            [f"{', '.join(culprits)} {verb} modified after the farm recorded it"]
+            if culprits
+            else []
+        )
+    what = "; ".join(found) or "a file was changed, added or removed since the farm recorded it"
+    where = path / culprits[0] if len(culprits) == 1 and not path.is_file() else path
     raise ExportRefused(
         f"{where}: {source.what} of run {run_id} no longer matches the sha256 the farm "
         f"recorded ({what}); refusing to export it"

@@ -42,6 +42,7 @@ class Source:
     sha256: str
     created_at: datetime
     files: tuple[tuple[str, str], ...] = ()
+    file_sha256: dict[str, str] | None = None  # each file's recorded digest, when kept
 
     @property
     def what(self) -> str:
@@ -74,6 +75,7 @@ def _source(artifact: Artifact, files: tuple[tuple[str, str], ...] = ()) -> Sour
         sha256=artifact.sha256,
         created_at=artifact.created_at,
         files=files,
+        file_sha256=artifact.file_sha256,
     )
 
 

@@ -167,7 +167,7 @@ def test_a_changed_byte_is_refused_by_checksum(trained: Trained, tmp_path: Path)
         dest = tmp_path / "out"
         result = runner.invoke(app, ["export", str(trained.run_id), "--to", str(dest)])
         assert result.exit_code == 2
-        assert "adapters.safetensors" in result.stderr and "sha256" in result.stderr
+        assert "adapters.safetensors has changed" in result.stderr and "sha256" in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
         assert not dest.exists() and not list(tmp_path.glob(".out.export-*"))
     finally:

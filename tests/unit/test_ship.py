@@ -3,6 +3,7 @@ for, which artifacts an export takes, the model card and its curves."""
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,8 +13,8 @@ from jobs.db import Artifact
 from jobs.ship.card import CardData, CurveRow, render_card
 from jobs.ship.curves import curves_csv, curves_png
 from jobs.ship.digest import artifact_digest
-from jobs.ship.files import candidates
-from jobs.ship.sources import ExportRefused, exportable, plan_export
+from jobs.ship.files import candidates, verify
+from jobs.ship.sources import ExportRefused, Source, exportable, plan_export
 from jobs.stats import FragilePrompt, mean_interval
 from worker.context import sha256_of
 
@@ -24,11 +25,33 @@ def test_the_digest_is_the_one_the_worker_records(tmp_path: Path) -> None:
     (folder / "config.json").write_text("{}")
     (folder / "model.safetensors").write_bytes(bytes(range(256)) * 9000)
     (folder / "sub" / "b.txt").write_text("b")
+    whole = hashlib.sha256()
+    for name in ("config.json", "model.safetensors", "sub/b.txt"):
+        whole.update(name.encode() + (folder / name).read_bytes())
     digest = artifact_digest(folder)
-    assert digest.sha256 == sha256_of(folder)
-    assert set(digest.files) == {"config.json", "model.safetensors", "sub/b.txt"}
+    assert digest.sha256 == whole.hexdigest() == sha256_of(folder)
+    assert digest.files["sub/b.txt"] == hashlib.sha256(b"b").hexdigest()
     one = folder / "config.json"
-    assert artifact_digest(one).sha256 == sha256_of(one)
+    assert artifact_digest(one).sha256 == hashlib.sha256(b"{}").hexdigest() == sha256_of(one)
+
+
+def test_a_refusal_names_the_file_by_its_recorded_digest(tmp_path: Path) -> None:
+    folder = tmp_path / "run-1" / "fused"
+    folder.mkdir(parents=True)
+    for name in ("a.json", "b.safetensors", "c.txt"):
+        (folder / name).write_text(name)
+    digest = artifact_digest(folder)
+    source = Source(1, "fused", "fused", str(folder), "w1", digest.sha256,
+                    datetime(2999, 1, 1, tzinfo=UTC), file_sha256=digest.files)  # fmt: skip
+    assert verify(source, folder, 1) == digest
+    (folder / "b.safetensors").write_text("B")  # changed, though not "after" 2999
+    with pytest.raises(ExportRefused, match=r"fused/b.safetensors: the fused model of run 1 "
+                       r"no longer matches .*\(b.safetensors has changed\)"):  # fmt: skip
+        verify(source, folder, 1)
+    (folder / "c.txt").unlink()
+    (folder / "d.txt").write_text("d")
+    with pytest.raises(ExportRefused, match="c.txt is gone; d.txt was added"):
+        verify(source, folder, 1)
 
 
 def test_an_artifact_is_looked_for_where_written_then_under_each_root() -> None:
