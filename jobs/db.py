@@ -50,6 +50,9 @@ class Experiment(SQLModel, table=True):
     suite: str = Field(index=True)
     spec_yaml: str = Field(sa_column=Column(Text, nullable=False))
     spec: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # Who submitted it (the OS user of `farm submit`, "web" for the form), for the
+    # per-submitter queue quota; None on rows written before it was kept.
+    submitter: str | None = Field(default=None, index=True)
     created_at: datetime = Field(default_factory=utcnow, index=True)
 
 

@@ -41,6 +41,10 @@ class LimitError(InputError):
     nothing has been written."""
 
 
+class QuotaError(LimitError):
+    """A submission that would take the queue over a quota; nothing has been written."""
+
+
 def bound_text(value: object) -> str:
     """A limit as a message shows it: 720, 10000000, 1/60 (a minute)."""
     if isinstance(value, float) and value in BOUND_LABELS:
@@ -101,6 +105,19 @@ def checkpoints_problem(iters: int, save_every: int) -> str | None:
     return (
         f"{too_many(count, 'saved checkpoints per run', MAX_CHECKPOINTS)} "
         f"(iters {iters} // save_every {save_every}) — set save_every to at least {lowest}"
+    )
+
+
+def quota_problem(queued: int, adding: int, limit: int, setting: str, whose: str) -> str | None:
+    """Why a submission of `adding` runs goes over a queue quota, or None. `whose`
+    names the queue counted ('on the farm', 'submitted by alice'); the message says
+    how many runs are waiting or running and which setting changes the quota."""
+    if queued + adding <= limit:
+        return None
+    return (
+        f"quota {setting}: {queued} runs are queued or running {whose} and this submission "
+        f"adds {adding}, at most {limit} allowed — wait for runs to finish, cancel some "
+        f"(`farm cancel ID`), or raise {setting}"
     )
 
 

@@ -8,6 +8,7 @@ same config.
 
 from __future__ import annotations
 
+import getpass
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,13 +16,15 @@ from typing import Any
 from redis import Redis
 from rq.job import Job
 from rq.serializers import JSONSerializer
-from sqlalchemy import delete
+from sqlalchemy import delete, func
 from sqlmodel import Session, col, select
 
+from jobs import settings
 from jobs.checks import Finding, ensure_quant_twin
 from jobs.dag import plan_run
 from jobs.db import Diagnostic, Experiment, Run, Stage, StageAttempt, Sweep, session_scope
 from jobs.lifecycle import queue_train_stages
+from jobs.limits import QuotaError, quota_problem
 from jobs.problems import InputError, Problem
 from jobs.queue import Ticket, push
 from jobs.spec import ExperimentSpec, config_fingerprint, spec_to_yaml
@@ -44,12 +47,69 @@ def plan_submission(
     return planned, spec_yaml, twin
 
 
+# ------------------------------------------------------------------ queue quotas
+
+# A run counts against the quotas until it has ended (`jobs.lifecycle.update_run_status`).
+UNFINISHED = ("queued", "running")
+
+
+def default_submitter() -> str:
+    """Who submits from this process when nobody says: the OS user (`farm submit`)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a bare container)
+        return "cli"
+
+
+def unfinished_runs(session: Session, submitter: str | None = None) -> int:
+    """Runs queued or running on the farm, or only those `submitter` submitted."""
+    query = select(func.count()).select_from(Run).where(col(Run.status).in_(UNFINISHED))
+    if submitter is not None:
+        query = query.join(Experiment, col(Experiment.id) == Run.experiment_id).where(
+            Experiment.submitter == submitter
+        )
+    return int(session.exec(query).one())
+
+
+def check_quota(session: Session, adding: int, submitter: str) -> None:
+    """Refuse a submission of `adding` runs that would take the farm's queue, or the
+    submitter's share of it, over its quota (FARM_MAX_QUEUED_RUNS,
+    FARM_MAX_QUEUED_RUNS_PER_SUBMITTER): a typo'd sweep must not bury everyone
+    else's work. Raises QuotaError before anything is written."""
+    problems = [
+        Problem("farm", message)
+        for message in (
+            quota_problem(
+                unfinished_runs(session),
+                adding,
+                settings.max_queued_runs(),
+                "FARM_MAX_QUEUED_RUNS",
+                "on the farm",
+            ),
+            quota_problem(
+                unfinished_runs(session, submitter),
+                adding,
+                settings.max_queued_runs_per_submitter(),
+                "FARM_MAX_QUEUED_RUNS_PER_SUBMITTER",
+                f"submitted by {submitter}",
+            ),
+        )
+        if message is not None
+    ]
+    if problems:
+        raise QuotaError(problems)
+
+
+# ------------------------------------------------------------------ rows
+
+
 def create_rows(
     session: Session,
     spec: ExperimentSpec,
     spec_yaml: str | None = None,
     sweep_id: int | None = None,
     sweep_point: SweepPoint | None = None,
+    submitter: str | None = None,
 ) -> Experiment:
     """Experiment, one Run per seed and the planned stages of each run (flushed, not
     committed). `spec` is stored as given: `plan_submission` comes first."""
@@ -64,6 +124,7 @@ def create_rows(
         suite=str(spec.eval.suite),
         spec_yaml=spec_yaml or spec_to_yaml(spec),
         spec=spec.model_dump(mode="json", by_alias=True),
+        submitter=submitter,
     )
     session.add(experiment)
     session.flush()
@@ -102,16 +163,20 @@ def submit_experiment(
     redis: Redis,
     spec_yaml: str | None = None,
     findings: Sequence[Finding] = (),
+    submitter: str | None = None,
 ) -> int:
     """Write the experiment and enqueue its train stages; returns the experiment id.
 
-    Redis is checked before anything is written, and a failure while enqueuing
-    rolls back the rows and removes the jobs already enqueued."""
+    Redis is checked before anything is written, the queue quotas before any row
+    is (QuotaError: `submitter`, default the OS user, is counted), and a failure
+    while enqueuing rolls back the rows and removes the jobs already enqueued."""
     redis.ping()
     spec, spec_yaml, twin = plan_submission(spec, spec_yaml)
     findings = [*findings, twin] if twin else list(findings)
+    who = submitter or default_submitter()
     with session_scope() as session:
-        experiment = create_rows(session, spec, spec_yaml)
+        check_quota(session, len(spec.seeds), who)
+        experiment = create_rows(session, spec, spec_yaml, submitter=who)
         _add_findings(session, experiment, findings)
         runs = session.exec(_runs_of(experiment.id or 0)).all()
         tickets = queue_train_stages(session, runs)
@@ -228,19 +293,27 @@ def plan_sweep(
     )
 
 
-def submit_sweep(plan: SweepPlan, redis: Redis, findings: Sequence[Finding] = ()) -> int:
+def submit_sweep(
+    plan: SweepPlan,
+    redis: Redis,
+    findings: Sequence[Finding] = (),
+    submitter: str | None = None,
+) -> int:
     """Write the Sweep row and one experiment per grid point in one transaction, then
     enqueue every train stage; returns the sweep id. All or nothing, as
-    `submit_experiment`: Redis is checked first, and a failed push withdraws the
-    whole sweep. `findings` (the preflight of the spec) are kept on every point."""
+    `submit_experiment`: Redis is checked first, the quotas count every run of the
+    grid, and a failed push withdraws the whole sweep. `findings` (the preflight of
+    the spec) are kept on every point."""
     redis.ping()
+    who = submitter or default_submitter()
     with session_scope() as session:
+        check_quota(session, plan.runs, who)
         sweep = Sweep(name=plan.name, axes=plan.axes, spec_yaml=plan.spec_yaml)
         session.add(sweep)
         session.flush()
         experiments: list[Experiment] = []
         for gp in plan.points:
-            experiment = create_rows(session, gp.spec, gp.spec_yaml, sweep.id, gp.point)
+            experiment = create_rows(session, gp.spec, gp.spec_yaml, sweep.id, gp.point, who)
             _add_findings(session, experiment, [*findings, *([gp.twin] if gp.twin else [])])
             experiments.append(experiment)
         ids = [e.id or 0 for e in experiments]

@@ -56,6 +56,9 @@ FORM_SOURCE = "form"
 MAX_SEEDS = limits.MAX_SEEDS
 NO_SCHEDULE = "(none)"
 GENERAL = ""  # problems that belong to no single field
+# Who the queue quota counts form submissions against: the UI has one password and
+# no user names, so everyone signed in to it is one submitter.
+WEB_SUBMITTER = "web"
 
 Kind = Literal["text", "path", "int", "float", "bool", "select", "multiselect", "seeds", "list",
                "mapping", "sweep"]  # fmt: skip
@@ -586,8 +589,13 @@ def submit_form(values: Mapping[str, Any], redis: Redis) -> FormResult:
     from jobs.submit import submit_experiment, submit_sweep
 
     result = validate_form(values)
-    if result.ok and result.plan is not None:
-        result.sweep_id = submit_sweep(result.plan, redis, result.findings)
-    elif result.ok and result.spec is not None:
-        result.experiment_id = submit_experiment(result.spec, redis, result.yaml, result.findings)
+    try:
+        if result.ok and result.plan is not None:
+            result.sweep_id = submit_sweep(result.plan, redis, result.findings, WEB_SUBMITTER)
+        elif result.ok and result.spec is not None:
+            result.experiment_id = submit_experiment(
+                result.spec, redis, result.yaml, result.findings, WEB_SUBMITTER
+            )
+    except InputError as exc:  # a queue quota, in the words `farm submit` uses
+        result.problems.setdefault(GENERAL, []).extend(str(p) for p in exc.problems)
     return result

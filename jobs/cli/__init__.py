@@ -107,7 +107,11 @@ def submit(
             print_sweep_plan(plan)
             return
         migrate()
-        sweep_id = submit_sweep(plan, _redis(), findings)
+        try:
+            sweep_id = submit_sweep(plan, _redis(), findings)
+        except InputError as exc:  # a queue quota: nothing was written
+            _report_problems(exc.problems)
+            raise typer.Exit(EXIT_INVALID) from None
         with session_scope() as session:
             ids = sweep_experiment_ids(session, sweep_id)
         err.print(
@@ -131,7 +135,11 @@ def submit(
             console.print(f"  {stage.key}" + (f"  ← {stage.parent}" if stage.parent else ""))
         return
     migrate()
-    experiment_id = submit_experiment(spec, _redis(), spec_path.read_text(), findings)
+    try:
+        experiment_id = submit_experiment(spec, _redis(), spec_path.read_text(), findings)
+    except InputError as exc:  # a queue quota: nothing was written
+        _report_problems(exc.problems)
+        raise typer.Exit(EXIT_INVALID) from None
     print(experiment_id)
 
 
