@@ -242,6 +242,24 @@ class Publication(SQLModel, table=True):
     published_at: datetime = Field(default_factory=utcnow)
 
 
+class Notification(SQLModel, table=True):
+    """One message to send (`jobs.notify`): the outbox row of an event, unique by
+    key, so a restart never sends it twice; delivered_at once a receiver took it."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(unique=True)  # experiment:<id> | run:<id>:stopped_early
+    event: str
+    experiment_id: int | None = Field(default=None, foreign_key="experiment.id", index=True)
+    run_id: int | None = Field(default=None, foreign_key="run.id")
+    url: str = Field(sa_column=Column(Text, nullable=False))
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    attempts: int = 0
+    next_try_at: datetime | None = Field(default=None, index=True)
+    delivered_at: datetime | None = None
+    last_error: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+
+
 # --- engines and sessions -------------------------------------------------
 
 _engines: dict[str, Engine] = {}

@@ -81,8 +81,11 @@ def _ids(ids: list[int], shown: int = 20) -> str:
     return f"{str(ids[:shown])[:-1]}, … ({len(ids)} in all)]"
 
 
-def reconcile(redis: Redis, wait_for_lock: float = 0.0) -> Repairs | None:
-    """One pass under the farm-wide lock; None when another pass holds it."""
+def reconcile(redis: Redis, wait_for_lock: float = 0.0, notify: bool = False) -> Repairs | None:
+    """One pass under the farm-wide lock; None when another pass holds it. With
+    `notify`, the pass also records and sends notifications (`jobs.notify`): the
+    periodic passes of workers' reconciler processes and `farm reconcile` do,
+    a worker's start-up pass does not (a slow receiver must not delay it)."""
     # The lock expires on its own, so a worker cut off mid-pass holds it up
     # for half a minute at most; a long pass keeps it while it works.
     lock = redis.lock(
@@ -92,7 +95,10 @@ def reconcile(redis: Redis, wait_for_lock: float = 0.0) -> Repairs | None:
         return None
     try:
         with _kept(lock):
-            return reconcile_once(redis)
+            repairs = reconcile_once(redis)
+            if notify:
+                send_notifications()
+            return repairs
     finally:
         try:
             lock.release()
@@ -138,6 +144,17 @@ def reconcile_once(redis: Redis, recheck_after_s: float = 1.0) -> Repairs:
     for line in repairs.lines() if repairs else []:
         log.warning("reconcile: %s", line)
     return repairs
+
+
+def send_notifications() -> None:
+    """Record new events and send what is due; never a reason for a pass to fail."""
+    from jobs.notify import notify_pass
+
+    try:
+        with session_scope() as session:
+            notify_pass(session)
+    except Exception as exc:  # the next pass tries again
+        log.warning("notifications skipped: %s", settings.redact_text(str(exc)))
 
 
 def mark_lost_workers(session: Session) -> list[str]:
@@ -318,7 +335,7 @@ def one_pass(redis: Redis, limit_s: float | None = None) -> int:
         signal.signal(signal.SIGALRM, _overran)
         signal.alarm(int(limit_s))
     try:
-        reconcile(redis)
+        reconcile(redis, notify=True)
     except Exception as exc:  # the next pass tries again
         why = settings.redact_text(str(exc))
         print(f"reconciler skipped: {why}", file=sys.stderr, flush=True)

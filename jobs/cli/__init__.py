@@ -251,7 +251,7 @@ def reconcile() -> None:
     from jobs.reconcile import reconcile as reconcile_farm
 
     migrate()
-    repairs = reconcile_farm(_redis(), wait_for_lock=30.0)
+    repairs = reconcile_farm(_redis(), wait_for_lock=30.0, notify=True)
     if repairs is None:
         err.print("another reconciler is running; try again in a minute")
         raise typer.Exit(1)

@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from jobs import limits
+from jobs.spec.notify import NotifySpec
 from jobs.spec.options import (
     DEFAULT_GROUP_SIZE,
     FLOAT_MODES,
@@ -34,7 +35,6 @@ from jobs.spec.options import (
     quant_variant,
     variant_bits,
 )
-from jobs.spec.notify import NotifySpec
 from jobs.spec.probe import AdherenceProbe
 from jobs.spec.words import dotted
 

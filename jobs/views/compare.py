@@ -17,7 +17,7 @@ from sqlmodel import Session, select
 from jobs.db import Experiment
 from jobs.spec.options import quant_variant
 
-NOT_IN_FINGERPRINT = ("name", "seeds", "resources")
+NOT_IN_FINGERPRINT = ("name", "seeds", "resources", "notify")
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from redis import Redis
 from sqlmodel import select
 
-from jobs.db import EvalResult, Experiment, Run, Stage, session_scope
+from jobs.db import EvalResult, Experiment, Run, Stage, session_scope, utcnow
 from tests.support.web import install_model, quick_form
 from web import forms
 
@@ -51,7 +51,7 @@ def finish(experiment_id: int, scores: dict[int, float]) -> None:
                             score=1.0 if ok else 0.0,
                         ))  # fmt: skip
                 session.add(stage)
-            run.status, run.host = "done", "mac-a"
+            run.status, run.host, run.finished_at = "done", "mac-a", utcnow()
             session.add(run)
 
 
