@@ -56,8 +56,7 @@ FORM_SOURCE = "form"
 MAX_SEEDS = limits.MAX_SEEDS
 NO_SCHEDULE = "(none)"
 GENERAL = ""  # problems that belong to no single field
-# Who the queue quota counts form submissions against: the UI has one password and
-# no user names, so everyone signed in to it is one submitter.
+# The quota's submitter for the form: one UI password, no user names, one submitter.
 WEB_SUBMITTER = "web"
 
 Kind = Literal["text", "path", "int", "float", "bool", "select", "multiselect", "seeds", "list",
