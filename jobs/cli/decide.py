@@ -56,7 +56,7 @@ def compare(
         print(json.dumps(out, indent=2))
         return
     console.print(f"A = {printable(config_a.label)}, B = {printable(config_b.label)}",
-                  markup=False, highlight=False)  # fmt: skip
+                  markup=False, highlight=False, soft_wrap=True)  # fmt: skip
     if not comparisons:
         console.print("no variant evaluated in both yet", markup=False)
     for comparison in comparisons:
