@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from jobs.spec.model import is_local_model
 from jobs.stats import FragilePrompt, Interval
 
 TAGS = ("lora", "mlx", "lorafarm")
@@ -66,7 +67,12 @@ def pct(value: float | None) -> str:
 
 
 def front_matter(data: CardData) -> str:
-    lines = ["---", f"base_model: {_yaml_scalar(data.base_model)}", "library_name: mlx"]
+    """Hugging Face model-card metadata. `base_model` must name a Hub model: a
+    base that is a local folder is named in the text instead."""
+    lines = ["---"]
+    if not is_local_model(data.base_model):
+        lines.append(f"base_model: {_yaml_scalar(data.base_model)}")
+    lines.append("library_name: mlx")
     if data.license:
         lines.append(f"license: {_yaml_scalar(data.license)}")
     lines.append("tags:")

@@ -123,6 +123,8 @@ def test_the_card_says_what_the_data_says() -> None:
     assert "13 rows (train 10, valid 3)" in text and "farm submit lorafarm-spec.yaml" in text
     assert "![validation loss and adherence by iteration](curves.png)" in text
     assert 'license: "apache-2.0"' in render_card(card(license="apache-2.0"))
+    local = render_card(card(base_model="/Users/me/models/base")).split("---")[1]
+    assert "base_model" not in local and "library_name: mlx" in local
     adapter = render_card(card(shape="adapter", variant="adapter", twin=None, points_lost=None))
     assert "What quantization cost" not in adapter and "adapter_path=" in adapter
 
