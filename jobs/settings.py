@@ -111,6 +111,13 @@ def ui_url() -> str:
     return os.environ.get("FARM_UI_URL", "http://127.0.0.1:8501").rstrip("/")
 
 
+def forwarded_allow_ips() -> str:
+    """The web server's FORWARDED_ALLOW_IPS (uvicorn, under Streamlit): the trusted
+    proxies, or none, so X-Forwarded-For from anyone else is ignored (uvicorn's own
+    default trusts every client on this host)."""
+    return ",".join(trusted_proxies())
+
+
 # --- keeping passwords out of output ------------------------------------------------
 
 MASK = "***"

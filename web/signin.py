@@ -1,10 +1,19 @@
-"""Sign-in throttling for the web UI: growing delays, then a lock-out.
+"""Sign-in throttling for the web UI: growing delays, then a lock-out per address.
 
 The UI has a single password, so there is no account name to count failures
-against. Failures count twice: against the client's address, and against the
-sign-in itself (one key for every address), so a guesser who spreads over many
-addresses is slowed and locked out too. The state lives in this process, not in
-Streamlit's caches, which any websocket client can clear; a restart forgets it.
+against. Failures count against the client's address (growing delays, then a
+lock-out of that address), and failures from addresses that have not signed in
+recently also count against the sign-in itself (one key for every address), so
+a guesser who spreads over many addresses is slowed down too. That overall key
+only delays, it never locks: a lock shared by everyone would let a guesser shut
+the owner out, and an address that signed in successfully within REMEMBER_S
+skips it altogether, so the owner signs in at once during an attack.
+
+The address is the socket's peer; `X-Forwarded-For` counts only from a proxy
+named in FARM_TRUSTED_PROXIES (`jobs.settings.forwarded_allow_ips`, handed to
+the server), so a client cannot pose as many by forging the header. The state
+lives in this process, not in Streamlit's caches, which any websocket client can
+clear; a restart forgets it.
 """
 
 from __future__ import annotations
@@ -21,18 +30,20 @@ from jobs.access import check_password
 
 log = logging.getLogger("lorafarm.signin")
 
-EVERYONE = "*"  # the key every failure also counts against
+EVERYONE = "*"  # the key failures from addresses not recently signed in also count against
 MAX_TRACKED = 10_000  # addresses kept in memory; idle ones are dropped beyond this
+EVERYONE_MAX_DELAY_S = 30.0  # the overall key's longest delay between attempts
+REMEMBER_S = 30 * 24 * 3600.0  # an address that signed in this recently skips the overall key
 
 
 @dataclass(frozen=True)
 class Policy:
     """How one key is throttled: failure n waits `delay(n)`; `lock_after` failures
-    within `window_s` lock the key for `lock_s`."""
+    within `window_s` lock the key for `lock_s` (None: it never locks, only delays)."""
 
     base_delay_s: float = 1.0
     max_delay_s: float = 10.0
-    lock_after: int = 10
+    lock_after: int | None = 10
     lock_s: float = 15 * 60
     window_s: float = 15 * 60
 
@@ -84,6 +95,7 @@ class Throttle:
         self.everyone_policy = everyone_policy
         self.clock = clock
         self._keys: dict[str, _KeyState] = {}
+        self._signed_in: dict[str, float] = {}  # address → time of its last sign-in
         self._lock = threading.Lock()
 
     def _policy(self, key: str) -> Policy:
@@ -95,13 +107,19 @@ class Throttle:
         state.failures = [t for t in state.failures if now - t < window]
         return state
 
+    def _keys_of(self, client: str, now: float) -> tuple[str, ...]:
+        """The keys an attempt from `client` counts against: its own, and the overall
+        one unless it signed in within REMEMBER_S."""
+        last = self._signed_in.get(client)
+        return (client,) if last is not None and now - last < REMEMBER_S else (client, EVERYONE)
+
     def begin(self, client: str) -> Verdict:
         """May `client` have a password checked now? If so, the attempt holds its
         slot: a parallel attempt is refused until this one's delay has passed,
         so opening many sessions does not multiply the guessing rate."""
         with self._lock:
             now = self.clock()
-            states = {key: self._state(key, now) for key in (client, EVERYONE)}
+            states = {key: self._state(key, now) for key in self._keys_of(client, now)}
             locked = max(s.locked_until - now for s in states.values())
             if locked > 0:
                 return Verdict(False, locked_for_s=locked)
@@ -116,7 +134,7 @@ class Throttle:
         """Count a wrong password; returns how long to hold the answer back."""
         with self._lock:
             now = self.clock()
-            states = {key: self._state(key, now) for key in (client, EVERYONE)}
+            states = {key: self._state(key, now) for key in self._keys_of(client, now)}
             counts = {}
             delay = locked = 0.0
             for key, state in states.items():
@@ -125,20 +143,26 @@ class Throttle:
                 counts[key] = len(state.failures)
                 state.not_before = now + policy.delay(counts[key])
                 delay = max(delay, policy.delay(counts[key]))
-                if counts[key] >= policy.lock_after:
+                if policy.lock_after is not None and counts[key] >= policy.lock_after:
                     state.locked_until = now + policy.lock_s
                     state.failures.clear()  # a fresh count once the lock expires
                 locked = max(locked, state.locked_until - now)
             self._forget_idle(now)
             # Once locked, holding the answer back gains nothing: say so at once.
-            return Failure(counts[client], counts[EVERYONE], 0.0 if locked else delay, locked)
+            overall = counts.get(EVERYONE, len(self._state(EVERYONE, now).failures))
+            return Failure(counts[client], overall, 0.0 if locked else delay, locked)
 
     def succeeded(self, client: str) -> None:
-        """The right password: this address starts afresh; the overall count
-        stays, so a guesser gains nothing from someone else's sign-in."""
+        """The right password: this address starts afresh and skips the overall key
+        from now on (REMEMBER_S); the overall count stays, so a guesser gains
+        nothing from someone else's sign-in."""
         with self._lock:
             now = self.clock()
             self._keys.pop(client, None)
+            self._signed_in.pop(client, None)
+            self._signed_in[client] = now  # newest last: the oldest go first
+            while len(self._signed_in) > MAX_TRACKED:
+                self._signed_in.pop(next(iter(self._signed_in)))
             everyone = self._state(EVERYONE, now)
             everyone.not_before = min(everyone.not_before, now)
 
@@ -204,12 +228,14 @@ def duration(seconds: float) -> str:
 
 def policies_from_env() -> tuple[Policy, Policy]:
     """FARM_SIGNIN_LOCK_AFTER failures (default 10) from one address lock it for
-    FARM_SIGNIN_LOCK_MINUTES (default 15); three times as many from anywhere
-    lock signing in for everyone."""
+    FARM_SIGNIN_LOCK_MINUTES (default 15). Failures from everywhere else only
+    slow signing in down, up to EVERYONE_MAX_DELAY_S between attempts: about as
+    many guesses a day as the lock-out of three times as many failures allowed,
+    without a lock a guesser could turn against the owner."""
     lock_after = max(int(os.environ.get("FARM_SIGNIN_LOCK_AFTER", "10")), 1)
     lock_s = max(float(os.environ.get("FARM_SIGNIN_LOCK_MINUTES", "15")), 0.0) * 60
     client = Policy(lock_after=lock_after, lock_s=lock_s, window_s=max(lock_s, 60.0))
-    everyone = Policy(lock_after=3 * lock_after, lock_s=lock_s, window_s=max(lock_s, 60.0))
+    everyone = Policy(max_delay_s=EVERYONE_MAX_DELAY_S, lock_after=None, window_s=max(lock_s, 60.0))
     return client, everyone
 
 

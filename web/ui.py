@@ -90,7 +90,8 @@ def signed_in() -> bool:
 
 def client_address() -> str:
     """The browser's address as the server sees it (Streamlit reports None for
-    loopback). Proxies on this host may set it through X-Forwarded-For."""
+    loopback): the socket's peer, or X-Forwarded-For when the peer is one of
+    FARM_TRUSTED_PROXIES (the server is started with them as FORWARDED_ALLOW_IPS)."""
     return st.context.ip_address or "loopback"
 
 

@@ -469,6 +469,8 @@ def web(
 
     warn_if_exposed(address)
     argv = streamlit_argv(port, address)
+    # X-Forwarded-For only from FARM_TRUSTED_PROXIES (sign-in counts by address).
+    os.environ["FORWARDED_ALLOW_IPS"] = settings.forwarded_allow_ips()
     os.execv(argv[0], argv)
 
 

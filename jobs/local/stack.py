@@ -104,7 +104,7 @@ def start_web(stack: Stack, port: int, address: str = "127.0.0.1") -> subprocess
     log = open(logs / "web.log", "ab")
     process = subprocess.Popen(
         argv,
-        env=child_env(stack.redis_url),
+        env=child_env(stack.redis_url) | {"FORWARDED_ALLOW_IPS": settings.forwarded_allow_ips()},
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,

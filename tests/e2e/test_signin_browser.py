@@ -42,6 +42,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 PASSWORD = "right-horse-battery"
 DB_SECRET = "Db-Secret-not-for-browsers"
 LOCK_AFTER = 4
+FORGED = "203.0.113.77"  # an address a client claims in X-Forwarded-For
 LOAD_MS = 90_000
 
 
@@ -74,22 +75,33 @@ def healthy(url: str) -> bool:
 
 
 @contextmanager
-def farm_web(tmp_path: Path, database_url: str) -> Iterator[Web]:
-    """`farm web` with a password and a lock-out after LOCK_AFTER failures."""
+def farm_web(
+    tmp_path: Path,
+    database_url: str,
+    bind: str | None = None,
+    env_extra: dict[str, str] | None = None,
+) -> Iterator[Web]:
+    """`farm web` with a password and a lock-out after LOCK_AFTER failures (unless
+    `env_extra` says otherwise), bound to this machine's LAN address or `bind`."""
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is missing: apt-get install -y chromium")
     host = lan_address() or "127.0.0.1"
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "FARM_SHARED_ARTIFACTS")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("REDIS_URL", "FARM_SHARED_ARTIFACTS", "FARM_TRUSTED_PROXIES")
+    }
     env |= {
         "FARM_HOME": str(tmp_path / "farm"),
         "FARM_UI_PASSWORD": PASSWORD,
         "FARM_SIGNIN_LOCK_AFTER": str(LOCK_AFTER),
         "DATABASE_URL": database_url,
-    }
+    } | (env_extra or {})
     log = tmp_path / "web.log"
+    address = bind or host
     process = subprocess.Popen(
-        [sys.executable, "-m", "jobs.cli", "web", "--address", host, "--port", str(port)],
+        [sys.executable, "-m", "jobs.cli", "web", "--address", address, "--port", str(port)],
         cwd=PROJECT_ROOT,
         env=env,
         stdout=open(log, "wb"),  # noqa: SIM115 - the child owns it
@@ -134,7 +146,9 @@ def test_guessing_the_password_in_a_browser(web: Web) -> None:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             signed_in_page_shows_no_details(web, browser.new_page(), expect)
-            guesser = browser.new_page()
+            # The guesser forges X-Forwarded-For; its peer is no trusted proxy, so
+            # every failure counts against the peer's address (asserted below).
+            guesser = browser.new_page(extra_http_headers={"X-Forwarded-For": FORGED})
             answers = guess_until_locked(web, guesser, expect)
             clear_caches_anonymously(web)
             right_password_refused_while_locked(guesser, expect)
@@ -150,6 +164,7 @@ def test_guessing_the_password_in_a_browser(web: Web) -> None:
     failures = [line for line in log.splitlines() if "sign-in failed" in line]
     assert len(failures) == LOCK_AFTER, log
     assert all(f"from {web.client}:" in line for line in failures), failures
+    assert FORGED not in log
     assert re.search(rf"sign-in refused from {re.escape(web.client)}: locked", log)
     assert PASSWORD not in log and "wrong-guess" not in log and DB_SECRET not in log
 
@@ -222,6 +237,102 @@ def right_password_refused_while_locked(page: Any, expect: Any) -> None:
     page.wait_for_timeout(1000)
     assert page.get_by_role("link", name="Leaderboard").count() == 0
     assert "could not be shown" not in page.locator("body").inner_text()
+
+
+def test_forwarded_for_counts_only_from_a_trusted_proxy_and_the_owner_signs_in_during_an_attack(
+    tmp_path: Path,
+) -> None:
+    """The UI listens on every address, and trusts this machine's LAN address as its
+    proxy. A client on loopback forging X-Forwarded-For is counted as loopback
+    (two forged addresses, one lock-out after 2 failures). Through the proxy a
+    guesser spreads over many forwarded addresses, past the count that once locked
+    signing in for everyone (3 × 2 failures): the owner, who signed in through the
+    proxy before, signs in at once while a guess is being held back."""
+    from playwright.sync_api import expect, sync_playwright
+
+    proxy = lan_address()
+    if proxy is None:
+        pytest.skip("needs an address besides loopback to play the proxy")
+    env = {"FARM_SIGNIN_LOCK_AFTER": "2", "FARM_TRUSTED_PROXIES": proxy}
+    database = f"sqlite:///{tmp_path / 'farm.db'}"
+    with farm_web(tmp_path, database, bind="0.0.0.0", env_extra=env) as web:
+        port = web.url.rsplit(":", 1)[1]
+        through_proxy, loopback = f"http://{proxy}:{port}", f"http://127.0.0.1:{port}"
+        expect.set_options(timeout=LOAD_MS)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                # Forged on loopback: both addresses are loopback's, locked after 2.
+                first = guesser_page(browser, loopback, "203.0.113.1")
+                assert wrong_guess(first, expect) == "Wrong password (failed attempt 1 from here)."
+                second = guesser_page(browser, loopback, "203.0.113.2")
+                assert "signing in is locked for" in wrong_guess(second, expect)
+
+                owner = owner_signs_in(browser, through_proxy, expect)
+                owner.close()
+                # Through the trusted proxy: each forwarded address is a client.
+                for n in range(3, 6):
+                    page = guesser_page(browser, through_proxy, f"198.51.100.{n}")
+                    answer = wrong_guess(page, expect)
+                    assert answer == "Wrong password (failed attempt 1 from here).", answer
+                    page.close()
+                # The sixth failure overall: held back 30 s while the owner signs in.
+                last = guesser_page(browser, through_proxy, "198.51.100.6")
+                sign_in(last, "wrong-guess-held")
+                started = time.monotonic()
+                owner_signs_in(browser, through_proxy, expect)
+                assert time.monotonic() - started < 25  # before the guess is answered
+                expect(
+                    last.get_by_text("Wrong password (failed attempt 1 from here).")
+                ).to_be_visible()
+            finally:
+                browser.close()
+        log = web.log_text()
+    failures = [line for line in log.splitlines() if "sign-in failed" in line]
+    assert len(failures) == 6, log
+    assert sum("sign-in failed from loopback:" in line for line in failures) == 2, failures
+    assert "203.0.113." not in log  # forged on loopback: never believed
+    for n in range(3, 7):
+        assert f"sign-in failed from 198.51.100.{n}:" in log  # forwarded by the proxy
+    locks = [line for line in log.splitlines() if "locked for" in line]
+    assert locks and all("loopback" in line for line in locks), locks  # no one else's
+
+
+def guesser_page(browser: Any, url: str, forwarded_for: str) -> Any:
+    """A new browser context whose requests carry X-Forwarded-For: `forwarded_for`."""
+    context = browser.new_context(extra_http_headers={"X-Forwarded-For": forwarded_for})
+    page = context.new_page()
+    page.set_default_timeout(LOAD_MS)
+    page.goto(url)
+    return page
+
+
+def wrong_guess(page: Any, expect: Any) -> str:
+    """A wrong password; waits out "try again in N s" (the overall delay) and tries
+    again. Returns the answer."""
+    answers = re.compile(
+        r"Wrong password \(.*\)\.|Too many attempts: try again in .*|Too many failed sign-ins.*"
+    )
+    for _ in range(10):
+        sign_in(page, "wrong-guess")
+        answer = page.get_by_text(answers)
+        expect(answer).to_be_visible(timeout=60_000)
+        text = answer.inner_text()
+        wait = re.search(r"try again in (\d+) s", text)
+        if not wait:
+            return text
+        page.wait_for_timeout(int(wait.group(1)) * 1000 + 500)
+    raise AssertionError("the overall delay never let the guess through")
+
+
+def owner_signs_in(browser: Any, url: str, expect: Any) -> Any:
+    """The owner (no X-Forwarded-For) signs in on the first try."""
+    page = browser.new_page()
+    page.set_default_timeout(LOAD_MS)
+    page.goto(url)
+    sign_in(page, PASSWORD)
+    expect(page.get_by_role("link", name="Leaderboard")).to_be_visible(timeout=30_000)
+    return page
 
 
 def test_only_signed_in_sessions_upload(working_web: Web, tmp_path: Path) -> None:

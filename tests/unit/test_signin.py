@@ -1,4 +1,5 @@
-"""Sign-in throttling: growing delays, lock-out, per address and overall (fake clock)."""
+"""Sign-in throttling: growing delays and a lock-out per address; overall, delays only,
+which an address that signed in recently skips (fake clock); trusted proxies."""
 
 from __future__ import annotations
 
@@ -6,7 +7,16 @@ import logging
 
 import pytest
 
-from web.signin import EVERYONE, Policy, Throttle, duration, policies_from_env, sign_in
+from jobs import settings
+from web.signin import (
+    EVERYONE,
+    REMEMBER_S,
+    Policy,
+    Throttle,
+    duration,
+    policies_from_env,
+    sign_in,
+)
 
 RIGHT = "correct horse"
 
@@ -33,7 +43,7 @@ def clock() -> FakeClock:
 
 def throttle(clock: FakeClock, lock_after: int = 10) -> Throttle:
     client = Policy(lock_after=lock_after, lock_s=900, window_s=900)
-    everyone = Policy(lock_after=3 * lock_after, lock_s=900, window_s=900)
+    everyone = Policy(max_delay_s=30.0, lock_after=None, window_s=900)
     return Throttle(client, everyone, clock=clock)
 
 
@@ -52,7 +62,9 @@ def test_each_wrong_password_is_answered_later_than_the_one_before(clock: FakeCl
         outcome = guess(t, clock, "nope")
         assert not outcome.signed_in
         assert outcome.message == f"Wrong password (failed attempt {n} from here)."
-    assert clock.slept == [1.0, 2.0, 4.0, 8.0, 10.0]
+    # The address's own delays stop at 10 s; the overall key's (it has not signed
+    # in) go on to 30 s.
+    assert clock.slept == [1.0, 2.0, 4.0, 8.0, 16.0]
 
 
 def test_ten_failures_lock_the_address_even_against_the_right_password(clock: FakeClock) -> None:
@@ -87,26 +99,53 @@ def test_an_attempt_holds_its_slot_until_it_is_answered(clock: FakeClock) -> Non
     assert not second.allowed and second.wait_s == pytest.approx(1.0)
 
 
-def test_failures_from_many_addresses_lock_everyone(clock: FakeClock) -> None:
-    t = throttle(clock, lock_after=2)  # 2 per address, 6 overall
-    outcomes = []
-    for n in range(6):
-        outcomes.append(guess(t, clock, "nope", client=f"10.0.1.{n}"))
-    assert all(o.message.startswith("Wrong password") for o in outcomes[:5])
-    assert "locked" in outcomes[5].message
-    assert "locked" in guess(t, clock, RIGHT, client="10.0.9.9").message
+def test_failures_from_many_addresses_slow_everyone_down_but_never_lock(
+    clock: FakeClock,
+) -> None:
+    t = throttle(clock, lock_after=2)  # 2 per address; overall only delays
+    outcomes = [guess(t, clock, "nope", client=f"10.0.1.{n}") for n in range(12)]
+    assert all(o.message.startswith("Wrong password") for o in outcomes)
+    assert clock.slept == [1.0, 2.0, 4.0, 8.0, 16.0] + [30.0] * 7
+    # A new address with the right password waits for the slot, then signs in.
+    refused = guess(t, clock, "right-horse", client="10.0.9.9")
+    assert "locked" not in refused.message
+    clock.now += 30
+    assert guess(t, clock, RIGHT, client="10.0.9.9").signed_in
 
 
-def test_success_clears_the_address_but_not_the_overall_count(clock: FakeClock) -> None:
+def test_the_owner_signs_in_at_once_during_a_guessing_attack(clock: FakeClock) -> None:
+    t = throttle(clock, lock_after=2)
+    assert guess(t, clock, RIGHT, client="192.0.2.1").signed_in  # the owner, earlier
+    for n in range(40):  # a guesser spread over 40 addresses
+        guess(t, clock, "nope", client=f"198.51.100.{n}")
+    assert t.begin("198.51.100.200").allowed  # the next guess holds the overall slot
+    assert not t.begin("198.51.100.201").allowed  # and every other address waits
+    owner = guess(t, clock, RIGHT, client="192.0.2.1")
+    assert owner.signed_in, owner.message
+    assert clock.slept[-1] == 30.0  # the last guess was still answered late
+
+
+def test_an_address_is_remembered_for_a_while_only(clock: FakeClock) -> None:
+    t = throttle(clock)
+    assert guess(t, clock, RIGHT, client="192.0.2.1").signed_in
+    assert t.begin("198.51.100.1").allowed  # a guess holds the overall slot
+    assert t.begin("192.0.2.1").allowed  # remembered: the slot does not hold it back
+    clock.now += REMEMBER_S + 1
+    assert t.begin("198.51.100.2").allowed
+    later = t.begin("192.0.2.1")
+    assert not later.allowed and later.wait_s > 0 and later.locked_for_s == 0
+
+
+def test_success_clears_the_address_and_it_skips_the_overall_count(clock: FakeClock) -> None:
     t = throttle(clock)
     for _ in range(3):
         guess(t, clock, "nope")
     assert guess(t, clock, RIGHT).signed_in
     guess(t, clock, "nope")
-    # The address starts again at 1 failure; overall it is the 4th: 8 s.
-    assert clock.slept[-1] == 8.0
-    assert t._keys["10.0.0.5"].failures == [clock.now - 8.0]
-    assert len(t._keys[EVERYONE].failures) == 4
+    # The address starts again at 1 failure and no longer counts overall: 1 s.
+    assert clock.slept[-1] == 1.0
+    assert t._keys["10.0.0.5"].failures == [clock.now - 1.0]
+    assert len(t._keys[EVERYONE].failures) == 3
 
 
 def test_failures_older_than_the_window_are_forgotten(clock: FakeClock) -> None:
@@ -136,7 +175,8 @@ def test_policy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FARM_SIGNIN_LOCK_AFTER", "4")
     monkeypatch.setenv("FARM_SIGNIN_LOCK_MINUTES", "2")
     client, everyone = policies_from_env()
-    assert (client.lock_after, client.lock_s, everyone.lock_after) == (4, 120.0, 12)
+    assert (client.lock_after, client.lock_s) == (4, 120.0)
+    assert (everyone.lock_after, everyone.max_delay_s) == (None, 30.0)  # never locks
     monkeypatch.delenv("FARM_SIGNIN_LOCK_AFTER")
     monkeypatch.delenv("FARM_SIGNIN_LOCK_MINUTES")
     client, _ = policies_from_env()
@@ -151,3 +191,14 @@ def test_durations_read_well() -> None:
         "1 min",
         "15 min",
     ]
+
+
+def test_forwarded_headers_are_trusted_only_from_configured_proxies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("FARM_TRUSTED_PROXIES", raising=False)
+    assert settings.trusted_proxies() == ()
+    assert settings.forwarded_allow_ips() == ""  # uvicorn then believes no one's header
+    monkeypatch.setenv("FARM_TRUSTED_PROXIES", " 10.0.0.1, 10.0.0.2 fd00::1 ")
+    assert settings.trusted_proxies() == ("10.0.0.1", "10.0.0.2", "fd00::1")
+    assert settings.forwarded_allow_ips() == "10.0.0.1,10.0.0.2,fd00::1"
