@@ -161,7 +161,6 @@ def bench_reconcile(sizes: list[int] | None = None) -> dict[str, Any]:
     return results
 
 
-@contextmanager
 def reconcile_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     """The `farm bench` table's rows for `bench_reconcile`'s results."""
     return [
@@ -175,6 +174,7 @@ def reconcile_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     ]
 
 
+@contextmanager
 def _private_farm() -> Iterator[Redis]:
     """A temporary SQLite farm and a redis-server of its own, environment restored after."""
     import subprocess
