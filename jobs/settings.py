@@ -72,6 +72,12 @@ def check_template_s() -> float:
     return _seconds("FARM_CHECK_TEMPLATE_S", 60.0)
 
 
+def validate_timeout_s() -> float:
+    """FARM_VALIDATE_TIMEOUT_S (default 120): how long the web form's Validate may
+    check a big dataset (in a child process) before it is stopped."""
+    return _seconds("FARM_VALIDATE_TIMEOUT_S", 120.0)
+
+
 def _count(name: str, default: int) -> int:
     try:
         value = int(os.environ.get(name, default))

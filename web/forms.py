@@ -546,7 +546,15 @@ def _describe(problem: Problem) -> str:
 
 
 def validate_form(values: Mapping[str, Any], run_preflight: bool = True) -> FormResult:
-    """Everything `farm submit` checks, with each problem filed under its form field."""
+    """Everything `farm submit` checks, with each problem filed under its form field;
+    a big dataset is checked in a child process (`web.form_bounds`)."""
+    from web.form_bounds import validate_bounded
+
+    return validate_bounded(values, run_preflight)
+
+
+def check_form(values: Mapping[str, Any], run_preflight: bool = True) -> FormResult:
+    """`validate_form` in this process."""
     data, form_problems = form_to_spec_dict(values)
     text = spec_dict_to_yaml(data)
     result = FormResult(yaml=text)
@@ -585,16 +593,6 @@ def validate_form(values: Mapping[str, Any], run_preflight: bool = True) -> Form
 
 def submit_form(values: Mapping[str, Any], redis: Redis) -> FormResult:
     """Validate and, when nothing is wrong, write the experiment and enqueue it."""
-    from jobs.submit import submit_experiment, submit_sweep
+    from web.form_bounds import submit_valid
 
-    result = validate_form(values)
-    try:
-        if result.ok and result.plan is not None:
-            result.sweep_id = submit_sweep(result.plan, redis, result.findings, WEB_SUBMITTER)
-        elif result.ok and result.spec is not None:
-            result.experiment_id = submit_experiment(
-                result.spec, redis, result.yaml, result.findings, WEB_SUBMITTER
-            )
-    except InputError as exc:  # a queue quota, in the words `farm submit` uses
-        result.problems.setdefault(GENERAL, []).extend(str(p) for p in exc.problems)
-    return result
+    return submit_valid(validate_form(values), redis)

@@ -12,6 +12,8 @@ becomes a finding that says so.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -31,7 +33,16 @@ class Bounded:
         return not self.error and not self.timed_out
 
 
+# Set in a bounded child: a bounded call made there (the web form's check runs the
+# tokenizer checks) stays in the child's process group, which the limit kills whole.
+_in_child = False
+
+
 def _child(conn: Connection, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    global _in_child
+    if not _in_child and hasattr(os, "setpgrp"):
+        os.setpgrp()  # its own group: a kill at the limit takes its children too
+    _in_child = True
     try:
         result: tuple[str, Any] = ("ok", fn(*args))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent as text
@@ -47,7 +58,9 @@ def call_with_time_limit(fn: Callable[..., Any], args: tuple[Any, ...], limit_s:
     """`fn(*args)` in a spawned child (fn and args must pickle), killed after `limit_s`."""
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(sender, fn, args), daemon=True)
+    # Not a daemon: a daemon may not start children of its own.
+    process = context.Process(target=_child, args=(sender, fn, args), daemon=False)
+    own_group = not _in_child and hasattr(os, "killpg")
     process.start()
     sender.close()
     try:
@@ -61,6 +74,16 @@ def call_with_time_limit(fn: Callable[..., Any], args: tuple[Any, ...], limit_s:
         return Bounded(value=value) if status == "ok" else Bounded(error=str(value))
     finally:
         receiver.close()
-        if process.is_alive():
-            process.kill()
+        _kill(process, own_group)
         process.join(5)
+
+
+def _kill(process: Any, own_group: bool) -> None:
+    """The child and, when it leads its own process group, whatever it started."""
+    if own_group and process.pid is not None:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass  # already gone, or it had not made its group yet
+    if process.is_alive():
+        process.kill()

@@ -24,6 +24,7 @@ from jobs.submit import submit_experiment, unfinished_runs
 from tests.support import PROJECT_ROOT
 from tests.support.spec_files import write_spec
 from web import forms
+from web.form_bounds import WEB_SUBMITTER
 
 # A Redis database of these tests' own: "nothing written to Redis" is a comparison
 # of its keys, which tests of other modules running at the same time on the shared
@@ -133,7 +134,7 @@ def test_the_web_form_shows_the_same_line_and_writes_nothing(
     accepted = forms.submit_form(values, redis)
     assert accepted.experiment_id is not None, accepted.problems
     [experiment] = experiments()
-    assert experiment.submitter == forms.WEB_SUBMITTER
+    assert experiment.submitter == WEB_SUBMITTER
 
     keys_before = set(redis.keys())
     refused = forms.submit_form(values, redis)
