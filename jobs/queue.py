@@ -97,14 +97,13 @@ def push(redis: Redis, ticket: Ticket) -> None:
     """Push a stage's job onto a clean hash: fields RQ would keep from a forged
     hash of the same id (webhooks, say) would get the job refused."""
     redis.delete(FarmJob.key_for(ticket.job_id))
-    _queue(ticket.queue, redis).enqueue_call(
-        STAGE_FUNCTION,
-        args=(ticket.stage_id,),
-        job_id=ticket.job_id,
-        timeout=ticket.timeout_s,
-        result_ttl=86400,
-        failure_ttl=7 * 86400,
-    )
+    _queue(ticket.queue, redis).enqueue_call(STAGE_FUNCTION, **_job_fields(ticket))
+
+
+def _job_fields(ticket: Ticket) -> dict[str, Any]:
+    """What RQ stores of a stage's job, whichever way it is pushed."""
+    return {"args": (ticket.stage_id,), "job_id": ticket.job_id, "timeout": ticket.timeout_s,
+            "result_ttl": 86400, "failure_ttl": 7 * 86400}  # fmt: skip
 
 
 def push_all(redis: Redis | None, tickets: Iterable[Ticket]) -> list[int]:
@@ -156,14 +155,7 @@ def push_again(redis: Redis, tickets: Sequence[Ticket]) -> list[int]:
 
 
 def _enqueue_data(ticket: Ticket) -> Any:
-    return Queue.prepare_data(
-        STAGE_FUNCTION,
-        args=(ticket.stage_id,),
-        job_id=ticket.job_id,
-        timeout=ticket.timeout_s,
-        result_ttl=86400,
-        failure_ttl=7 * 86400,
-    )
+    return Queue.prepare_data(STAGE_FUNCTION, **_job_fields(ticket))
 
 
 def stop_job(redis: Redis | None, job_id: str | None) -> None:
