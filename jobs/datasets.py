@@ -30,25 +30,22 @@ import hashlib
 import json
 import math
 import os
-import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from jobs.limits import MAX_DATASET_FILE_BYTES, file_size_problem
+from jobs.lines import CHUNK as _CHUNK
+from jobs.lines import MAX_LINE_BYTES, MB, Line, iter_lines
 from jobs.problems import Problem
+from jobs.row_sample import RowSample
+
+__all__ = ["MAX_LINE_BYTES", "MB", "Line", "iter_lines"]  # read from here by the checks
 
 FORMATS = ("chat", "tools", "completions", "text")
 SPLITS = ("train", "valid", "test")
-MB = 1 << 20
-# The longest dataset line the farm reads; longer ones are refused while scanning.
-MAX_LINE_BYTES = 8 * MB
 # Row problems reported per file before the rest are summarised in one line.
 MAX_ROW_PROBLEMS = 20
-_CHUNK = 1 << 20
-# Python's text mode (what mlx-lm reads with) ends a line at \n, \r\n or a lone \r.
-_EOL = re.compile(rb"\r\n|\r|\n")
 _BOM = "\ufeff"
 # The keys each of mlx-lm's dataset classes reads from every row.
 KIND_KEYS: dict[str, tuple[str, ...]] = {
@@ -63,48 +60,6 @@ _TEST_NOTE = (
 
 
 # --------------------------------------------------------------------------- reading lines
-
-
-@dataclass(frozen=True)
-class Line:
-    """One line of a file: its bytes without the line ending, or None when it is
-    longer than the limit (then only its size is known)."""
-
-    number: int
-    data: bytes | None
-    size: int
-
-
-def iter_lines(
-    fh: BinaryIO, limit: int = MAX_LINE_BYTES, chunk_size: int = _CHUNK
-) -> Iterator[Line]:
-    """The lines of a binary file as Python's text mode splits them, holding at most
-    `limit` bytes of a line (plus one chunk) at a time."""
-    buf = bytearray()
-    size, number, too_long, after_cr = 0, 0, False, False
-    while chunk := fh.read(chunk_size):
-        start = 0
-        if after_cr and chunk[:1] == b"\n":
-            start = 1  # the \n of a \r\n split across two chunks
-        after_cr = False
-        while True:
-            match = _EOL.search(chunk, start)
-            end = match.start() if match else len(chunk)
-            size += end - start
-            if not too_long and size > limit:
-                too_long = True
-                buf = bytearray()  # let go of what was held
-            elif not too_long:
-                buf += chunk[start:end]
-            if match is None:
-                break
-            number += 1
-            yield Line(number, None if too_long else bytes(buf), size)
-            buf, size, too_long = bytearray(), 0, False
-            after_cr = match.group() == b"\r" and match.end() == len(chunk)
-            start = match.end()
-    if size:
-        yield Line(number + 1, None if too_long else bytes(buf), size)
 
 
 def _megabytes(size: int, limit: int = MAX_LINE_BYTES) -> str:
@@ -302,6 +257,7 @@ class JsonlReport:
     rows: int = 0  # lines: mlx-lm's dataset has one entry per line
     problems: list[Problem] = field(default_factory=list)  # mlx-lm fails on these
     warnings: list[Problem] = field(default_factory=list)  # it trains, maybe not as meant
+    sample: RowSample = field(default_factory=RowSample)  # rows the content checks read
 
 
 class _Collector:
@@ -374,6 +330,7 @@ def scan_jsonl(path: Path, split: str = "train", mask_prompt: bool = False) -> J
             if error:
                 out.add(Problem(file, error, line.number))
                 continue
+            report.sample.offer(line.number, row, line.size)
             if not kind and first_line == 0:
                 first_line = line.number
                 kind = _first_row(row, file, line.number, out)

@@ -237,8 +237,7 @@ def preflight(spec: ExperimentSpec, spec_path: Path | None = None) -> list[Findi
         ]
     suite_line = yaml_locator(suite_path.read_text(encoding="utf-8"))
     loading = checked_dataset(Path(spec.dataset), spec.train.batch_size, spec.train.mask_prompt)
-    lines = {split: report.rows for split, report in loading.reports.items()}
-    examples, sampled = read_sample(Path(spec.dataset), lines)
+    examples, sampled = read_sample(Path(spec.dataset), loading.reports)
     findings = [
         *check_suite(suite, str(suite_path), suite_line, spec.eval.checkpoint_prompts),
         *data_loading_findings(loading.warnings),

@@ -18,8 +18,8 @@ import psutil
 import pytest
 
 from jobs import checks
-from jobs.checks.sample import HEAD_ROWS, SPREAD_ROWS, sample_lines
 from jobs.limits import MAX_DATASET_FILE_BYTES, MAX_SUITE_BYTES
+from jobs.row_sample import HEAD_ROWS, SPREAD_ROWS, RowSample
 from jobs.spec import load_spec
 from tests.support import PROJECT_ROOT
 from tests.support.spec_files import write_spec
@@ -112,15 +112,31 @@ def test_a_runaway_chat_template_is_stopped_at_the_time_limit(
     ]
 
 
+def sampled(lines: int, size: int = 466, **kwargs: int) -> RowSample:
+    sample = RowSample(**kwargs)
+    for number in range(1, lines + 1):
+        sample.offer(number, {"n": number}, size)
+    return sample
+
+
 def test_the_sample_is_fixed_and_spread_over_the_file() -> None:
-    lines = sample_lines(1_000_000)
-    assert len(lines) == HEAD_ROWS + SPREAD_ROWS
-    assert set(range(1, HEAD_ROWS + 1)) <= lines and 1_000_000 in lines
-    assert lines == sample_lines(1_000_000)
-    spread = sorted(lines - set(range(1, HEAD_ROWS + 1)))
-    gaps = {b - a for a, b in zip(spread, spread[1:], strict=False)}
-    assert max(gaps) - min(gaps) <= 1  # evenly spaced
-    assert sample_lines(1234) == set(range(1, 1235))  # a small file is read whole
+    sample = sampled(1_000_000)
+    kept = set(sample.rows)
+    head = set(range(1, HEAD_ROWS + 1))
+    assert head <= kept and SPREAD_ROWS <= len(kept - head) < 2 * SPREAD_ROWS
+    spread = sorted(kept - head)
+    assert {b - a for a, b in zip(spread, spread[1:], strict=False)} == {sample.stride}
+    assert spread[0] == HEAD_ROWS + 1 and spread[-1] > 1_000_000 - sample.stride
+    assert kept == set(sampled(1_000_000).rows)  # the same rows every time
+    assert set(sampled(1234).rows) == set(range(1, 1235))  # a small file is read whole
+
+
+def test_the_sample_holds_a_bounded_number_of_bytes() -> None:
+    # Long lines: the head keeps at most half the budget, the spaced rows the rest.
+    sample = sampled(20_000, size=1_000_000, budget=50_000_000)
+    assert sum(sample.sizes.values()) <= 50_000_000
+    assert len([n for n in sample.rows if n <= HEAD_ROWS]) == 25
+    assert len([n for n in sample.rows if n > HEAD_ROWS]) >= 12
 
 
 def test_a_big_dataset_is_checked_on_a_sample_and_the_findings_say_so(
@@ -138,16 +154,18 @@ def test_a_big_dataset_is_checked_on_a_sample_and_the_findings_say_so(
     findings = checks.preflight(load_spec(spec_path), spec_path)
 
     train = str(dataset / "train.jsonl")
+    checked = HEAD_ROWS + (total - HEAD_ROWS) // 2  # every other line after the head
     note = (
-        f"a sample of {HEAD_ROWS + SPREAD_ROWS} of {total} lines of train.jsonl, "
-        f"the first {HEAD_ROWS} and the rest evenly spaced"
+        f"a sample of {checked} of {total} lines of train.jsonl, "
+        "the first lines and lines evenly spaced over the rest"
     )
     [info] = [f for f in findings if f.file == train and f.message.startswith("every line")]
     assert info.severity == "info" and note in info.message
-    assert info.evidence == {"checked": HEAD_ROWS + SPREAD_ROWS, "lines": total}
+    assert info.evidence == {"checked": checked, "lines": total}
     share = next(f for f in findings if "training examples are tool calls" in f.message)
     assert share.message.endswith(f"(checked on {note})")
-    assert share.evidence["sample"] == {"checked": HEAD_ROWS + SPREAD_ROWS, "lines": total}
+    assert share.evidence["sample"] == {"checked": checked, "lines": total}
+    assert f"of the {checked} training examples" in share.message
     dupes = next(f for f in findings if f.pattern == checks.DUPLICATE_EXAMPLES)
     assert note in dupes.message
     # valid.jsonl is small: read whole, no note.
