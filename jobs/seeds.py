@@ -21,7 +21,7 @@ from jobs.problems import InputError, Problem
 from jobs.queue import push_all
 from jobs.spec import ExperimentSpec
 from jobs.states import StageStatus
-from jobs.submit import add_run
+from jobs.submit import add_run, check_quota, default_submitter
 
 MAX_SEED_VALUE = 2**32 - 1
 
@@ -71,6 +71,8 @@ def add_seeds(experiment_id: int, count: int, redis: Redis) -> list[int]:
     redis.ping()  # nothing is written unless the jobs can be pushed
     with session_scope() as session:
         experiment = check_addable(session, experiment_id, count)
+        # The new runs count against the queue quotas like a submission's.
+        check_quota(session, count, experiment.submitter or default_submitter())
         spec = ExperimentSpec.model_validate(experiment.spec)
         used = set(
             session.exec(select(Run.seed).where(Run.fingerprint == experiment.fingerprint)).all()

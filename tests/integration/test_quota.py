@@ -147,3 +147,26 @@ def test_the_web_form_shows_the_same_line_and_writes_nothing(
     assert not refused.ok
     assert len(experiments()) == 1
     assert set(redis.keys()) - keys_before == set()
+
+
+def test_seeds_added_to_an_experiment_count_against_the_quotas(
+    farm_home: Path,
+    redis_url: str,
+    tiny_model: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from jobs.seeds import add_seeds
+
+    monkeypatch.setenv("FARM_MAX_QUEUED_RUNS_PER_SUBMITTER", "3")
+    redis = Redis.from_url(redis_url)
+    spec = load_spec(write_spec(tmp_path / "two.yaml", tiny_model, seeds=[1, 2]))
+    experiment_id = submit_experiment(spec, redis, submitter="alice")
+    with pytest.raises(QuotaError) as refused:
+        add_seeds(experiment_id, 2, redis)
+    assert "2 runs are queued or running submitted by alice and this submission adds 2" in str(
+        refused.value
+    )
+    with session_scope() as session:
+        assert len(session.exec(select(Run)).all()) == 2
+    assert len(add_seeds(experiment_id, 1, redis)) == 1
