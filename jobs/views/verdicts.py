@@ -192,17 +192,37 @@ def runner_up_index(rows: Sequence[LeaderboardRow]) -> int | None:
 
 def seed_fragile_prompts(session: Session, fingerprint: str, variant: str) -> list[FragilePrompt]:
     """The prompts some seeds of a config got right and others did not, each
-    seed's label with them (the current attempt of each finished eval)."""
-    rows = session.execute(
-        select(Run.seed, EvalResult.prompt_id, EvalResult.label, EvalResult.score)
-        .join(Stage, Stage.id == EvalResult.stage_id)
-        .join(Run, Run.id == Stage.run_id)
-        .where(
-            Run.fingerprint == fingerprint,
-            Stage.kind == "eval",
-            Stage.variant == variant,
-            Stage.status == StageStatus.DONE,
-            EvalResult.attempt == Stage.attempt,
-        )  # fmt: skip
+    seed's label with them (the current attempt of each finished eval). The
+    config's runs first, then their eval stages, then those stages' rows: the
+    planner never walks every eval stage or row of the farm for one config."""
+    runs = dict(
+        session.execute(select(Run.id, Run.seed).where(Run.fingerprint == fingerprint)).all()
     )
-    return fragile_prompts((int(s), p, label, float(score)) for s, p, label, score in rows)
+    # by run id alone: with kind and status in the query SQLite picks their index
+    # and walks every eval stage of the farm
+    stages = session.execute(
+        select(
+            Stage.id, Stage.attempt, Stage.run_id, Stage.kind, Stage.variant, Stage.status
+        ).where(Stage.run_id.in_(list(runs)))  # type: ignore[attr-defined]
+    ).all()
+    current = {
+        stage_id: (attempt, runs[run_id])
+        for stage_id, attempt, run_id, kind, name, status in stages
+        if kind == "eval" and name == variant and status == StageStatus.DONE
+    }
+    if not current:
+        return []
+    rows = session.execute(
+        select(
+            EvalResult.stage_id,
+            EvalResult.attempt,
+            EvalResult.prompt_id,
+            EvalResult.label,
+            EvalResult.score,
+        ).where(EvalResult.stage_id.in_(list(current)))  # type: ignore[attr-defined]
+    )
+    return fragile_prompts(
+        (current[stage_id][1], prompt, label, float(score))
+        for stage_id, attempt, prompt, label, score in rows
+        if attempt == current[stage_id][0]
+    )
