@@ -89,29 +89,34 @@ def queue_depths(redis: Redis) -> list[dict[str, Any]]:
     queues = Queue.all(connection=redis, serializer=JSONSerializer, job_class=FarmJob)
     for queue in sorted(queues, key=_queue_key):
         kinds = (StartedJobRegistry, DeferredJobRegistry, FailedJobRegistry)
-        running, deferred, failed = (kind(queue=queue, job_class=FarmJob).count for kind in kinds)
-        rows.append(
-            {
-                "queue": queue.name,
-                "queued": queue.count,
-                "running": running,
-                "deferred": deferred,
-                "failed": failed,
-            }
-        )
+        try:
+            running, deferred, failed = (
+                kind(queue=queue, job_class=FarmJob).count for kind in kinds
+            )
+            queued: int | None = queue.count
+        except Exception:  # an entry nobody can read is shown as such, not a crash
+            queued = running = deferred = failed = None
+        rows.append({"queue": queue.name, "queued": queued, "running": running,
+                     "deferred": deferred, "failed": failed})  # fmt: skip
     return rows
 
 
 def _queue_key(queue: Queue) -> tuple[int, int, str]:
+    """Tier queues by their memory, then the rest by name (a queue name that is not
+    the farm's own, even a malformed tier, sorts last rather than failing)."""
     name = queue.name
-    if name.startswith("farm:mem:"):
-        return (0, int(name.rsplit(":", 1)[1]), name)
+    tier = name.removeprefix("farm:mem:")
+    if name.startswith("farm:mem:") and tier.isdigit():
+        return (0, int(tier), name)
     return (1, 0, name)
 
 
 def live_worker_names(redis: Redis) -> set[str]:
-    """Workers registered in Redis right now (RQ drops them when their TTL lapses)."""
-    return {w.name for w in Worker.all(connection=redis, job_class=FarmJob)}
+    """Workers registered in Redis right now (RQ drops them when their TTL lapses),
+    read from the registration keys alone: a worker hash nobody can parse still
+    names a worker and never breaks the page."""
+    keys = Worker.all_keys(connection=redis)
+    return {str(key).removeprefix(Worker.redis_worker_namespace_prefix) for key in keys}
 
 
 def worker_status(row: dict[str, Any]) -> dict[str, Any]:

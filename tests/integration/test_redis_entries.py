@@ -239,3 +239,19 @@ def test_a_worker_runs_nothing_redis_names_and_goes_on_to_run_a_real_stage(
     assert "lorafarm_redis_probe" in log  # the refusal says what the job named
     # The worker did clean the forged entry: the abandoned job is in the failed registry.
     assert redis.zscore(f"rq:failed:{queue}", "forged-wip") is not None
+
+
+def test_malformed_worker_and_queue_entries_are_shown_not_crashing(
+    private_redis: PrivateRedis,
+) -> None:
+    from jobs.views.workers import live_worker_names
+
+    redis = Redis.from_url(private_redis.url)
+    redis.sadd("rq:queues", "rq:queue:farm:mem:lots", f"rq:queue:{tier_queue_name(0)}")
+    redis.rpush("rq:queue:farm:mem:lots", "not-a-job")
+    redis.sadd("rq:workers", "rq:worker:mac-forged")
+    redis.hset("rq:worker:mac-forged", mapping={"birth": "yesterday", "queues": "\x00", "x": "y"})
+    depths = {row["queue"]: row for row in queue_depths(redis)}
+    assert set(depths) == {"farm:mem:lots", tier_queue_name(0)}
+    assert list(depths)[-1] == "farm:mem:lots"  # a malformed tier sorts last
+    assert "mac-forged" in live_worker_names(redis)
