@@ -48,15 +48,14 @@ from tests.support.netns import (
     CoordRedis,
     NetnsWorkers,
     Network,
+    one_lan_at_a_time,
     peer_address,
     private_tempdir,
 )
 from tests.support.processes import wait_until
 from tests.support.spec_files import write_spec
 
-# One host LAN at a time: the namespaces share the 10.231.0.0/16 addresses, so
-# parallel workers (pytest -n) run these tests one after another on one worker.
-pytestmark = [pytest.mark.netns, pytest.mark.xdist_group("netns")]
+pytestmark = pytest.mark.netns
 
 runner = CliRunner()
 LOST_AFTER_S = 6
@@ -171,19 +170,21 @@ def _teardown(steps: list) -> None:
 @pytest.fixture
 def shared_farm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Farm]:
     steps: list = []
-    try:
-        yield build_farm(tmp_path, monkeypatch, shared=True, teardown=steps)
-    finally:
-        _teardown(steps)
+    with one_lan_at_a_time():
+        try:
+            yield build_farm(tmp_path, monkeypatch, shared=True, teardown=steps)
+        finally:
+            _teardown(steps)
 
 
 @pytest.fixture
 def own_disk_farm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Farm]:
     steps: list = []
-    try:
-        yield build_farm(tmp_path, monkeypatch, shared=False, teardown=steps)
-    finally:
-        _teardown(steps)
+    with one_lan_at_a_time():
+        try:
+            yield build_farm(tmp_path, monkeypatch, shared=False, teardown=steps)
+        finally:
+            _teardown(steps)
 
 
 # --- reading the coordinator's DB -----------------------------------------------------

@@ -134,6 +134,17 @@ def _reconciler(process: psutil.Process) -> bool:
         return False
 
 
+@contextmanager
+def one_lan_at_a_time() -> Iterator[None]:
+    """Hold the machine's one test LAN: every network uses the 10.231.0.0/16
+    addresses, so tests on parallel pytest workers (`-n`) take turns here."""
+    import fcntl
+
+    with open(Path(tempfile.gettempdir()) / "lorafarm-test-lan.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
 def private_tempdir(prefix: str) -> Path:
     """A temp dir outside pytest's root-only tree, so the postgres user can reach it."""
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
