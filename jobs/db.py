@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Index, Text, event
+from sqlalchemy import JSON, BigInteger, Column, Index, LargeBinary, Text, event
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, create_engine
 
@@ -240,6 +240,33 @@ class Publication(SQLModel, table=True):
     url: str = ""
     private: bool = False
     published_at: datetime = Field(default_factory=utcnow)
+
+
+class ExportFile(SQLModel, table=True):
+    """The zip an `export` stage made on the worker holding the run's artifacts.
+
+    Its bytes travel to the coordinator through the database, in `ExportChunk`s,
+    so the UI and CLI never read a worker's disk; `sha256` is the zip's, taken by
+    that worker after it checked every file against the artifact's recorded digest."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    stage_id: int = Field(foreign_key="stage.id", unique=True)
+    run_id: int = Field(foreign_key="run.id", index=True)
+    variant: str
+    name: str  # the download's file name, e.g. run-12-adapter.zip
+    size_bytes: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    sha256: str = ""
+    chunks: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ExportChunk(SQLModel, table=True):
+    """One piece (at most `jobs.ship.transfer.CHUNK_BYTES`) of an export's zip."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    export_id: int = Field(foreign_key="exportfile.id", index=True)
+    seq: int
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
 class Notification(SQLModel, table=True):

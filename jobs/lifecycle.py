@@ -567,10 +567,12 @@ def _mark_replanned(session: Session, stage: Stage, reason: str) -> None:
 
 
 def update_run_status(session: Session, run_id: int) -> str:
-    """A run is running while any stage is, failed if any failed, else done."""
+    """A run is running while any stage is, failed if any failed, else done.
+    Export stages ship a finished run's files and never change what it is."""
     run = session.get(Run, run_id)
     assert run is not None
-    statuses = [s.status for s in session.exec(select(Stage).where(Stage.run_id == run_id)).all()]
+    rows = select(Stage.status).where(Stage.run_id == run_id, Stage.kind != "export")
+    statuses = list(session.exec(rows).all())
     if any(s in ACTIVE for s in statuses):
         started = any(s not in (StageStatus.WAITING, StageStatus.QUEUED) for s in statuses)
         run.status = "running" if started else "queued"

@@ -189,9 +189,12 @@ def number(value: float | None, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def run_link(run_id: int, label: str | None = None, icon: str | None = None) -> None:
+def run_link(run_id: int, label: str | None = None, icon: str | None = None, **params: str) -> None:
     st.page_link(
-        RUN_PAGE, label=label or f"run {run_id}", icon=icon, query_params={"run": str(run_id)}
+        RUN_PAGE,
+        label=label or f"run {run_id}",
+        icon=icon,
+        query_params={"run": str(run_id), **params},
     )
 
 

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from jobs.plaintext import printable
+
+if TYPE_CHECKING:
+    from jobs.ship.export import Exported
 
 EXIT_INVALID = 2
 
@@ -60,16 +63,31 @@ def export(
     run_id: RunArg,
     to: Annotated[Path, typer.Option("--to", help="a new or empty folder")],
     variant: VariantOpt = "adapter",
+    via_worker: Annotated[
+        bool,
+        typer.Option(
+            "--via-worker",
+            help="have the worker holding the artifacts make the export and send it "
+            "through the database (the default when this machine cannot read them)",
+        ),
+    ] = False,
 ) -> None:
     """Export a run's variant as a folder mlx-lm loads, with a model card; every
     file is checked against the sha256 the farm recorded."""
     from jobs.db import migrate
     from jobs.ship.export import export_run
-    from jobs.ship.sources import ExportRefused
+    from jobs.ship.sources import ExportRefused, OnAnotherWorker
 
     migrate()
     try:
-        done = export_run(run_id, variant, to)
+        if via_worker:
+            done = _through_worker(run_id, variant, to)
+        else:
+            try:
+                done = export_run(run_id, variant, to)
+            except OnAnotherWorker as exc:
+                _say(f"worker {exc.host} holds the files: asking it for the export")
+                done = _through_worker(run_id, variant, to)
     except ExportRefused as exc:
         _refuse(str(exc))
         return
@@ -80,6 +98,36 @@ def export(
         _say(f"load: mlx_lm.load({done.plan.base_model!r}, adapter_path={str(done.folder)!r})")
     else:
         _say(f"load: mlx_lm.load({str(done.folder)!r})")
+
+
+def _through_worker(run_id: int, variant: str, to: Path) -> Exported:
+    """The export made by the worker holding the artifacts, with a progress bar."""
+    from redis import Redis
+    from rich.progress import Progress
+
+    from jobs import settings
+    from jobs.db import session_scope
+    from jobs.ship.export import export_through_worker
+    from jobs.ship.request import holders_down
+    from jobs.ship.sources import ExportRefused
+
+    with session_scope() as session:
+        down = holders_down(session, run_id, variant)
+    if down:
+        raise ExportRefused(
+            f"run {run_id} {variant} is on the own disk of worker {', '.join(down)}, which "
+            "is not running: start it (`farm worker`) and export again, or set "
+            "FARM_SHARED_ARTIFACTS to a folder every worker sees"
+        )
+    url = settings.redis_url()
+    redis = Redis.from_url(url) if url else None
+    with Progress(console=err, transient=True) as progress:
+        task = progress.add_task(f"export of run {run_id} {variant} on its worker", total=None)
+
+        def show(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        return export_through_worker(run_id, variant, to, redis, show)
 
 
 def publish(

@@ -1,8 +1,10 @@
 """`farm export`: one run's variant as a folder mlx-lm opens, with its model card.
 
 Everything is written into a temporary folder beside the destination and
-renamed into place at the end, so a refusal (an artifact on another worker, a
-file that no longer matches its recorded sha256) leaves no half-written export.
+renamed into place at the end, so a refusal (an artifact out of reach, a file
+that no longer matches its recorded sha256) leaves no half-written export.
+Artifacts on another worker's own disk are exported by that worker
+(`export_through_worker`: an `export` stage, its zip sent through the database).
 """
 
 from __future__ import annotations
@@ -12,18 +14,25 @@ import os
 import shutil
 import socket
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from redis import Redis
 from sqlmodel import Session, select
 
 from jobs import settings
-from jobs.db import WorkerRow, session_scope
+from jobs.db import Stage, WorkerRow, session_scope
+from jobs.queue import push_all
 from jobs.ship.card import render_card
 from jobs.ship.card_data import load_card_data
 from jobs.ship.curves import curves_csv, curves_png
 from jobs.ship.files import copy_files, locate, verify
+from jobs.ship.request import request_export
 from jobs.ship.sources import CARD, ExportPlan, ExportRefused, load_plan
+from jobs.ship.transfer import read_zip, unpack
+from jobs.states import StageStatus
 
 
 @dataclass(frozen=True)
@@ -66,14 +75,25 @@ def write_export(session: Session, run_id: int, variant: str, into: Path) -> Exp
 
 
 def export_run(run_id: int, variant: str, dest: Path) -> Exported:
-    """Write the export to a temporary folder beside `dest`, then rename it to `dest`."""
+    """Write the export from this machine's view of the artifacts into `dest`."""
+
+    def fill(into: Path) -> ExportPlan:
+        with session_scope() as session:
+            return write_export(session, run_id, variant, into)
+
+    plan, folder = _place(dest, fill)
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    return Exported(plan, folder, files)
+
+
+def _place(dest: Path, fill: Callable[[Path], ExportPlan]) -> tuple[ExportPlan, Path]:
+    """Fill a temporary folder beside `dest`, then rename it to `dest`."""
     dest = Path(dest).expanduser().absolute()
     _check_destination(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.export-", dir=dest.parent))
     try:
-        with session_scope() as session:
-            plan = write_export(session, run_id, variant, tmp)
+        plan = fill(tmp)
         _check_destination(dest)
         if dest.exists():
             dest.rmdir()
@@ -82,5 +102,65 @@ def export_run(run_id: int, variant: str, dest: Path) -> Exported:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    files = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
-    return Exported(plan, dest, files)
+    return plan, dest
+
+
+def export_through_worker(
+    run_id: int,
+    variant: str,
+    dest: Path,
+    redis: Redis | None,
+    on_progress: Callable[[int, int], None] = lambda done, total: None,
+    timeout_s: float = 3600.0,
+) -> Exported:
+    """Have the worker holding the artifacts make the export (an `export` stage),
+    then unpack the zip it sent through the database into `dest`, each file
+    checked against the artifact's recorded sha256."""
+    _check_destination(Path(dest).expanduser().absolute())
+    with session_scope() as session:
+        ticket = request_export(session, run_id, variant)
+    push_all(redis, [ticket])
+    stage = wait_for_export(ticket.stage_id, on_progress, timeout_s)
+
+    def fill(into: Path) -> ExportPlan:
+        with session_scope() as session:
+            _, data = read_zip(session, stage)
+            plan = load_plan(session, run_id, variant)
+        unpack(data, plan, into)
+        return plan
+
+    plan, folder = _place(dest, fill)
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    return Exported(plan, folder, files)
+
+
+def wait_for_export(
+    stage_id: int, on_progress: Callable[[int, int], None], timeout_s: float
+) -> int:
+    """Wait for an export stage to end; its id when done, else `ExportRefused`
+    with the stage's error."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with session_scope() as session:
+            stage = session.get(Stage, stage_id)
+            assert stage is not None
+            status, error = stage.status, stage.error
+            progress, total = stage.progress or 0, stage.total or 0
+        if total:
+            on_progress(progress, total)
+        if status == StageStatus.DONE:
+            return stage_id
+        if status in (StageStatus.FAILED, StageStatus.CANCELLED, StageStatus.SKIPPED):
+            last = (error or status).strip().splitlines()[-1:] or [status]
+            raise ExportRefused(f"export stage {stage_id} {status}: {last[0]}")
+        time.sleep(0.5)
+    raise ExportRefused(
+        f"export stage {stage_id} did not end within {timeout_s:.0f} s; is the worker "
+        "holding the artifacts running? (`farm workers`)"
+    )
+
+
+def model_card(session: Session, run_id: int, variant: str) -> str:
+    """The model card of a run's variant alone (README.md), written from the
+    database: what the run page offers to download without an export."""
+    return render_card(load_card_data(session, load_plan(session, run_id, variant)))

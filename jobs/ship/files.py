@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePath
 
 from jobs.ship.digest import Digest, artifact_digest, file_sha256
-from jobs.ship.sources import CARD, ExportRefused, Source
+from jobs.ship.sources import CARD, ExportRefused, OnAnotherWorker, Source
 
 
 def candidates(path: str, run_id: int, roots: Iterable[Path]) -> list[Path]:
@@ -43,10 +43,11 @@ def locate(
         if candidate.exists():
             return candidate
     if source.host not in local:
-        raise ExportRefused(
+        raise OnAnotherWorker(
             f"{source.what} of run {run_id} is on worker {source.host} ({source.path}), "
             f"which this machine cannot read: set FARM_SHARED_ARTIFACTS to a folder every "
-            f"worker sees, or run `farm export` on {source.host}"
+            f"worker sees, or export through that worker (`farm export --via-worker`)",
+            source.host,
         )
     raise ExportRefused(
         f"{source.what} of run {run_id} is no longer on this machine's disk ({source.path})"

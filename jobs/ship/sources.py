@@ -29,6 +29,15 @@ class ExportRefused(Exception):
     """The export cannot be made as asked; the message says why in one line."""
 
 
+class OnAnotherWorker(ExportRefused):
+    """An artifact sits on a worker's own disk that this machine cannot read:
+    an `export` stage on that worker can make the export instead."""
+
+    def __init__(self, message: str, host: str) -> None:
+        super().__init__(message)
+        self.host = host
+
+
 @dataclass(frozen=True)
 class Source:
     """One recorded artifact the export reads, and the files it takes from it:
@@ -155,3 +164,9 @@ def load_plan(session: Session, run_id: int, variant: str) -> ExportPlan:
     return plan_export(
         run_id, variant, experiment.base_model, artifacts, best_iteration(session, run_id)
     )
+
+
+def exportable_variants(session: Session, run_id: int) -> list[str]:
+    """What the run page offers to export: the variants its artifacts make up."""
+    artifacts = session.exec(select(Artifact).where(Artifact.run_id == run_id)).all()
+    return exportable(artifacts, best_iteration(session, run_id))

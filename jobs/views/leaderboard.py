@@ -275,3 +275,16 @@ def compare_rows(
     specs = config_specs(session, [r.fingerprint for r in rows])
     columns = [(row_label(r), {"variant": r.variant, **specs.get(r.fingerprint, {})}) for r in rows]
     return config_diff(columns, only_differences=only_differences)
+
+
+def best_seed_run(session: Session, row: LeaderboardRow) -> int | None:
+    """The run of the row's best-scoring seed (its newest, when a seed ran twice):
+    the one the page offers to export."""
+    if not row.seed_scores:
+        return None
+    seed = max(row.seed_scores, key=lambda pair: pair[1])[0]
+    return session.exec(
+        select(Run.id)
+        .where(Run.fingerprint == row.fingerprint, Run.seed == seed)
+        .order_by(Run.id.desc())  # type: ignore[union-attr]
+    ).first()

@@ -20,8 +20,10 @@ from typer.testing import CliRunner
 
 from jobs import db
 from jobs.cli import app
-from jobs.db import Artifact, Publication, Run, Stage, session_scope
+from jobs.db import Artifact, ExportChunk, ExportFile, Publication, Run, Stage, session_scope
 from jobs.local.services import free_port
+from jobs.ship.sources import ExportRefused
+from jobs.ship.transfer import read_zip
 from tests.conftest import REDIS_TEST_URL
 from tests.support import PROJECT_ROOT
 from tests.support.farm import all_finished, stages_of, submit
@@ -202,7 +204,9 @@ def test_an_artifact_on_another_worker_names_it(trained: Trained, tmp_path: Path
         assert result.exit_code == 2
         line = result.stderr.strip()
         assert "mac-far" in line and "FARM_SHARED_ARTIFACTS" in line
-        assert "farm export` on mac-far" in line
+        assert "is not running" in line and len(result.stderr.strip().splitlines()) == 1
+        with session_scope() as session:  # refused before asking: no export stage
+            assert not session.exec(select(Stage).where(Stage.kind == "export")).all()
         assert not (tmp_path / "fused").exists()
         # The same folder seen through FARM_SHARED_ARTIFACTS is read from there.
         with session_scope() as session:
@@ -221,6 +225,62 @@ def test_an_artifact_on_another_worker_names_it(trained: Trained, tmp_path: Path
     finally:
         with session_scope() as session:
             session.delete(session.get(Artifact, far.id))
+
+
+def test_the_worker_holding_the_files_exports_them_through_the_database(
+    trained: Trained, tmp_path: Path
+) -> None:
+    pool = Workers(trained.home)
+    pool.start("w1")  # the worker whose own disk holds the run's artifacts
+    try:
+        dest = tmp_path / "via"
+        result = runner.invoke(
+            app, ["export", str(trained.run_id), "--via-worker", "--to", str(dest)]
+        )
+        assert result.exit_code == 0, result.output
+        with session_scope() as session:
+            stage = session.exec(select(Stage).where(Stage.kind == "export")).one()
+            made = session.exec(select(ExportFile).where(ExportFile.stage_id == stage.id)).one()
+            run = session.get(Run, trained.run_id)
+            assert run is not None and run.status == "done"
+        assert (stage.status, stage.worker, stage.queue) == ("done", "w1", "farm:worker:w1")
+        assert stage.progress == stage.total == made.chunks >= 1
+        assert (dest / "adapters.safetensors").read_bytes() == (
+            trained.adapter_dir / "adapters.safetensors"
+        ).read_bytes()
+        assert (dest / "README.md").read_text().startswith("---\n")
+        assert probe(trained.base_model, dest)["tokens"] > 0
+        # A piece altered in the database is caught by the zip's sha256.
+        with session_scope() as session:
+            pieces = select(ExportChunk).where(ExportChunk.export_id == made.id)
+            piece = session.exec(pieces).first()
+            assert piece is not None
+            piece.data = piece.data[:-1] + bytes([piece.data[-1] ^ 0x01])
+        with session_scope() as session, pytest.raises(ExportRefused, match="sha256"):
+            read_zip(session, stage.id or 0)
+
+        # A file changed on the worker's disk fails the export stage, not the run.
+        weights = trained.adapter_dir / "adapters.safetensors"
+        original = weights.read_bytes()
+        weights.write_bytes(original[:-1] + bytes([original[-1] ^ 0xFF]))
+        try:
+            result = runner.invoke(
+                app, ["export", str(trained.run_id), "--via-worker", "--to", str(tmp_path / "x")]
+            )
+        finally:
+            weights.write_bytes(original)
+        assert result.exit_code == 2, result.output
+        assert "adapters.safetensors has changed" in result.stderr
+        assert not (tmp_path / "x").exists()
+        with session_scope() as session:
+            failed = session.exec(
+                select(Stage).where(Stage.kind == "export", Stage.status == "failed")
+            ).one()
+            run = session.get(Run, trained.run_id)
+            assert run is not None and run.status == "done"
+            assert failed.variant == "adapter"
+    finally:
+        pool.stop_all()
 
 
 def test_publish_dry_run_lists_the_files(trained: Trained) -> None:

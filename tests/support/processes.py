@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -56,7 +57,8 @@ class Workers:
         for process in self.processes.values():
             if process.poll() is None:
                 for child in psutil.Process(process.pid).children(recursive=True):
-                    child.kill()
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        child.kill()  # it may have exited since it was listed
                 process.kill()
                 process.wait()
 

@@ -131,6 +131,17 @@ event = st.dataframe(
 )
 
 selected = [rows[i] for i in event.selection.rows if i < len(rows)]
+if selected:  # each selected row's best seed, to export from its run page
+    with ui.db() as session:
+        best = [(r, leaderboard_view.best_seed_run(session, r)) for r in selected[:6]]
+    with st.container(horizontal=True, key="lb_export_links"):
+        for row, best_run in best:
+            if best_run is not None:
+                ui.run_link(best_run, f"Export {ui.plain(leaderboard_view.row_label(row))} "
+                            f"best seed (run {best_run})", icon=":material/download:",
+                            export=row.variant)  # fmt: skip
+else:
+    st.caption("Select a row to export its best seed.")
 
 
 @st.fragment

@@ -12,6 +12,7 @@ from jobs import control
 from jobs.ship.publish import publications
 from jobs.views import run_detail
 from web import ui
+from web.export_panel import export_panel
 
 EVAL_ROWS_PER_PAGE = 25
 LIVE_EVERY = timedelta(seconds=3)  # how often a live run's training charts refresh
@@ -296,6 +297,8 @@ if published:  # `farm publish` records each upload the Hub accepted
         hide_index=True,
         column_config={"url": st.column_config.LinkColumn("on the Hub")},
     )
+
+export_panel(run_id)
 
 # --- variants ---------------------------------------------------------------------------
 st.header("Variants side by side")

@@ -2,8 +2,9 @@
 
 Each module reads top to bottom like the mlx-lm command it replaces:
 `train` (mlx_lm.lora), `fuse` (mlx_lm.fuse), `quantize` (mlx_lm.convert),
-`eval` (batched generation over the suite, scored). They are imported only
-when a stage of their kind runs: each pulls in MLX and mlx-lm.
+`eval` (batched generation over the suite, scored), and `export` (a variant
+zipped for the coordinator, `jobs.ship.transfer`). They are imported only
+when a stage of their kind runs: all but `export` pull in MLX and mlx-lm.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "fuse": ("worker.stages.fuse", "run_fuse"),
     "quantize": ("worker.stages.quantize", "run_quantize"),
     "eval": ("worker.stages.eval", "run_eval"),
+    "export": ("worker.stages.export", "run_export"),
 }
 
 
