@@ -15,7 +15,7 @@ import streamlit as st
 
 from jobs.queue import push_all
 from jobs.ship.export import model_card
-from jobs.ship.request import exports_of, request_export
+from jobs.ship.request import exports_of, holders_down, request_export
 from jobs.ship.sources import ExportRefused, exportable_variants
 from jobs.ship.transfer import read_zip
 from jobs.states import ACTIVE
@@ -30,10 +30,17 @@ def ask_for_export(run_id: int, variant: str) -> None:
     try:
         with ui.db() as session:
             ticket = request_export(session, run_id, variant)
+            down = holders_down(session, run_id, variant)
         push_all(ui.redis(), [ticket])
+        queued = f"export of {variant} queued (stage {ticket.stage_id}) on {ticket.queue}"
         st.session_state["export_message"] = (
-            "success",
-            f"export of {variant} queued (stage {ticket.stage_id}) on {ticket.queue}",
+            (
+                "warning",
+                f"{queued}; worker {', '.join(down)} is not running: it starts "
+                "when that worker is back",
+            )  # fmt: skip
+            if down
+            else ("success", queued)
         )
     except ExportRefused as exc:
         st.session_state["export_message"] = ("error", str(exc))
@@ -86,7 +93,8 @@ def export_panel(run_id: int) -> None:
         right.caption(ui.plain(exc))
     message = st.session_state.pop("export_message", None)
     if message:
-        (st.success if message[0] == "success" else st.error)(ui.plain(message[1]))
+        show = {"success": st.success, "warning": st.warning}.get(message[0], st.error)
+        show(ui.plain(message[1]))
     with ui.db() as session:
         active = any(e.status in ACTIVE for e in exports_of(session, run_id))
     export_list(run_id, active)

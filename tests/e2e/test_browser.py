@@ -3,17 +3,21 @@ Chromium (Debian's package, through Playwright's Python API — never a browser 
 
 The test cancels the demo from the runs page (one worker, and the demo would keep it
 busy for minutes), submits a small experiment through the form, watches its training
-progress bar move, opens the run, sees the run ranked on the leaderboard, and stops
+progress bar move, opens the run, exports its adapter and downloads the zip
+and the model card, sees the run ranked on the leaderboard, and stops
 the farm with Ctrl-C. Screenshots of every page go to test-artifacts/screenshots/.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import signal
 import sqlite3
 import subprocess
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,13 +227,45 @@ def walk_through(farm: Farm, page: Any, expect: Any) -> None:
     expect(page.locator('[data-testid="stVegaLiteChart"]').nth(2)).to_be_visible()
     shot("06-run-detail")
 
+    # Export the adapter: the worker holding it zips it with its model card and
+    # sends the zip through the database; the page offers it for download.
+    page.get_by_role("button", name="Export", exact=True).click()
+    download = page.get_by_role("button", name=f"Download run-{run_id}-adapter.zip")
+    expect(download).to_be_visible()
+    shot("07-run-exported")
+    with page.expect_download() as got:
+        download.click()
+    recorded = dict(
+        farm.query(
+            "SELECT kind, file_sha256 FROM artifact WHERE run_id = ? AND kind = 'adapter'", run_id
+        )
+    )
+    weights_sha = json.loads(str(recorded["adapter"]))["adapters.safetensors"]  # fmt: skip
+    with zipfile.ZipFile(got.value.path()) as archive:
+        assert {"adapters.safetensors", "adapter_config.json", "README.md"} <= set(
+            archive.namelist()
+        )
+        weights = archive.read("adapters.safetensors")
+        card = archive.read("README.md").decode()
+    assert hashlib.sha256(weights).hexdigest() == weights_sha
+    assert card.startswith("---\n") and "browser-e2e" in card
+    with page.expect_download() as got:
+        page.get_by_role("button", name="Model card").click()
+    assert Path(got.value.path()).read_text().startswith("---\n")
+    (trainer,) = farm.query("SELECT worker FROM stage WHERE run_id = ? AND kind = 'train'", run_id)
+    assert farm.query(
+        "SELECT status, worker FROM stage WHERE run_id = ? AND kind = 'export'", run_id
+    ) == [("done", trainer[0])]
+    (status,) = farm.query("SELECT status FROM run WHERE id = ?", run_id)[0]
+    assert status == "done"
+
     # Ranked on the leaderboard.
     page.goto(farm.url)
     cells = page.locator('[data-testid="stDataFrame"] td')
     expect(cells.filter(has_text="browser-e2e")).to_have_count(1)
     expect(page.get_by_text("Rows 1–1 of 1")).to_be_visible()
-    shot("07-leaderboard")
+    shot("08-leaderboard")
 
     page.goto(f"{farm.url}/workers")
     expect(page.locator('[data-testid="stDataFrame"] td').filter(has_text="idle")).to_have_count(1)
-    shot("08-workers")
+    shot("09-workers")

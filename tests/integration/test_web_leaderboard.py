@@ -181,3 +181,18 @@ def test_points_lost_column(farm_data: Path) -> None:
         assert lost == pytest.approx(sum(expected) / len(expected))
         seen_loss |= row.variant == "q4" and lost < 0
     assert seen_loss
+
+
+def test_each_row_names_its_best_seeds_run_to_export(farm_data: Path) -> None:
+    from jobs.db import Run
+    from jobs.views.leaderboard import best_seed_run
+
+    with session_scope() as session:
+        rows = leaderboard(session, limit=5)
+        for row in rows:
+            run_id = best_seed_run(session, row)
+            assert run_id is not None
+            run = session.get(Run, run_id)
+            assert run is not None and run.fingerprint == row.fingerprint
+            assert run.seed == max(row.seed_scores, key=lambda pair: pair[1])[0]
+    assert "Select a row to export its best seed." in texts(open_page())
