@@ -13,7 +13,8 @@
 - pages: leaderboard and runs page queries at 100,000 runs (see bench_pages).
 - reconcile: a reconciler pass over 10,000 queued stages, all carried and all
   lost (jobs/bench/reconcile.py; `--stages 100000` there for 100,000).
-
+- distributed: one LoRA training on 1, 2 and 3 ranks of MLX's ring backend on
+  loopback: tokens/s and whether the loss curves agree (jobs/bench/distributed.py).
 Everything runs in a temporary FARM_HOME on the tiny local model unless `--model` says otherwise.
 """
 
@@ -39,6 +40,7 @@ from rich.table import Table
 from sqlmodel import select
 
 from jobs import db
+from jobs.bench.distributed import distributed_rows
 from jobs.bench.reconcile import reconcile_rows
 from jobs.local.services import free_port
 from jobs.local.stack import DATA_DIR
@@ -491,7 +493,7 @@ def run_benchmarks(
         db.dispose_engines()
         try:
             tiny = None
-            if only in (None, "overhead", "dispatch") or model is None:
+            if only in (None, "overhead", "dispatch", "distributed") or model is None:
                 tiny = make_tiny_model(workdir / "tiny")
             if only in (None, "overhead", "dispatch"):
                 assert tiny is not None
@@ -518,6 +520,11 @@ def run_benchmarks(
 
                 with console.status("reconciler pass at 10,000 queued stages"):
                     results["reconcile"] = bench_reconcile()
+            if only in (None, "distributed") and tiny is not None:
+                from jobs.bench.distributed import bench_distributed
+
+                with console.status("one training on 1, 2 and 3 ranks of the ring backend"):
+                    results["distributed"] = bench_distributed(tiny)
         finally:
             db.dispose_engines()
             for key, value in saved.items():
@@ -557,13 +564,8 @@ def eval_rows(e: dict[str, Any]) -> list[tuple[str, str, str]]:
     ]
     for name in ("batched", "batched_no_prefix", "loop"):
         p = paths[name]
-        rows.append(
-            (
-                f"  {name}: prefill / decode tok/s",
-                f"{p['prefill_tokens_per_sec']:.0f} / {p['decode_tokens_per_sec']:.0f}",
-                "",
-            )
-        )
+        tok_s = f"{p['prefill_tokens_per_sec']:.0f} / {p['decode_tokens_per_sec']:.0f}"
+        rows.append((f"  {name}: prefill / decode tok/s", tok_s, ""))
     rows.append(("  http: end-to-end tok/s", f"{paths['http']['tokens_per_sec']:.0f}", ""))
     rows.append(("  batched: stop reasons", str(paths["batched"].get("stop_reasons", {})), ""))
     return rows
@@ -583,12 +585,10 @@ def print_results(results: dict[str, Any], console: Console) -> None:
             table.add_row(*row)
     if "dispatch" in results:
         d = results["dispatch"]
-        table.add_row(
-            "dispatch submit → started",
-            f"p50 {d['p50_s'] * 1000:.0f} ms, p95 {d['p95_s'] * 1000:.0f} ms",
-            "",
-        )
-    for row in reconcile_rows(results.get("reconcile", {})):
+        latency = f"p50 {d['p50_s'] * 1000:.0f} ms, p95 {d['p95_s'] * 1000:.0f} ms"
+        table.add_row("dispatch submit → started", latency, "")
+    rows = reconcile_rows(results.get("reconcile", {}))
+    for row in rows + distributed_rows(results.get("distributed", {})):
         table.add_row(*row)
     for name, value in results.get("pages", {}).items():
         if isinstance(value, int | float):

@@ -544,7 +544,7 @@ def demo(
 def bench(
     out: Annotated[Path | None, typer.Option(help="Write the JSON here too")] = None,
     only: Annotated[
-        str | None, typer.Option(help="overhead, eval, dispatch, pages or reconcile")
+        str | None, typer.Option(help="overhead, eval, dispatch, pages, reconcile or distributed")
     ] = None,
     model: Annotated[
         Path | None, typer.Option(help="A local model dir for the eval benchmark (default: tiny)")
