@@ -46,8 +46,9 @@ def dataset_bytes(values: Mapping[str, Any]) -> int:
     return total
 
 
-def validate_bounded(values: Mapping[str, Any], run_preflight: bool = True) -> forms.FormResult:
-    """`forms.check_form`, in a child process stopped at FARM_VALIDATE_TIMEOUT_S when
+def validate_form(values: Mapping[str, Any], run_preflight: bool = True) -> forms.FormResult:
+    """Everything `farm submit` checks, with each problem filed under its form field
+    (`forms.check_form`), in a child process stopped at FARM_VALIDATE_TIMEOUT_S when
     the dataset is big."""
     if dataset_bytes(values) <= IN_PROCESS_BYTES:
         return forms.check_form(values, run_preflight)
@@ -83,3 +84,8 @@ def submit_valid(result: forms.FormResult, redis: Redis) -> forms.FormResult:
     except InputError as exc:  # a queue quota, in the words `farm submit` uses
         result.problems.setdefault(forms.GENERAL, []).extend(str(p) for p in exc.problems)
     return result
+
+
+def submit_form(values: Mapping[str, Any], redis: Redis) -> forms.FormResult:
+    """Validate and, when nothing is wrong, write the experiment and enqueue it."""
+    return submit_valid(validate_form(values), redis)

@@ -3,7 +3,7 @@
 The web form is a flat mapping `{field key: value}` whose keys are the spec's
 dotted paths ("train.lora.rank"); `FIELDS` describes each one (widget kind,
 default, help). `form_to_spec_dict` builds the nested spec mapping, and
-`validate_form` runs the very validation `farm submit` runs (`parse_spec`, then
+`check_form` runs the very validation `farm submit` runs (`parse_spec`, then
 the preflight checks) and files every problem under the form field it belongs
 to, so the page can show it right below that widget.
 """
@@ -18,7 +18,6 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel
-from redis import Redis
 from sqlmodel import Session, select
 
 from jobs import limits
@@ -545,16 +544,9 @@ def _describe(problem: Problem) -> str:
     return f"{where}: {problem.field + ': ' if problem.field else ''}{problem.message}"
 
 
-def validate_form(values: Mapping[str, Any], run_preflight: bool = True) -> FormResult:
-    """Everything `farm submit` checks, with each problem filed under its form field;
-    a big dataset is checked in a child process (`web.form_bounds`)."""
-    from web.form_bounds import validate_bounded
-
-    return validate_bounded(values, run_preflight)
-
-
 def check_form(values: Mapping[str, Any], run_preflight: bool = True) -> FormResult:
-    """`validate_form` in this process."""
+    """Everything `farm submit` checks, in this process (`web.form_bounds.validate_form`
+    decides when a big dataset is checked in a child instead)."""
     data, form_problems = form_to_spec_dict(values)
     text = spec_dict_to_yaml(data)
     result = FormResult(yaml=text)
@@ -589,10 +581,3 @@ def check_form(values: Mapping[str, Any], run_preflight: bool = True) -> FormRes
     if run_preflight:
         result.findings = preflight(spec, None)
     return result
-
-
-def submit_form(values: Mapping[str, Any], redis: Redis) -> FormResult:
-    """Validate and, when nothing is wrong, write the experiment and enqueue it."""
-    from web.form_bounds import submit_valid
-
-    return submit_valid(validate_form(values), redis)

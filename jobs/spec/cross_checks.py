@@ -13,9 +13,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from jobs import limits
-from jobs.spec.model import TrainSpec
 from jobs.spec.options import (
     ALL_GROUP_SIZES,
+    DEFAULT_ITERS,
+    DEFAULT_OPTIMIZER,
+    DEFAULT_SAVE_EVERY,
     OPTIMIZER_KWARGS,
     QUANT_BITS,
     QUANT_MODES,
@@ -26,10 +28,13 @@ from jobs.spec.options import (
 )
 from jobs.spec.words import Loc, is_int, is_number, suggest
 
+_TRAIN_DEFAULTS = {"iters": DEFAULT_ITERS, "save_every": DEFAULT_SAVE_EVERY,
+                   "optimizer": DEFAULT_OPTIMIZER}  # fmt: skip
+
 
 def _train_default(key: str) -> Any:
-    """What a key the YAML leaves out stands for: the model's default, not a copy of it."""
-    return TrainSpec.model_fields[key].default
+    """What a key the YAML leaves out stands for: TrainSpec's default (the same constant)."""
+    return _TRAIN_DEFAULTS[key]
 
 
 def cross_field_problems(data: Mapping[str, Any]) -> list[tuple[Loc, str]]:

@@ -22,9 +22,13 @@ from pydantic import (
 )
 
 from jobs import limits
+from jobs.spec.cross_checks import cross_field_problems
 from jobs.spec.notify import NotifySpec
 from jobs.spec.options import (
     DEFAULT_GROUP_SIZE,
+    DEFAULT_ITERS,
+    DEFAULT_OPTIMIZER,
+    DEFAULT_SAVE_EVERY,
     FLOAT_MODES,
     EvalVariant,
     QuantMode,
@@ -88,20 +92,20 @@ class TrainSpec(BaseModel):
 
     model_config = _CONFIG
 
-    iters: int = Field(1000, ge=1, le=limits.MAX_ITERS)
+    iters: int = Field(DEFAULT_ITERS, ge=1, le=limits.MAX_ITERS)
     batch_size: int = Field(4, ge=1)
     learning_rate: float = Field(1e-5, gt=0, le=1)
     lr_schedule: LrSchedule | None = None
     num_layers: Annotated[int, Field(ge=-1), _not_zero("all layers")] = 16
     fine_tune_type: Literal["lora", "dora", "full"] = "lora"
-    optimizer: Literal["adam", "adamw", "muon", "sgd", "adafactor"] = "adam"
+    optimizer: Literal["adam", "adamw", "muon", "sgd", "adafactor"] = DEFAULT_OPTIMIZER
     # Keyword arguments of the chosen optimizer, e.g. {weight_decay: 0.1} for adamw.
     optimizer_config: dict[str, Any] = Field(default_factory=dict)
     mask_prompt: bool = False
     grad_accumulation_steps: int = Field(1, ge=1)
     grad_checkpoint: bool = False
     max_seq_length: int = Field(2048, ge=16)
-    save_every: int = Field(100, ge=1)
+    save_every: int = Field(DEFAULT_SAVE_EVERY, ge=1)
     steps_per_report: int = Field(10, ge=1)
     steps_per_eval: int = Field(200, ge=1)
     val_batches: Annotated[int, Field(ge=-1), _not_zero("the whole validation set")] = 25
@@ -226,9 +230,6 @@ class ExperimentSpec(BaseModel):
 
     @model_validator(mode="after")
     def _defaults_and_cross_checks(self, info: ValidationInfo) -> Self:
-        # cross_checks reads this module's defaults, so it is imported here, late.
-        from jobs.spec.cross_checks import cross_field_problems
-
         if "variants" not in self.eval.model_fields_set:
             self.eval = self.eval.model_copy(
                 update={"variants": default_variants(self.fuse is not None, bool(self.quantize))}

@@ -41,6 +41,11 @@ OPTIMIZER_KWARGS: dict[str, tuple[str, ...]] = {
 QUANT_BITS = (2, 3, 4, 5, 6, 8)
 QUANT_GROUP_SIZES = (32, 64, 128)
 DEFAULT_GROUP_SIZE = 64
+# Train defaults that the cross-field checks read for keys a YAML leaves out;
+# TrainSpec's fields use the same constants.
+DEFAULT_ITERS = 1000
+DEFAULT_SAVE_EVERY = 100
+DEFAULT_OPTIMIZER = "adam"
 
 QuantMode = Literal["affine", "mxfp4", "nvfp4", "mxfp8"]
 QUANT_MODES: tuple[str, ...] = ("affine", "mxfp4", "nvfp4", "mxfp8")

@@ -11,7 +11,7 @@ from sqlmodel import select
 
 from jobs.db import Artifact, EvalResult, Metric, Run, Stage, session_scope, utcnow
 from tests.support.web import install_model, quick_form
-from web import forms
+from web import form_bounds
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def finished_run(farm_home: Path, redis_url: str, tiny_model: Path) -> int:
     """A run whose stages have all reported, the way the worker stages write them."""
     model = install_model(farm_home, tiny_model)
     values = quick_form(model, seeds="1-2", quantize=["q8", "q4"])
-    result = forms.submit_form(values, Redis.from_url(redis_url))
+    result = form_bounds.submit_form(values, Redis.from_url(redis_url))
     assert result.experiment_id is not None, result.problems
     with session_scope() as session:
         run = session.exec(select(Run).where(Run.seed == 1)).one()

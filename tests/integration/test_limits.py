@@ -29,7 +29,7 @@ from jobs.problems import InputError, Problem
 from jobs.spec import ExperimentSpec, load_spec, parse_spec
 from tests.support import PROJECT_ROOT
 from tests.support.spec_files import write_spec
-from web import forms
+from web import form_bounds, forms
 
 runner = CliRunner()
 
@@ -131,11 +131,11 @@ def test_each_limit_is_refused_alike_by_the_cli_and_the_form(
         code, stderr = cli(command, str(spec))
         assert code == 2, stderr
         one_line(stderr, spec, field, message)
-    result = forms.validate_form(form_values(spec), run_preflight=False)
+    result = form_bounds.validate_form(form_values(spec), run_preflight=False)
     assert message in result.messages(form_key), result.problems
     assert result.spec is None and not result.ok
     # The base spec is accepted by the form: the refusal is this limit's alone.
-    assert forms.validate_form(form_values(base), run_preflight=False).ok
+    assert form_bounds.validate_form(form_values(base), run_preflight=False).ok
 
 
 def test_values_at_the_limits_are_accepted(tiny_model: Path, tmp_path: Path) -> None:
@@ -149,7 +149,7 @@ def test_values_at_the_limits_are_accepted(tiny_model: Path, tmp_path: Path) -> 
     )
     loaded = load_spec(spec)
     assert len(loaded.seeds) == 1000 and loaded.train.iters == 10_000_000
-    assert forms.validate_form(form_values(spec), run_preflight=False).ok
+    assert form_bounds.validate_form(form_values(spec), run_preflight=False).ok
 
 
 def test_the_spec_model_itself_refuses_too_many_checkpoints(
@@ -300,7 +300,7 @@ def test_absurd_checkpoint_evals_are_refused_before_any_list_is_built(
 def test_a_form_mapping_field_reads_through_the_bounded_loader(base: Path) -> None:
     values = form_values(base) | {"train.optimizer_config": "{" + alias_bomb().replace("\n", ", ")}
     values["train.optimizer_config"] = values["train.optimizer_config"].rstrip(", ") + "}"
-    result = forms.validate_form(values, run_preflight=False)
+    result = form_bounds.validate_form(values, run_preflight=False)
     (message,) = result.messages("train.optimizer_config")
     assert "more than 20000 YAML values (alias *l3 expands them)" in message
 
@@ -335,7 +335,7 @@ def test_a_refused_form_submission_writes_nothing(
     farm_home: Path, redis_url: str, base: Path
 ) -> None:
     values = form_values(base) | {"seeds": "1-5000", "train.iters": 10**12}
-    result = forms.submit_form(values, Redis.from_url(redis_url))
+    result = form_bounds.submit_form(values, Redis.from_url(redis_url))
     assert result.experiment_id is None
     assert result.messages("seeds") == ["5000 seeds, at most 1000 allowed"]
     assert result.messages("train.iters") == ["must be ≤ 10000000, got 1000000000000"]

@@ -23,7 +23,7 @@ from jobs.spec import load_spec
 from jobs.submit import submit_experiment, unfinished_runs
 from tests.support import PROJECT_ROOT
 from tests.support.spec_files import write_spec
-from web import forms
+from web import form_bounds, forms
 from web.form_bounds import WEB_SUBMITTER
 
 # A Redis database of these tests' own: "nothing written to Redis" is a comparison
@@ -131,13 +131,13 @@ def test_the_web_form_shows_the_same_line_and_writes_nothing(
     values, _ = forms.spec_dict_to_form(yaml.safe_load(spec.read_text()))
     redis = Redis.from_url(redis_url)
 
-    accepted = forms.submit_form(values, redis)
+    accepted = form_bounds.submit_form(values, redis)
     assert accepted.experiment_id is not None, accepted.problems
     [experiment] = experiments()
     assert experiment.submitter == WEB_SUBMITTER
 
     keys_before = set(redis.keys())
-    refused = forms.submit_form(values, redis)
+    refused = form_bounds.submit_form(values, redis)
     assert refused.experiment_id is None
     assert refused.messages(forms.GENERAL) == [
         "farm: quota FARM_MAX_QUEUED_RUNS_PER_SUBMITTER: 2 runs are queued or running "

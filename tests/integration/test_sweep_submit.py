@@ -17,7 +17,7 @@ from jobs.db import Experiment, Run, Stage, Sweep, session_scope
 from jobs.leaderboard import leaderboard
 from tests.support.spec_files import write_spec
 from tests.support.web import open_page, quick_form, texts
-from web import forms
+from web import form_bounds, forms
 
 GRID = {"train.learning_rate": [1e-4, 2e-4], "train.lora.rank": [4, 8]}
 
@@ -105,7 +105,7 @@ def test_an_oversized_grid_is_refused_by_the_cli_and_the_form_alike(
     values = quick_form(tiny_model, seeds="1-10")
     values[forms.sweep_inputs.PREFIX + "train.lora.rank"] = ", ".join(map(str, range(1, 102)))
     assert forms.sweep_inputs.run_count_text(values).endswith(f"refused: {message}")
-    result = forms.submit_form(values, Redis.from_url(redis_url))
+    result = form_bounds.submit_form(values, Redis.from_url(redis_url))
     assert result.sweep_id is None and result.experiment_id is None and not result.ok
     assert result.messages(forms.GENERAL) == [message]
     assert counts() == (0, 0, 0) and Redis.from_url(redis_url).dbsize() == 0
@@ -122,7 +122,7 @@ def test_the_form_submits_a_sweep(farm_home: Path, redis_url: str, tiny_model: P
     values = quick_form(tiny_model, seeds="1-2")
     values[forms.sweep_inputs.PREFIX + "train.learning_rate"] = "1e-4, 2e-4"
     assert forms.sweep_inputs.run_count_text(values) == "4 runs: 2 grid points × 2 seeds"
-    result = forms.submit_form(values, Redis.from_url(redis_url))
+    result = form_bounds.submit_form(values, Redis.from_url(redis_url))
     assert result.sweep_id is not None, result.problems
     assert result.plan is not None and result.plan.runs == 4
     with session_scope() as session:

@@ -15,7 +15,7 @@ from jobs.bench.pages import bench_pages
 from jobs.db import Run, Stage, WorkerRow, session_scope, utcnow
 from jobs.queue import stage_job_id
 from tests.support.web import APP, RUN, install_model, open_page, quick_form, shown, texts
-from web import forms
+from web import form_bounds
 
 
 def test_run_page_shows_curves_stages_artifacts_and_variants(finished_run: int) -> None:
@@ -84,7 +84,7 @@ def failed_run(farm_home: Path, redis_url: str, tiny_model: Path) -> int:
     """A run whose first train attempt failed (so everything below it was skipped),
     with the Redis queues empty."""
     model = install_model(farm_home, tiny_model)
-    result = forms.submit_form(quick_form(model, seeds="1"), Redis.from_url(redis_url))
+    result = form_bounds.submit_form(quick_form(model, seeds="1"), Redis.from_url(redis_url))
     assert result.experiment_id is not None, result.problems
     with session_scope() as session:
         (run,) = session.exec(select(Run)).all()

@@ -17,7 +17,7 @@ from jobs import control
 from jobs.db import EvalResult, Metric, Run, Stage, session_scope, utcnow
 from jobs.queue import stage_job_id
 from tests.support.web import install_model, open_page, quick_form, texts
-from web import forms
+from web import form_bounds
 
 RUNS = "views/runs.py"
 
@@ -28,7 +28,7 @@ def model(farm_home: Path, redis_url: str, tiny_model: Path) -> Path:
 
 
 def submit(model: Path, redis_url: str, **overrides: Any) -> int:
-    result = forms.submit_form(quick_form(model, **overrides), Redis.from_url(redis_url))
+    result = form_bounds.submit_form(quick_form(model, **overrides), Redis.from_url(redis_url))
     assert result.experiment_id is not None, result.problems
     return result.experiment_id
 

@@ -25,7 +25,7 @@ from tests.support.web import (
     open_page,
     texts,
 )
-from web import forms
+from web import form_bounds, forms
 
 SUBMIT = "views/submit.py"
 
@@ -90,7 +90,7 @@ def test_file_problems_land_on_the_path_field(
     (broken / "valid.jsonl").write_text('{"text": "ok"}\n')
     values = forms.default_form(str(app_env))
     values.update({"dataset": str(broken), "train.num_layers": -1, "train.batch_size": 1})
-    result = forms.validate_form(values)
+    result = form_bounds.validate_form(values)
     assert any("invalid JSON" in m and ":2" in m for m in result.messages("dataset"))
     assert not result.ok
 
@@ -132,7 +132,7 @@ def test_clone_prefills_the_form_from_a_run(app_env: Path, redis_url: str) -> No
         "train.lora.rank": 16, "train.optimizer": "adamw",
         "train.optimizer_config": "{weight_decay: 0.01}", "quantize": ["q6", "q4g32"],
     })  # fmt: skip
-    submitted = forms.submit_form(values, Redis.from_url(redis_url))
+    submitted = form_bounds.submit_form(values, Redis.from_url(redis_url))
     assert submitted.experiment_id is not None, submitted.problems
     with session_scope() as session:
         run = session.exec(select(Run).where(Run.seed == 5)).one()

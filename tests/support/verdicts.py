@@ -10,7 +10,7 @@ from sqlmodel import select
 
 from jobs.db import EvalResult, Experiment, Run, Stage, session_scope, utcnow
 from tests.support.web import install_model, quick_form
-from web import forms
+from web import form_bounds
 
 PROMPTS = [f"p{i}" for i in range(10)]
 # Adherence per seed of the demo's two learning rates, as its issue quoted them,
@@ -22,7 +22,7 @@ WORSE = {1: 0.2, 2: 0.4, 3: 0.5}
 def submit(model: Path, redis_url: str, name: str, learning_rate: float, seeds: str) -> int:
     values = quick_form(model, name=name, seeds=seeds, quantize=[], eval__variants=["adapter"])
     values["train.learning_rate"] = learning_rate
-    result = forms.submit_form(values, Redis.from_url(redis_url))
+    result = form_bounds.submit_form(values, Redis.from_url(redis_url))
     assert result.experiment_id is not None, result.problems
     return result.experiment_id
 

@@ -311,7 +311,7 @@ def test_an_existing_twin_is_enough(ws: Path, entries: tuple[str, ...], variants
 
 def test_the_form_offers_every_mode_and_recipe(tmp_path: Path) -> None:
     from tests.support.web import workspace
-    from web import forms
+    from web import form_bounds, forms
 
     options = forms.QUANT_OPTIONS
     assert options[:6] == ("q8", "q6", "q5", "q4", "q3", "q2")
@@ -326,7 +326,7 @@ def test_the_form_offers_every_mode_and_recipe(tmp_path: Path) -> None:
 
     values = workspace(tmp_path)
     values.update({"quantize": ["q8", "mxfp4", "nvfp4", "mxfp8", "mixed_3_6"]})
-    result = forms.validate_form(values, run_preflight=False)
+    result = form_bounds.validate_form(values, run_preflight=False)
     assert result.ok, result.problems
     assert result.spec is not None
     assert result.spec.quantize_variants == ["q8", "mxfp4", "nvfp4", "mxfp8", "mixed_3_6"]

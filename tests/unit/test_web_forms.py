@@ -11,7 +11,7 @@ from jobs.problems import Problem
 from jobs.spec import config_fingerprint, parse_spec
 from tests.support.spec_files import make_dataset, make_suite
 from tests.support.web import workspace
-from web import forms, pickers
+from web import form_bounds, forms, pickers
 from web.spec_yaml import spec_dict_to_yaml
 
 
@@ -55,7 +55,7 @@ def test_format_seeds_round_trips(seeds: list[int]) -> None:
 
 def test_default_form_is_a_valid_spec_whose_yaml_round_trips(tmp_path: Path) -> None:
     values = workspace(tmp_path)
-    result = forms.validate_form(values, run_preflight=False)
+    result = form_bounds.validate_form(values, run_preflight=False)
     assert result.ok, result.problems
     assert result.spec is not None
     again = parse_spec(result.yaml, base_dir=forms.PROJECT_ROOT)
@@ -63,7 +63,7 @@ def test_default_form_is_a_valid_spec_whose_yaml_round_trips(tmp_path: Path) -> 
     # Back into the form and out again: the same configuration.
     back, notes = forms.spec_dict_to_form(yaml.safe_load(result.yaml))
     assert notes == []
-    assert forms.validate_form(back, run_preflight=False).fingerprint == result.fingerprint
+    assert form_bounds.validate_form(back, run_preflight=False).fingerprint == result.fingerprint
 
 
 def test_every_form_field_reaches_the_spec(tmp_path: Path) -> None:
@@ -82,7 +82,7 @@ def test_every_form_field_reaches_the_spec(tmp_path: Path) -> None:
         "eval.checkpoint_prompts": "p1", "eval.max_tokens": 64, "eval.variants": ["adapter"],
         "resources.min_memory_gb": 24.0, "resources.timeout_hours": 2.0,
     })  # fmt: skip
-    result = forms.validate_form(values, run_preflight=False)
+    result = form_bounds.validate_form(values, run_preflight=False)
     assert result.ok, result.problems
     spec = result.spec
     assert spec is not None
@@ -115,7 +115,7 @@ def test_problems_are_filed_under_their_fields(tmp_path: Path) -> None:
     values.update({"fuse.enabled": False, "quantize": ["q4"], "eval.variants": ["adapter",
                    "fused"], "train.lr_schedule.name": "linear_schedule",
                    "train.lr_schedule.arguments": "1e-4"})  # fmt: skip
-    result = forms.validate_form(values, run_preflight=False)
+    result = form_bounds.validate_form(values, run_preflight=False)
     assert "fuse is null" in " ".join(result.messages("quantize"))
     assert "needs a fused model" in " ".join(result.messages("eval.variants"))
     assert "takes 3 arguments" in " ".join(result.messages("train.lr_schedule.arguments"))
@@ -178,7 +178,7 @@ def test_stage_count_includes_the_quantization_twin(tmp_path: Path) -> None:
 
     values = workspace(tmp_path)
     values.update({"quantize": ["q4"], "eval.variants": ["adapter", "quantized"]})
-    result = forms.validate_form(values, run_preflight=False)
+    result = form_bounds.validate_form(values, run_preflight=False)
     assert result.ok, result.problems
     assert result.spec is not None
     twinned, twin = ensure_quant_twin(result.spec)
@@ -195,7 +195,7 @@ def test_the_adherence_probe_fields_reach_the_spec_and_come_back(tmp_path: Path)
         "train.adherence_probe.max_tokens": 64, "train.adherence_probe.stop_when_locked": 0.9,
         "train.adherence_probe.stop_when_collapsed": True, "train.adherence_probe.patience": 3,
     })  # fmt: skip
-    result = forms.validate_form(values, run_preflight=False)
+    result = form_bounds.validate_form(values, run_preflight=False)
     assert result.ok, result.problems
     assert result.spec is not None
     probe = result.spec.train.adherence_probe
@@ -218,7 +218,7 @@ def test_the_adherence_probe_fields_are_checked_like_yaml(tmp_path: Path) -> Non
     values.update({"train.save_every": 10, "train.adherence_probe.enabled": True,
                    "train.adherence_probe.stop_when_locked": 1.5,
                    "train.adherence_probe.every": 15})  # fmt: skip
-    result = forms.validate_form(values, run_preflight=False)
+    result = form_bounds.validate_form(values, run_preflight=False)
     assert not result.ok and result.spec is None
     locked = " ".join(result.messages("train.adherence_probe.stop_when_locked"))
     assert "1" in locked  # the same bound as the spec's (≤ 1)

@@ -9,7 +9,7 @@ import streamlit as st
 from jobs import settings
 from jobs.limits import spec_size_problem
 from jobs.problems import InputError
-from web import forms, pickers, sweep_inputs, ui
+from web import form_bounds, forms, pickers, sweep_inputs, ui
 
 KEY = "f:"  # widget keys are KEY + the spec field's dotted path
 FORMATS = {"train.learning_rate": "%.2e", "train.lr_schedule.warmup_init": "%.2e"}
@@ -29,7 +29,7 @@ def load_values(values: dict[str, Any]) -> None:
 def on_validate() -> None:
     values = widget_values()
     st.session_state["form_values"] = values
-    st.session_state["form_result"] = forms.validate_form(values)
+    st.session_state["form_result"] = form_bounds.validate_form(values)
 
 
 def on_submit() -> None:
@@ -37,11 +37,11 @@ def on_submit() -> None:
     st.session_state["form_values"] = values
     client = ui.redis()
     if client is None:
-        st.session_state["form_result"] = forms.validate_form(values)
+        st.session_state["form_result"] = form_bounds.validate_form(values)
         st.session_state["submit_error"] = "REDIS_URL is not set: nothing can be queued."
         return
     try:
-        st.session_state["form_result"] = forms.submit_form(values, client)
+        st.session_state["form_result"] = form_bounds.submit_form(values, client)
         st.session_state.pop("submit_error", None)
     except Exception as exc:  # Redis or the DB down: say so, nothing was queued
         st.session_state["submit_error"] = f"not queued: {ui.failure_text(exc)}"
