@@ -61,8 +61,18 @@ def _list(folder: Path, files: list[str]) -> int:
 
 def export(
     run_id: RunArg,
-    to: Annotated[Path, typer.Option("--to", help="a new or empty folder")],
+    to: Annotated[
+        Path, typer.Option("--to", help="a new or empty folder, or `lmstudio` (its models folder)")
+    ],
     variant: VariantOpt = "adapter",
+    gguf: Annotated[
+        bool,
+        typer.Option(
+            "--gguf",
+            help="also mlx-lm's GGUF and an Ollama Modelfile (llama, "
+            "mistral, mixtral; fused, unquantized)",
+        ),
+    ] = False,  # fmt: skip
     via_worker: Annotated[
         bool,
         typer.Option(
@@ -75,19 +85,22 @@ def export(
     """Export a run's variant as a folder mlx-lm loads, with a model card; every
     file is checked against the sha256 the farm recorded."""
     from jobs.db import migrate
-    from jobs.ship.export import export_run
+    from jobs.ship.export import export_run, lmstudio_destination
+    from jobs.ship.local_apps import GGUF_FILE, LMSTUDIO
     from jobs.ship.sources import ExportRefused, OnAnotherWorker
 
     migrate()
     try:
+        if str(to) == LMSTUDIO:
+            to = lmstudio_destination(run_id, variant)
         if via_worker:
-            done = _through_worker(run_id, variant, to)
+            done = _through_worker(run_id, variant, to, gguf)
         else:
             try:
-                done = export_run(run_id, variant, to)
+                done = export_run(run_id, variant, to, gguf)
             except OnAnotherWorker as exc:
                 _say(f"worker {exc.host} holds the files: asking it for the export")
-                done = _through_worker(run_id, variant, to)
+                done = _through_worker(run_id, variant, to, gguf)
     except ExportRefused as exc:
         _refuse(str(exc))
         return
@@ -98,9 +111,11 @@ def export(
         _say(f"load: mlx_lm.load({done.plan.base_model!r}, adapter_path={str(done.folder)!r})")
     else:
         _say(f"load: mlx_lm.load({str(done.folder)!r})")
+    if GGUF_FILE in done.files:
+        _say(f"ollama: cd {str(done.folder)!r} && ollama create NAME -f Modelfile")
 
 
-def _through_worker(run_id: int, variant: str, to: Path) -> Exported:
+def _through_worker(run_id: int, variant: str, to: Path, gguf: bool) -> Exported:
     """The export made by the worker holding the artifacts, with a progress bar."""
     from redis import Redis
     from rich.progress import Progress
@@ -127,7 +142,7 @@ def _through_worker(run_id: int, variant: str, to: Path) -> Exported:
         def show(done: int, total: int) -> None:
             progress.update(task, completed=done, total=total)
 
-        return export_through_worker(run_id, variant, to, redis, show)
+        return export_through_worker(run_id, variant, to, redis, show, gguf=gguf)
 
 
 def publish(

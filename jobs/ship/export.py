@@ -29,6 +29,7 @@ from jobs.ship.card import render_card
 from jobs.ship.card_data import load_card_data
 from jobs.ship.curves import curves_csv, curves_png
 from jobs.ship.files import copy_files, locate, verify
+from jobs.ship.local_apps import write_gguf
 from jobs.ship.request import request_export
 from jobs.ship.sources import CARD, ExportPlan, ExportRefused, load_plan
 from jobs.ship.transfer import read_zip, unpack
@@ -74,12 +75,16 @@ def write_export(session: Session, run_id: int, variant: str, into: Path) -> Exp
     return plan
 
 
-def export_run(run_id: int, variant: str, dest: Path) -> Exported:
-    """Write the export from this machine's view of the artifacts into `dest`."""
+def export_run(run_id: int, variant: str, dest: Path, gguf: bool = False) -> Exported:
+    """Write the export from this machine's view of the artifacts into `dest`
+    (with mlx-lm's GGUF of it too, when asked and mlx-lm can)."""
 
     def fill(into: Path) -> ExportPlan:
         with session_scope() as session:
-            return write_export(session, run_id, variant, into)
+            plan = write_export(session, run_id, variant, into)
+        if gguf:
+            write_gguf(into, plan)
+        return plan
 
     plan, folder = _place(dest, fill)
     files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
@@ -112,6 +117,7 @@ def export_through_worker(
     redis: Redis | None,
     on_progress: Callable[[int, int], None] = lambda done, total: None,
     timeout_s: float = 3600.0,
+    gguf: bool = False,
 ) -> Exported:
     """Have the worker holding the artifacts make the export (an `export` stage),
     then unpack the zip it sent through the database into `dest`, each file
@@ -127,6 +133,8 @@ def export_through_worker(
             _, data = read_zip(session, stage)
             plan = load_plan(session, run_id, variant)
         unpack(data, plan, into)
+        if gguf:
+            write_gguf(into, plan)
         return plan
 
     plan, folder = _place(dest, fill)
@@ -164,3 +172,17 @@ def model_card(session: Session, run_id: int, variant: str) -> str:
     """The model card of a run's variant alone (README.md), written from the
     database: what the run page offers to download without an export."""
     return render_card(load_card_data(session, load_plan(session, run_id, variant)))
+
+
+def lmstudio_destination(run_id: int, variant: str) -> Path:
+    """`--to lmstudio`: the folder in LM Studio's models folder the export goes to."""
+    from jobs.db import Experiment, Run
+    from jobs.ship.local_apps import lmstudio_folder, lmstudio_models_dir
+
+    with session_scope() as session:
+        plan = load_plan(session, run_id, variant)
+        run = session.get(Run, run_id)
+        assert run is not None
+        experiment = session.get(Experiment, run.experiment_id)
+        assert experiment is not None
+        return lmstudio_folder(lmstudio_models_dir(), plan, experiment.name, run.seed)

@@ -283,6 +283,36 @@ def test_the_worker_holding_the_files_exports_them_through_the_database(
         pool.stop_all()
 
 
+def test_lmstudio_gets_whole_models_and_gguf_says_what_mlx_lm_converts(
+    trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models = tmp_path / "lmstudio-models"
+    monkeypatch.setenv("FARM_LMSTUDIO_MODELS", str(models))
+    result = runner.invoke(
+        app, ["export", str(trained.run_id), "--variant", "q8", "--to", "lmstudio"]
+    )
+    assert result.exit_code == 0, result.output
+    (folder,) = (models / "lorafarm").iterdir()
+    assert folder.name.endswith("-seed1-q8-mlx") and (folder / "config.json").is_file()
+    assert probe(folder)["tokens"] > 0
+    # An adapter is not a model LM Studio opens: refused, nothing written.
+    result = runner.invoke(app, ["export", str(trained.run_id), "--to", "lmstudio"])
+    assert result.exit_code == 2 and "LM Studio opens whole models" in result.stderr
+    assert len(list((models / "lorafarm").iterdir())) == 1
+    # GGUF: mlx-lm converts llama, mistral and mixtral; the tiny model is a qwen3.
+    for variant, why in (("fused", "this one is qwen3"), ("q8", "unquantized weights only")):
+        dest = tmp_path / f"gguf-{variant}"
+        result = runner.invoke(app, ["export", str(trained.run_id), "--variant", variant,
+                                     "--gguf", "--to", str(dest)])  # fmt: skip
+        assert result.exit_code == 2, result.output
+        assert (
+            why in result.stderr
+            and "llama, mistral, mixtral" in result.stderr
+            or (variant == "q8" and why in result.stderr)
+        )
+        assert not dest.exists() and not list(tmp_path.glob(f".gguf-{variant}.export-*"))
+
+
 def test_publish_dry_run_lists_the_files(trained: Trained) -> None:
     result = runner.invoke(
         app, ["publish", str(trained.run_id), "--repo", "someone/tiny-lora", "--dry-run"]
