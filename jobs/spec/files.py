@@ -9,6 +9,7 @@ loads it, and the suite exists and holds the checkpoint prompts named.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -273,3 +274,19 @@ class _Checker:
                         f"prompt id '{pid}' is not in the suite {path.name}"
                         f"{suggest(pid, sorted(ids))}",
                     )
+
+
+def report_to_problems(data: Mapping[str, Any]) -> list[tuple[tuple[str, ...], str]]:
+    """`train.report_to` names a tracker whose package is not installed here: mlx-lm
+    would fail on it only once the run starts training."""
+    train = data.get("train")
+    trackers = train.get("report_to") if isinstance(train, Mapping) else None
+    if not isinstance(trackers, list):
+        return []
+    out = []
+    for name in trackers:
+        if name in ("wandb", "swanlab") and importlib.util.find_spec(name) is None:
+            out.append((("train", "report_to"),
+                        f"{name} is not installed, so mlx-lm cannot report to it: `uv add {name}` "
+                        "(on every worker too), or remove it from report_to"))  # fmt: skip
+    return out

@@ -114,6 +114,11 @@ class TrainSpec(BaseModel):
     # and early stopping on it (`jobs.spec.probe`). Left out of dumps when absent,
     # so a spec without one keeps its config fingerprint.
     adherence_probe: AdherenceProbe | None = Field(None, exclude_if=lambda value: value is None)
+    # Experiment trackers mlx-lm reports to itself (`mlx_lm.lora --report-to`):
+    # where the curves also go, not a knob, so not in the config fingerprint.
+    report_to: list[Literal["wandb", "swanlab"]] = Field(
+        default_factory=list, exclude_if=lambda value: not value
+    )
 
 
 class FuseSpec(BaseModel):

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from jobs import limits
 from jobs.problems import InputError, Problem
 from jobs.spec.cross_checks import cross_field_problems
-from jobs.spec.files import check_paths
+from jobs.spec.files import check_paths, report_to_problems
 from jobs.spec.messages import error_message
 from jobs.spec.model import SKIP_CROSS_CHECKS, ExperimentSpec
 from jobs.spec.words import Loc, dotted, got
@@ -63,6 +63,9 @@ def parse_spec(
 
     problems = duplicate_keys(root, source)
     problems.extend(check_paths(data, source, line_of, base, check_files))
+    if check_files:  # what this machine has installed, as for the files it names
+        problems.extend(Problem(source, m, line_of(loc), dotted(loc))
+                        for loc, m in report_to_problems(data))  # fmt: skip
 
     spec: ExperimentSpec | None = None
     try:

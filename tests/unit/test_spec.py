@@ -651,3 +651,34 @@ def test_exponent_floats_without_a_dot_are_numbers(ws: Path) -> None:
     """YAML 1.1 reads `1e-4` as a string; specs read it as a float, like mlx-lm does."""
     spec = parse_spec(edit("  learning_rate: 1.0e-4", "  learning_rate: 1e-4"), "s", ws)
     assert spec.train.learning_rate == 1e-4
+
+
+# --------------------------------------------------------------------------- trackers
+
+
+def test_report_to_a_tracker_that_is_not_installed_is_refused_at_its_line(ws: Path) -> None:
+    import importlib.util
+
+    assert importlib.util.find_spec("wandb") is None  # not a dependency of the farm
+    text = edit("train:\n", "train:\n  report_to: [wandb]\n")
+    problem = only(spec_problems(ws, text), "train.report_to")
+    assert "wandb is not installed" in problem.message and "uv add wandb" in problem.message
+    assert problem.line == text.splitlines().index("  report_to: [wandb]") + 1
+    unknown = only(spec_problems(ws, edit("train:\n", "train:\n  report_to: [tensorboard]\n")),
+                   "train.report_to[0]")  # fmt: skip
+    assert "wandb" in unknown.message and "swanlab" in unknown.message
+
+
+def test_report_to_does_not_change_the_config_fingerprint(ws: Path) -> None:
+    from jobs.spec import ExperimentSpec
+
+    spec = parse_spec(VALID_SPEC, "s", ws)
+    tracked = ExperimentSpec.model_validate(
+        {
+            **spec.model_dump(by_alias=True),
+            "train": {**spec.train.model_dump(), "report_to": ["swanlab"]},
+        }
+    )
+    assert tracked.train.report_to == ["swanlab"]
+    assert config_fingerprint(tracked) == config_fingerprint(spec)
+    assert "report_to" not in spec.model_dump()["train"]  # older specs dump as before

@@ -30,7 +30,7 @@ from mlx.utils import tree_flatten
 from mlx_lm.cli_ui import make_console, print_lora_run_header
 from mlx_lm.lora import CONFIG_DEFAULTS
 from mlx_lm.tuner import trainer
-from mlx_lm.tuner.callbacks import TrainingCallback
+from mlx_lm.tuner.callbacks import SUPPORT_CALLBACK, TrainingCallback
 from mlx_lm.tuner.datasets import CacheDataset, load_dataset
 from mlx_lm.tuner.trainer import TrainingArgs, evaluate, iterate_batches
 from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers, print_trainable_parameters
@@ -71,6 +71,22 @@ def training_args(
     args = {**CONFIG_DEFAULTS, **lora_run_config(train, model, data, adapter_dir, seed)}
     args.update(test=False, report_to=None)
     return types.SimpleNamespace(**args)
+
+
+def tracker_callbacks(
+    trackers: list[str], ctx: StageContext, args: types.SimpleNamespace, progress: TrainingCallback
+) -> TrainingCallback:
+    """`train.report_to`: mlx-lm's own tracker callbacks (as `--report-to` builds
+    them), each passing every report on to the next and the last to the DB."""
+    callback = progress
+    for name in trackers:
+        callback = SUPPORT_CALLBACK[name](
+            project_name=ctx.spec.name,
+            log_dir=str(ctx.adapter_dir),
+            config={**vars(args), "lorafarm_run": ctx.run_id, "seed": ctx.seed},
+            wrapped_callback=callback,
+        )
+    return callback
 
 
 def prepare_model(args: types.SimpleNamespace, model: nn.Module) -> optim.Optimizer:
@@ -213,9 +229,11 @@ class Between:
         valid_set: CacheDataset,
         progress: ProgressToDatabase,
         probe: Probe | None = None,
+        reporter: TrainingCallback | None = None,
     ) -> None:
         self.ctx, self.args, self.model, self.optimizer = ctx, args, model, optimizer
         self.valid_set, self.progress, self.probe = valid_set, progress, probe
+        self.reporter = reporter or progress  # the trackers' callbacks, then the DB
         self.stopped: StopDecision | None = None  # the probe ended training here
 
     def after(self, iteration: int) -> None:
@@ -275,7 +293,7 @@ class Between:
         print(f"Iter {iteration}: Val loss {val_loss:.3f}, Val took {val_time:.3f}s", flush=True)
         # mlx-lm numbers a validation by the iterations done before it.
         report = {"iteration": iteration - 1, "val_loss": val_loss, "val_time": val_time}
-        self.progress.on_val_loss_report(report)
+        self.reporter.on_val_loss_report(report)
 
 
 class ResumableBatches:
@@ -364,14 +382,16 @@ def run_train(ctx: StageContext) -> None:
         # mlx-lm's console below counts this attempt's iterations from 1.
         print(f"mlx-lm's iterations 1..{args.iters - start} are {start + 1}..{args.iters}")
     progress = ProgressToDatabase(ctx, args.iters, start, tokens)
+    reporter = tracker_callbacks(ctx.spec.train.report_to, ctx, args, progress)
     probe = make_probe(ctx, tokenizer, start)
-    between = Between(ctx, args, model, optimizer, CacheDataset(valid_set), progress, probe)
+    between = Between(ctx, args, model, optimizer, CacheDataset(valid_set), progress, probe,
+                      reporter)  # fmt: skip
     record_checkpoints(ctx, args.iters)  # any a killed attempt saved but did not record
     between.resume(start)
 
     tic = time.perf_counter()
     if between.stopped is None:
-        fit(ctx, args, model, optimizer, train_set, start, between, progress)
+        fit(ctx, args, model, optimizer, train_set, start, between)
     else:  # the attempt before stopped at `start` and died before finishing
         weights = dict(tree_flatten(model.trainable_parameters()))
         mx.save_safetensors(str(ctx.adapter_dir / "adapters.safetensors"), weights)
@@ -417,7 +437,6 @@ def fit(
     train_set: Any,
     start: int,
     between: Between,
-    progress: ProgressToDatabase,
 ) -> None:
     """mlx-lm's training loop over iterations start+1..iters, or until the probe stops it."""
     trainer.train(
@@ -438,7 +457,7 @@ def fit(
             grad_accumulation_steps=args.grad_accumulation_steps,
         ),
         iterate_batches=ResumableBatches(start, args.seed, between),
-        training_callback=progress,
+        training_callback=between.reporter,  # the trackers, then the DB
     )
     if start < args.iters and between.stopped is None:
         between.after(args.iters)  # mlx-lm never asks for a batch after the last
