@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import os
+
+from jobs import settings
 
 
 def configured_password(secrets: dict[str, str] | None = None) -> str | None:
     """FARM_UI_PASSWORD from the environment, else `password` in Streamlit secrets."""
-    value = os.environ.get("FARM_UI_PASSWORD")
+    value = settings.ui_password()
     if value:
         return value
     if secrets and secrets.get("password"):

@@ -20,6 +20,41 @@ def database_url() -> str:
     return f"sqlite:///{farm_home() / 'farm.db'}"
 
 
+def worker_name() -> str | None:
+    """FARM_WORKER_NAME: set by `farm worker` for its horse and stage children."""
+    return os.environ.get("FARM_WORKER_NAME") or None
+
+
+def spawn_horse(platform: str) -> bool:
+    """FARM_SPAWN_HORSE=1: spawn the work horse instead of forking (the default on macOS)."""
+    return os.environ.get("FARM_SPAWN_HORSE", "1" if platform == "darwin" else "0") == "1"
+
+
+def ui_password() -> str | None:
+    """FARM_UI_PASSWORD (else Streamlit secrets, read by `jobs.access`)."""
+    return os.environ.get("FARM_UI_PASSWORD") or None
+
+
+def signin_lock_after() -> int:
+    """FARM_SIGNIN_LOCK_AFTER: failures from one address that lock it (default 10)."""
+    return max(_count("FARM_SIGNIN_LOCK_AFTER", 10), 1)
+
+
+def signin_lock_s() -> float:
+    """FARM_SIGNIN_LOCK_MINUTES (default 15; 0 only delays), in seconds."""
+    try:
+        minutes = float(os.environ.get("FARM_SIGNIN_LOCK_MINUTES", 15.0))
+    except ValueError:
+        minutes = 15.0
+    return max(minutes, 0.0) * 60
+
+
+def lmstudio_models() -> Path:
+    """FARM_LMSTUDIO_MODELS, else LM Studio's own ~/.lmstudio/models."""
+    value = os.environ.get("FARM_LMSTUDIO_MODELS")
+    return Path(value).expanduser() if value else Path.home() / ".lmstudio" / "models"
+
+
 def redis_url() -> str | None:
     """REDIS_URL if set; None means the farm runs its own embedded server."""
     return os.environ.get("REDIS_URL") or None

@@ -19,13 +19,13 @@ clear; a restart forgets it.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 
+from jobs import settings
 from jobs.access import check_password
 
 log = logging.getLogger("lorafarm.signin")
@@ -232,8 +232,7 @@ def policies_from_env() -> tuple[Policy, Policy]:
     slow signing in down, up to EVERYONE_MAX_DELAY_S between attempts: about as
     many guesses a day as the lock-out of three times as many failures allowed,
     without a lock a guesser could turn against the owner."""
-    lock_after = max(int(os.environ.get("FARM_SIGNIN_LOCK_AFTER", "10")), 1)
-    lock_s = max(float(os.environ.get("FARM_SIGNIN_LOCK_MINUTES", "15")), 0.0) * 60
+    lock_after, lock_s = settings.signin_lock_after(), settings.signin_lock_s()
     client = Policy(lock_after=lock_after, lock_s=lock_s, window_s=max(lock_s, 60.0))
     everyone = Policy(max_delay_s=EVERYONE_MAX_DELAY_S, lock_after=None, window_s=max(lock_s, 60.0))
     return client, everyone

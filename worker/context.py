@@ -116,7 +116,7 @@ def record_artifact(
         variant=variant,
         iteration=iteration,
         path=str(path),
-        host=os.environ.get("FARM_WORKER_NAME") or socket.gethostname(),
+        host=settings.worker_name() or socket.gethostname(),
         bytes=path_bytes(path),
         sha256=digest.sha256,
         file_sha256=digest.files,

@@ -250,8 +250,7 @@ class FarmSpawnWorker(FarmWorkerMixin, SpawnWorker):
 
 
 def worker_class() -> type[Worker]:
-    spawn = os.environ.get("FARM_SPAWN_HORSE", "1" if sys.platform == "darwin" else "0")
-    return FarmSpawnWorker if spawn == "1" else FarmWorker
+    return FarmSpawnWorker if settings.spawn_horse(sys.platform) else FarmWorker
 
 
 def run_reconciler(redis: Redis, logger: Any) -> None:

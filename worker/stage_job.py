@@ -60,7 +60,7 @@ def run_stage(stage_id: int) -> dict[str, Any]:
     forget_engines_after_fork()  # the horse was forked from the worker
     job = get_current_job()
     redis = job.connection if job else None
-    worker = os.environ.get("FARM_WORKER_NAME") or (job.worker_name if job else "") or "?"
+    worker = settings.worker_name() or (job.worker_name if job else "") or "?"
     with session_scope() as session:
         if lifecycle.held_for_session(session, stage_id, worker):
             return {"stage_id": stage_id, "claimed": False, "held_for_session": True}

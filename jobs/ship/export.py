@@ -47,7 +47,7 @@ def local_names(session: Session) -> set[str]:
     """The names artifacts recorded on this machine carry: its host name, and the
     names of the workers registered from it."""
     host = socket.gethostname()
-    names = {host, os.environ.get("FARM_WORKER_NAME") or host}
+    names = {host, settings.worker_name() or host}
     names |= set(session.exec(select(WorkerRow.name).where(WorkerRow.host == host)))
     return names
 

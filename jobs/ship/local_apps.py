@@ -11,10 +11,10 @@ the farm says which it supports instead of writing a file that does not load.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
+from jobs import settings
 from jobs.ship.sources import ExportPlan, ExportRefused
 
 GGUF_MODEL_TYPES = ("llama", "mistral", "mixtral")  # what mlx_lm.gguf converts
@@ -24,9 +24,8 @@ LMSTUDIO_PUBLISHER = "lorafarm"
 
 
 def lmstudio_models_dir() -> Path:
-    """LM Studio's models folder: FARM_LMSTUDIO_MODELS, else ~/.lmstudio/models."""
-    value = os.environ.get("FARM_LMSTUDIO_MODELS")
-    return Path(value).expanduser() if value else Path.home() / ".lmstudio" / "models"
+    """LM Studio's models folder (`jobs.settings.lmstudio_models`)."""
+    return settings.lmstudio_models()
 
 
 def lmstudio_folder(models_dir: Path, plan: ExportPlan, experiment_name: str, seed: int) -> Path:

@@ -14,7 +14,7 @@ from typing import Any
 from jobs.spec.model import TrainSpec
 
 # TrainSpec fields whose mlx-lm argument has another name or shape.
-_RESHAPED = frozenset({"lora", "optimizer_config", "lr_schedule"})
+_RESHAPED = frozenset({"lora", "optimizer_config", "lr_schedule", "report_to"})
 # TrainSpec fields the farm acts on itself, which mlx-lm has no argument for
 # (the probe runs in the train stage's own checkpoint hook).
 FARM_ONLY = frozenset({"adherence_probe"})
@@ -28,6 +28,7 @@ def lora_config(train: TrainSpec) -> dict[str, Any]:
     config["optimizer_config"] = {train.optimizer: dict(train.optimizer_config)}
     # Unset LoRA knobs (keys: None) are left to mlx-lm's per-model default.
     config["lora_parameters"] = train.lora.model_dump(mode="json", exclude_none=True)
+    config["report_to"] = ",".join(train.report_to) or None  # mlx-lm's `--report-to a,b`
     config["lr_schedule"] = (
         train.lr_schedule.model_dump(mode="json") if train.lr_schedule is not None else None
     )

@@ -231,3 +231,38 @@ def test_no_module_is_over_600_lines_without_saying_why() -> None:
         f"split these modules, or start a line of the docstring with {LONG_MODULE_MARK!r} "
         f"and the reason: {too_long}"
     )
+
+
+# Where the environment may be read outside jobs/settings.py: the tools (their
+# flags and the processes they start), and the spawned horse reading the job its
+# worker handed over in the environment (rq's spawn protocol, never a setting).
+ENV_READERS = {"jobs.settings", "worker.horse"}
+TOOLS = ("jobs.cli", "jobs.bench", "jobs.local")
+
+
+def environment_reads(tree: ast.Module) -> list[int]:
+    """Lines that read os.environ / os.getenv (a write, `os.environ[k] = v`, hands
+    a value to a child and is not a read)."""
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and ast.unparse(node.func) in (
+            "os.environ.get", "os.getenv", "os.environ.items", "os.environ.copy",
+        ):  # fmt: skip
+            lines.append(node.lineno)
+        elif (isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load)
+              and ast.unparse(node.value) == "os.environ"):  # fmt: skip
+            lines.append(node.lineno)
+    return lines
+
+
+def test_the_environment_is_read_in_jobs_settings_only() -> None:
+    found = {
+        name: lines
+        for name, module in project_modules().items()
+        if name not in ENV_READERS and not name.startswith(TOOLS)
+        and (lines := environment_reads(module.tree))
+    }  # fmt: skip
+    # The stage child inherits the worker's environment minus Redis's secrets.
+    assert found.pop("worker.stage_job", None) is not None
+    assert not found, f"read the environment through jobs.settings instead: {found}"
+    assert environment_reads(ast.parse("import os\nos.environ.get('X')")) == [2]

@@ -73,6 +73,7 @@ def _set_every_field(train: TrainSpec) -> TrainSpec:
             "lora": LoraParams(rank=4, scale=10.0, dropout=0.05, keys=["self_attn.q_proj"]),
             "lr_schedule": LrSchedule(name="cosine_decay", arguments=[2e-4, 7], warmup=1),
             "adherence_probe": AdherenceProbe(prompts=4, stop_when_locked=0.9),
+            "report_to": ["wandb", "swanlab"],
         }
     )  # fmt: skip
 
@@ -94,7 +95,8 @@ def test_mlx_args_maps_every_train_field() -> None:
     assert config["lr_schedule"] == {
         "name": "cosine_decay", "arguments": [2e-4, 7.0], "warmup": 1, "warmup_init": 0.0
     }  # fmt: skip
-    skip = {"lora", "optimizer_config", *FARM_ONLY}
+    assert config["report_to"] == "wandb,swanlab"
+    skip = {"lora", "optimizer_config", "report_to", *FARM_ONLY}
     plain = {k: v for k, v in train.model_dump().items() if k not in skip}
     plain["lr_schedule"] = config["lr_schedule"]
     assert {k: config[k] for k in plain} == plain
