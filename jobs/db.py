@@ -269,6 +269,17 @@ class ExportChunk(SQLModel, table=True):
     data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
+class SigninState(SQLModel, table=True):
+    """The UI's sign-in throttle (failure counts, delays, lock-outs; `web.signin`),
+    one row, so a UI restart keeps a lock-out and several UI processes share it.
+    `version` is bumped first in every change, which takes the row's write lock."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    version: int = 0
+    state: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
 class Notification(SQLModel, table=True):
     """One message to send (`jobs.notify`): the outbox row of an event, unique by
     key, so a restart never sends it twice; delivered_at once a receiver took it."""

@@ -12,8 +12,9 @@ skips it altogether, so the owner signs in at once during an attack.
 The address is the socket's peer; `X-Forwarded-For` counts only from a proxy
 named in FARM_TRUSTED_PROXIES (`jobs.settings.forwarded_allow_ips`, handed to
 the server), so a client cannot pose as many by forging the header. The state
-lives in this process, not in Streamlit's caches, which any websocket client can
-clear; a restart forgets it.
+lives in the farm's database (`StoredThrottle`), not in Streamlit's caches,
+which any websocket client can clear: a restart keeps a lock-out, and several
+UI processes share the counts.
 """
 
 from __future__ import annotations
@@ -21,12 +22,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import col, update
 
 from jobs import settings
 from jobs.access import check_password
+from jobs.db import SigninState, session_scope
 
 log = logging.getLogger("lorafarm.signin")
 
@@ -166,6 +172,30 @@ class Throttle:
             everyone = self._state(EVERYONE, now)
             everyone.not_before = min(everyone.not_before, now)
 
+    def snapshot(self) -> dict[str, Any]:
+        """The state as JSON-able data (times on this throttle's clock)."""
+        with self._lock:
+            return {
+                "keys": {k: {"failures": v.failures, "not_before": v.not_before,
+                             "locked_until": v.locked_until} for k, v in self._keys.items()},
+                "signed_in": dict(self._signed_in),
+            }  # fmt: skip
+
+    def restore(self, data: Mapping[str, Any]) -> None:
+        """Replace the state with a snapshot's; anything malformed counts as empty."""
+        keys: dict[str, _KeyState] = {}
+        for key, value in dict(data.get("keys") or {}).items():
+            try:
+                keys[str(key)] = _KeyState([float(t) for t in value["failures"]],
+                                           float(value["not_before"]),
+                                           float(value["locked_until"]))  # fmt: skip
+            except (KeyError, TypeError, ValueError):
+                continue
+        signed = {str(k): float(v) for k, v in dict(data.get("signed_in") or {}).items()
+                  if isinstance(v, int | float)}  # fmt: skip
+        with self._lock:
+            self._keys, self._signed_in = keys, signed
+
     def _forget_idle(self, now: float) -> None:
         if len(self._keys) <= MAX_TRACKED:
             return
@@ -185,7 +215,7 @@ def sign_in(
     given: str,
     expected: str,
     client: str,
-    throttle: Throttle,
+    throttle: Throttle | StoredThrottle,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Outcome:
     """Check a password under the throttle; wrong ones are logged and answered late."""
@@ -238,8 +268,51 @@ def policies_from_env() -> tuple[Policy, Policy]:
     return client, everyone
 
 
+class StoredThrottle:
+    """The throttle with its state in the database (`jobs.db.SigninState`): a UI
+    restart keeps a lock-out, and every UI process on the farm's database shares
+    the counts. Each attempt's check and each failure is one transaction that
+    first bumps the row's version, which takes its write lock, then reads,
+    changes and writes the state: two processes never lose each other's counts.
+    Times are the wall clock (time.time), which a restart does not reset."""
+
+    def __init__(self, client: Policy, everyone: Policy) -> None:
+        self.throttle = Throttle(client, everyone, clock=time.time)
+        self._lock = threading.Lock()  # one transaction at a time from this process
+
+    def _apply(self, change: Callable[[str], Any], client: str) -> Any:
+        with self._lock:
+            try:
+                with session_scope() as session:
+                    session.exec(update(SigninState).where(col(SigninState.id) == 1)  # type: ignore[call-overload]
+                                 .values(version=SigninState.version + 1))  # fmt: skip
+                    row = session.get(SigninState, 1)
+                    if row is None:
+                        raise SQLAlchemyError("no sign-in row: the database is not migrated")
+                    self.throttle.restore(row.state)
+                    result = change(client)
+                    row.state = self.throttle.snapshot()
+                    session.add(row)
+                return result
+            except SQLAlchemyError as exc:
+                # The database is unreachable: throttle in this process meanwhile,
+                # from the last state read (a change applied twice only counts more).
+                log.warning("sign-in throttle kept in this process: %s", type(exc).__name__)
+                return change(client)
+
+    def begin(self, client: str) -> Verdict:
+        return self._apply(self.throttle.begin, client)  # type: ignore[no-any-return]
+
+    def failed(self, client: str) -> Failure:
+        return self._apply(self.throttle.failed, client)  # type: ignore[no-any-return]
+
+    def succeeded(self, client: str) -> None:
+        self._apply(self.throttle.succeeded, client)
+
+
 @cache
-def process_throttle() -> Throttle:
-    """The throttle of this UI process, shared by every browser session."""
+def process_throttle() -> StoredThrottle:
+    """The UI's throttle, its state in the farm's database, shared by every
+    browser session of every UI process."""
     client, everyone = policies_from_env()
-    return Throttle(client, everyone)
+    return StoredThrottle(client, everyone)

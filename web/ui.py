@@ -103,6 +103,10 @@ def sign_in_page() -> None:
             expected = password()
             if expected is None:
                 return
+            try:
+                ensure_database()  # the throttle's state is a row of it
+            except Exception as exc:  # unreachable: the throttle works in this process
+                log.warning("sign-in without the database: %s", type(exc).__name__)
             outcome = sign_in(given, expected, client_address(), process_throttle())
             if outcome.signed_in:
                 st.session_state["signed_in"] = True

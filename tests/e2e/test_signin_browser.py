@@ -412,3 +412,37 @@ def upload(web: Web, session_id: str, xsrf: str, size: int) -> int:
             return int(response.status)
     except urllib.error.HTTPError as error:
         return int(error.code)
+
+
+def test_the_lock_out_survives_a_ui_restart(tmp_path: Path) -> None:
+    """Locked out, the UI is stopped and started again on the same database: the
+    right password is still refused, from a new browser session."""
+    from playwright.sync_api import expect, sync_playwright
+
+    database = f"sqlite:///{tmp_path / 'farm.db'}"
+    env = {"FARM_SIGNIN_LOCK_AFTER": "2"}
+    expect.set_options(timeout=LOAD_MS)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            with farm_web(tmp_path, database, env_extra=env) as web:
+                page = browser.new_page()
+                page.goto(web.url)
+                sign_in(page, "wrong-guess-1")
+                expect(
+                    page.get_by_text("Wrong password (failed attempt 1 from here).")
+                ).to_be_visible()
+                sign_in(page, "wrong-guess-2")
+                expect(page.get_by_text("signing in is locked for 15 min")).to_be_visible()
+            with farm_web(tmp_path, database, env_extra=env) as web:  # the restarted UI
+                page = browser.new_page()
+                page.goto(web.url)
+                sign_in(page, PASSWORD)
+                expect(page.get_by_text("signing in is locked for")).to_be_visible()
+                page.wait_for_timeout(1000)
+                assert page.get_by_role("link", name="Leaderboard").count() == 0
+                log = web.log_text()
+        finally:
+            browser.close()
+    assert re.search(rf"sign-in refused from {re.escape(web.client)}: locked", log), log
+    assert "sign-in failed" not in log  # the restarted UI counted nothing new: it refused
