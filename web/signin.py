@@ -281,23 +281,30 @@ class StoredThrottle:
         self._lock = threading.Lock()  # one transaction at a time from this process
 
     def _apply(self, change: Callable[[str], Any], client: str) -> Any:
+        client = str(client)  # a key of the stored JSON
         with self._lock:
+            before: dict[str, Any] | None = None
             try:
                 with session_scope() as session:
                     session.exec(update(SigninState).where(col(SigninState.id) == 1)  # type: ignore[call-overload]
                                  .values(version=SigninState.version + 1))  # fmt: skip
                     row = session.get(SigninState, 1)
-                    if row is None:
-                        raise SQLAlchemyError("no sign-in row: the database is not migrated")
+                    if row is None:  # a schema made without the migration's row
+                        row = SigninState(id=1, version=1, state={})
+                        session.add(row)
+                        session.flush()
                     self.throttle.restore(row.state)
+                    before = self.throttle.snapshot()
                     result = change(client)
                     row.state = self.throttle.snapshot()
                     session.add(row)
                 return result
             except SQLAlchemyError as exc:
                 # The database is unreachable: throttle in this process meanwhile,
-                # from the last state read (a change applied twice only counts more).
+                # from the last state read (without the change that was not saved).
                 log.warning("sign-in throttle kept in this process: %s", type(exc).__name__)
+                if before is not None:
+                    self.throttle.restore(before)
                 return change(client)
 
     def begin(self, client: str) -> Verdict:

@@ -492,3 +492,47 @@ def test_a_cut_inside_a_transaction_does_not_block_the_rest_of_the_farm(
     second = attempts_of(stage_id)[1]
     assert (second.worker, second.outcome) == ("w2", "done"), second
     assert second.resumed_from is not None and second.resumed_from >= SAVE_EVERY
+
+
+def test_an_export_is_made_by_the_worker_on_another_host_and_checked_on_arrival(
+    own_disk_farm: Farm, tiny_model: Path, tmp_path: Path
+) -> None:
+    """w1, in its own namespace with its own disk, trains a run; the coordinator
+    (this process, over its own link) asks for the adapter: the export stage runs
+    on w1, and the zip reaches the coordinator through the database. A file
+    changed on w1's disk is refused by checksum on w1, and the run stays done."""
+    farm = own_disk_farm
+    farm.start_worker("w1")
+    spec = write_spec(tmp_path / "spec.yaml", tiny_model, seeds=[1],
+                      train={**TRAIN, "iters": 20}, **ONLY_ADAPTER)  # fmt: skip
+    experiment_id = submit(spec)
+    wait_until(lambda: run_done(experiment_id), timeout=300, what="w1 to finish the run")
+    run_id = train_stage(experiment_id).run_id
+    dest = tmp_path / "exported"
+    started = time.monotonic()
+    result = runner.invoke(app, ["export", str(run_id), "--via-worker", "--to", str(dest)])
+    assert result.exit_code == 0, result.output
+    export_s = since(started)
+    with session_scope() as session:
+        stage = session.exec(select(Stage).where(Stage.kind == "export")).one()
+        adapter = session.exec(
+            select(Artifact).where(Artifact.run_id == run_id, Artifact.kind == "adapter")
+        ).one()
+    assert (stage.worker, stage.queue) == ("w1", worker_queue_name("w1"))
+    assert str(farm.workers.home("w1")) in adapter.path  # on w1's own disk
+    weights = Path(adapter.path) / "adapters.safetensors"
+    assert (dest / "adapters.safetensors").read_bytes() == weights.read_bytes()
+    assert (dest / "README.md").is_file()
+    record_timing("export from another host", export_s=export_s)
+
+    original = weights.read_bytes()
+    weights.write_bytes(original[:-1] + bytes([original[-1] ^ 0xFF]))
+    try:
+        result = runner.invoke(
+            app, ["export", str(run_id), "--via-worker", "--to", str(tmp_path / "again")]
+        )
+    finally:
+        weights.write_bytes(original)
+    assert result.exit_code == 2 and "adapters.safetensors has changed" in result.stderr
+    assert not (tmp_path / "again").exists()
+    assert run_done(experiment_id)  # a failed export never fails the run
