@@ -27,6 +27,21 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def server_now(session: Session) -> datetime:
+    """The database server's clock, the farm's one clock.
+
+    Heartbeats, claims and every lost or stranded decision read it, never the
+    clock of the Mac that writes: a worker whose clock is minutes off (NTP
+    off, a laptop back from sleep) would otherwise look lost while it works,
+    or see every other worker as lost. SQLite is a file on one machine, so
+    there the database's clock is that machine's."""
+    bind = session.get_bind()
+    if bind.dialect.name != "postgresql":
+        return utcnow()
+    moment = session.connection().exec_driver_sql("SELECT now()").scalar_one()
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 class Sweep(SQLModel, table=True):
     """One submission of a grid: its experiments (one per grid point) share it."""
 

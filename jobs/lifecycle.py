@@ -40,6 +40,7 @@ from jobs.db import (
     Stage,
     StageAttempt,
     WorkerRow,
+    server_now,
     utcnow,
 )
 from jobs.queue import (
@@ -125,7 +126,7 @@ def queue_stage(session: Session, stage: Stage, queue_name: str | None = None) -
     stage.status = StageStatus.QUEUED
     stage.queue = queue_name
     stage.rq_job_id = stage_job_id(stage.id or 0, stage.attempt + 1)
-    stage.enqueued_at = utcnow()
+    stage.enqueued_at = server_now(session)
     stage.worker, stage.heartbeat_at = None, None
     session.add(stage)
     return ticket_for(session, stage)
@@ -191,7 +192,7 @@ def claim(session: Session, stage_id: int, worker: str, host: str = "") -> int |
     """Start a new attempt of a queued stage on `worker`, atomically: of two
     workers holding a ticket for the same stage, exactly one wins. Returns the
     attempt number, or None when the stage is not there to be claimed."""
-    now = utcnow()
+    now = server_now(session)
     claimed = session.exec(  # type: ignore[call-overload]
         update(Stage)
         .where(col(Stage.id) == stage_id, col(Stage.status) == StageStatus.QUEUED)
@@ -234,7 +235,7 @@ def guard(session: Session, stage_id: int, attempt: int) -> None:
             col(Stage.attempt) == attempt,
             col(Stage.status) == StageStatus.RUNNING,
         )
-        .values(heartbeat_at=utcnow())
+        .values(heartbeat_at=server_now(session))
     )
     if owned.rowcount != 1:
         raise StaleAttempt(f"stage {stage_id} attempt {attempt} no longer owns the stage")
@@ -254,7 +255,7 @@ def set_worker_stage(session: Session, worker: str, stage_id: int | None) -> Non
     if row is not None:
         row.current_stage_id = stage_id
         row.status = WorkerStatus.BUSY if stage_id else WorkerStatus.IDLE
-        row.last_heartbeat = utcnow()
+        row.last_heartbeat = server_now(session)
         session.add(row)
 
 
@@ -267,7 +268,7 @@ def _end_attempt(
         )
     ).first()
     if row is not None and row.outcome == AttemptOutcome.RUNNING:
-        row.outcome, row.reason, row.ended_at = outcome, reason, utcnow()
+        row.outcome, row.reason, row.ended_at = outcome, reason, server_now(session)
         session.add(row)
 
 
@@ -353,7 +354,7 @@ def finish(session: Session, stage_id: int, attempt: int) -> list[Ticket]:
     stage = _owned(session, stage_id, attempt)
     if stage is None:
         return []
-    stage.status, stage.finished_at = StageStatus.DONE, utcnow()
+    stage.status, stage.finished_at = StageStatus.DONE, server_now(session)
     session.add(stage)
     _end_attempt(session, stage_id, attempt, AttemptOutcome.DONE, None)
     _count_job(session, stage.worker)
@@ -404,7 +405,7 @@ def _end_running(
         return [ticket]
     if outcome != AttemptOutcome.FAILED:
         reason = f"{reason} (gave up after {used} retries)"
-    stage.status, stage.finished_at, stage.error = StageStatus.FAILED, utcnow(), reason
+    stage.status, stage.finished_at, stage.error = StageStatus.FAILED, server_now(session), reason
     session.add(stage)
     skip_descendants(session, stage, f"skipped: {stage.kind} {stage.variant} failed")
     tickets = []
@@ -441,7 +442,8 @@ def skip(session: Session, stage: Stage, reason: str) -> list[str]:
     """Skip a stage and everything below it; returns RQ job ids to drop."""
     jobs = []
     if stage.status not in FINISHED:
-        stage.status, stage.error, stage.finished_at = StageStatus.SKIPPED, reason, utcnow()
+        stage.status, stage.error = StageStatus.SKIPPED, reason
+        stage.finished_at = server_now(session)
         session.add(stage)
         if stage.rq_job_id:
             jobs.append(stage.rq_job_id)
@@ -450,11 +452,12 @@ def skip(session: Session, stage: Stage, reason: str) -> list[str]:
 
 def skip_descendants(session: Session, stage: Stage, reason: str) -> list[str]:
     run_stages = session.exec(select(Stage).where(Stage.run_id == stage.run_id)).all()
-    jobs = []
+    jobs: list[str] = []
+    now = server_now(session)
     for child in descendants(run_stages, stage.id or -1):
         if child.status in FINISHED:
             continue
-        child.status, child.error, child.finished_at = StageStatus.SKIPPED, reason, utcnow()
+        child.status, child.error, child.finished_at = StageStatus.SKIPPED, reason, now
         session.add(child)
         if child.rq_job_id:
             jobs.append(child.rq_job_id)
@@ -480,7 +483,8 @@ def cancel(
     """Cancel unfinished stages; returns the RQ job ids to stop. Their workers
     show idle at once: the stop command kills the stage within seconds, and a
     running attempt also sees the cancel at its next heartbeat."""
-    jobs = []
+    jobs: list[str] = []
+    now = server_now(session)
     for stage in stages:
         if stage.status in FINISHED:
             continue
@@ -488,7 +492,7 @@ def cancel(
             _end_attempt(session, stage.id or 0, stage.attempt, AttemptOutcome.CANCELLED, reason)
             if stage.worker:
                 set_worker_stage(session, stage.worker, None)
-        stage.status, stage.finished_at, stage.error = StageStatus.CANCELLED, utcnow(), reason
+        stage.status, stage.finished_at, stage.error = StageStatus.CANCELLED, now, reason
         session.add(stage)
         if stage.rq_job_id:
             jobs.append(stage.rq_job_id)
@@ -558,7 +562,7 @@ def _mark_replanned(session: Session, stage: Stage, reason: str) -> None:
                 host=last.host,
                 outcome=AttemptOutcome.REPLANNED,
                 reason=reason,
-                ended_at=utcnow(),
+                ended_at=server_now(session),
             )
         )
 
@@ -584,7 +588,7 @@ def update_run_status(session: Session, run_id: int) -> str:
     else:
         run.status = "done"
     if run.status in FINISHED and run.finished_at is None:
-        run.finished_at = utcnow()
+        run.finished_at = server_now(session)
     session.add(run)
     return run.status
 

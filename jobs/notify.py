@@ -31,7 +31,7 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from jobs import settings
-from jobs.db import Experiment, Notification, Run, Stage, utcnow
+from jobs.db import Experiment, Notification, Run, Stage, server_now
 from jobs.states import StageStatus
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def notify_url(experiment: Experiment) -> str | None:
 
 def find_events(session: Session, now: datetime | None = None) -> list[tuple[Event, str]]:
     """Events of the last day not yet recorded, each with the URL it goes to."""
-    since = (now or utcnow()) - RECENT
+    since = (now or server_now(session)) - RECENT
     recorded = set(session.exec(select(Notification.key).where(
         col(Notification.created_at) >= since - RECENT)).all())  # fmt: skip
     ended = session.execute(
@@ -160,7 +160,7 @@ def experiment_event(session: Session, experiment: Experiment) -> Event | None:
 
 def record_events(session: Session, events: Sequence[tuple[Event, str]]) -> int:
     """Outbox rows for new events (the unique key keeps a second pass from adding one)."""
-    now = utcnow()
+    now = server_now(session)
     for event, url in events:
         payload = {"text": event.text, "event": event.kind, "experiment": event.experiment_id,
                    "run": event.run_id}  # fmt: skip
@@ -202,7 +202,7 @@ def where(url: str) -> str:
 def deliver_pending(session: Session, now: datetime | None = None) -> list[int]:
     """Send what is due; returns the ids delivered. Each row is updated as soon as
     its send ends, so a pass cut off half-way loses nothing."""
-    now = now or utcnow()
+    now = now or server_now(session)
     due = session.exec(
         select(Notification)
         .where(
@@ -218,11 +218,11 @@ def deliver_pending(session: Session, now: datetime | None = None) -> list[int]:
         error = post(note.url, dict(note.payload))
         note.attempts += 1
         if error is None:
-            note.delivered_at, note.last_error = utcnow(), None
+            note.delivered_at, note.last_error = server_now(session), None
             delivered.append(note.id or 0)
         else:
             note.last_error = error
-            note.next_try_at = utcnow() + timedelta(seconds=retry_delay_s(note.attempts))
+            note.next_try_at = server_now(session) + timedelta(seconds=retry_delay_s(note.attempts))
             log.warning("notification %s to %s failed (%s); attempt %s of %s", note.id,
                         where(note.url), error, note.attempts, MAX_ATTEMPTS)  # fmt: skip
         session.add(note)

@@ -35,7 +35,7 @@ from sqlmodel import Session, col, select
 
 from jobs import lifecycle, settings
 from jobs.dag import HOLD
-from jobs.db import Experiment, Run, Stage, WorkerRow, session_scope, utcnow
+from jobs.db import Experiment, Run, Stage, WorkerRow, server_now, session_scope
 from jobs.queue import Carry, Ticket, carried, push_again, push_all, worker_queue_name
 from jobs.states import StageStatus, WorkerStatus
 
@@ -158,7 +158,7 @@ def send_notifications() -> None:
 
 
 def mark_lost_workers(session: Session) -> list[str]:
-    cutoff = lifecycle.lost_cutoff()
+    cutoff = lifecycle.lost_cutoff(server_now(session))
     rows = session.exec(
         select(WorkerRow).where(
             col(WorkerRow.status).in_([WorkerStatus.IDLE, WorkerStatus.BUSY]),
@@ -172,7 +172,7 @@ def mark_lost_workers(session: Session) -> list[str]:
 
 
 def requeue_lost_stages(session: Session, repairs: Repairs) -> list[Ticket]:
-    cutoff = lifecycle.lost_cutoff()
+    cutoff = lifecycle.lost_cutoff(server_now(session))
     lost = session.exec(
         select(Stage).where(Stage.status == StageStatus.RUNNING, col(Stage.heartbeat_at) < cutoff)
     ).all()
@@ -196,7 +196,7 @@ def _gone_workers(session: Session) -> dict[str, float]:
             col(WorkerRow.status).in_([WorkerStatus.LOST, WorkerStatus.OFFLINE])
         )
     ).all()
-    now = utcnow()
+    now = server_now(session)
     gone = {r.name: lifecycle.seconds_since(r.last_heartbeat, now) for r in rows}
     return {name: s for name, s in gone.items() if s >= limit}
 

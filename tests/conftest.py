@@ -76,6 +76,33 @@ def postgres_url() -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def empty_schema(url: str) -> str:
+    """The throwaway PostgreSQL database with every farm table dropped."""
+    from sqlmodel import SQLModel
+
+    db.dispose_engines()
+    engine = db.get_engine(url)
+    SQLModel.metadata.drop_all(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
+    return url
+
+
+@pytest.fixture
+def postgres_farm_home(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
+    """A fresh FARM_HOME whose database is PostgreSQL, as on a LAN farm."""
+    home = tmp_path / "farm"
+    home.mkdir()
+    monkeypatch.setenv("FARM_HOME", str(home))
+    monkeypatch.setenv("DATABASE_URL", empty_schema(postgres_url))
+    monkeypatch.delenv("FARM_SHARED_ARTIFACTS", raising=False)
+    db.migrate()
+    yield home
+    db.dispose_engines()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -84,14 +111,7 @@ def database(
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'farm.db'}"
     else:
-        url = request.getfixturevalue("postgres_url")
-        from sqlmodel import SQLModel
-
-        db.dispose_engines()
-        engine = db.get_engine(url)
-        SQLModel.metadata.drop_all(engine)
-        with engine.begin() as conn:
-            conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
+        url = empty_schema(request.getfixturevalue("postgres_url"))
     monkeypatch.setenv("DATABASE_URL", url)
     monkeypatch.setenv("FARM_HOME", str(tmp_path / "farm"))
     db.dispose_engines()

@@ -31,7 +31,7 @@ from sqlmodel import select
 
 from jobs import lifecycle, settings
 from jobs import queue as farm_queue
-from jobs.db import Stage, WorkerRow, migrate, session_scope, utcnow
+from jobs.db import Stage, WorkerRow, migrate, server_now, session_scope, utcnow
 from jobs.queue import push_all
 from jobs.reconcile import reconcile
 from jobs.rq_job import FarmJob
@@ -118,7 +118,7 @@ def register_worker(name: str, memory_gb: float, queues: list[str]) -> None:
         row.chip, row.mlx_version = chip_name(), mlx_version()
         row.platform = f"{platform.system()} {platform.machine()}"
         row.queues, row.status, row.current_stage_id = ",".join(queues), WorkerStatus.IDLE, None
-        row.started_at = row.last_heartbeat = utcnow()
+        row.started_at = row.last_heartbeat = server_now(session)
         session.add(row)
 
 
@@ -128,7 +128,7 @@ def beat(name: str, status: str | None = None) -> None:
     with session_scope() as session:
         row = session.exec(select(WorkerRow).where(WorkerRow.name == name)).first()
         if row is not None:
-            row.last_heartbeat = utcnow()
+            row.last_heartbeat = server_now(session)
             if status:
                 row.status = status
             elif row.status in (WorkerStatus.LOST, WorkerStatus.OFFLINE):

@@ -16,7 +16,7 @@ from datetime import datetime
 from sqlmodel import Session, col, select
 
 from jobs import lifecycle, settings
-from jobs.db import ExportFile, Stage, WorkerRow
+from jobs.db import ExportFile, Stage, WorkerRow, server_now
 from jobs.queue import Ticket
 from jobs.ship.sources import load_plan
 
@@ -31,10 +31,11 @@ def holders_down(session: Session, run_id: int, variant: str) -> list[str]:
     hosts = sorted({s.host for s in load_plan(session, run_id, variant).sources})
     rows = {w.name: w for w in session.exec(select(WorkerRow).where(
         col(WorkerRow.name).in_(hosts))).all()}  # fmt: skip
+    now = server_now(session)
     return [
         h for h in hosts
         if h not in rows
-        or lifecycle.seconds_since(rows[h].last_heartbeat) > settings.lost_after_s()
+        or lifecycle.seconds_since(rows[h].last_heartbeat, now) > settings.lost_after_s()
     ]  # fmt: skip
 
 

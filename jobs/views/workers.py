@@ -12,14 +12,14 @@ from rq.serializers import JSONSerializer
 from sqlmodel import Session, select
 
 from jobs import settings
-from jobs.db import Experiment, Run, Stage, WorkerRow, utcnow
+from jobs.db import Experiment, Run, Stage, WorkerRow, server_now
 from jobs.rq_job import FarmJob
 from jobs.states import WorkerStatus
 from jobs.views.runs import aware, format_duration
 
 
 def worker_rows(session: Session, now: datetime | None = None) -> list[dict[str, Any]]:
-    now = now or utcnow()
+    now = now or server_now(session)
     workers = session.exec(select(WorkerRow).order_by(WorkerRow.name)).all()
     stage_ids = [w.current_stage_id for w in workers if w.current_stage_id]
     current: dict[int, tuple[str, int]] = {}  # stage id → (what it is, run id)
