@@ -27,6 +27,19 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; every time the farm stores is UTC.
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def seconds_since(moment: datetime | None, now: datetime | None = None) -> float:
+    if moment is None:
+        return float("inf")
+    return ((now or utcnow()) - as_utc(moment)).total_seconds()  # type: ignore[operator]
+
+
 def server_now(session: Session) -> datetime:
     """The database server's clock, the farm's one clock.
 
@@ -79,7 +92,7 @@ class Run(SQLModel, table=True):
     seed: int
     fingerprint: str = Field(index=True)
     status: str = Field(default="queued", index=True)
-    host: str | None = None  # the worker holding this run's artifacts
+    host: str | None = None  # the host id of the Mac whose disk holds its artifacts
     created_at: datetime = Field(default_factory=utcnow, index=True)
     finished_at: datetime | None = None
 
@@ -214,7 +227,8 @@ class WorkerRow(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(index=True, unique=True)
-    host: str
+    host: str  # the machine's network name
+    host_id: str | None = Field(default=None, index=True)  # its disk (`jobs.host_identity`)
     memory_gb: float  # what it offers jobs: on a Mac, the GPU working set
     total_memory_gb: float | None = None  # its RAM (None: registered before this was kept)
     chip: str = ""

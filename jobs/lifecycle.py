@@ -67,15 +67,6 @@ class StaleAttempt(RuntimeError):
     stage was cancelled. Its writes are refused."""
 
 
-def as_utc(value: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; every time the farm stores is UTC.
-    if value is None or value.tzinfo is not None:
-        return value
-    from datetime import UTC
-
-    return value.replace(tzinfo=UTC)
-
-
 # --- what a run's spec says ------------------------------------------------------
 
 
@@ -114,8 +105,13 @@ def route(session: Session, stage: Stage) -> str:
 
 
 def _trainer(session: Session, run: Run) -> str | None:
+    """The host id of the Mac training the run right now, if any."""
     train = session.exec(select(Stage).where(Stage.run_id == run.id, Stage.kind == "train")).first()
-    return train.worker if train else None
+    if train is None or not train.worker:
+        return None
+    row = session.exec(select(WorkerRow).where(WorkerRow.name == train.worker)).first()
+    # A worker registered before host ids has its name as its host id (0014).
+    return (row.host_id if row is not None else None) or train.worker
 
 
 def queue_stage(session: Session, stage: Stage, queue_name: str | None = None) -> Ticket:
@@ -215,7 +211,7 @@ def claim(session: Session, stage_id: int, worker: str, host: str = "") -> int |
     if stage.kind == "train":
         run = session.get(Run, stage.run_id)
         assert run is not None
-        run.host = worker  # the checkpoints and the adapter will be on this worker's disk
+        run.host = host or worker  # the checkpoints and the adapter will be on this Mac's disk
         session.add(run)
     update_run_status(session, stage.run_id)
     set_worker_stage(session, worker, stage_id)
@@ -591,12 +587,6 @@ def update_run_status(session: Session, run_id: int) -> str:
         run.finished_at = server_now(session)
     session.add(run)
     return run.status
-
-
-def seconds_since(moment: datetime | None, now: datetime | None = None) -> float:
-    if moment is None:
-        return float("inf")
-    return ((now or utcnow()) - as_utc(moment)).total_seconds()  # type: ignore[operator]
 
 
 def lost_cutoff(now: datetime | None = None) -> datetime:

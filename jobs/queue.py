@@ -4,7 +4,8 @@ Routing rules:
 - `train` goes to a memory-tier queue (`farm:mem:<gb>`). A worker with M GB
   listens only to tiers ≤ M, so a job never lands on a worker too small for it.
 - Stages after `train` need its artifacts: they go to the queue of the worker
-  that trained (`farm:worker:<name>`), or back to the tier queue when
+  of the Mac that trained (`farm:host:<host id>`, `jobs.host_identity`), which
+  every worker process on that Mac listens to, or back to the tier queue when
   FARM_SHARED_ARTIFACTS makes artifacts visible everywhere.
 
 The DB says what is runnable (`jobs.lifecycle`); Redis only carries it. A job
@@ -65,23 +66,25 @@ def tier_queue_name(min_memory_gb: float) -> str:
     return f"farm:mem:{tier_for(min_memory_gb)}"
 
 
-def worker_queue_name(worker_name: str) -> str:
-    return f"farm:worker:{worker_name}"
+def host_queue_name(host_id: str) -> str:
+    """The queue of one Mac's disk (`jobs.host_identity`): every worker process
+    on that Mac listens to it, whatever its name."""
+    return f"farm:host:{host_id}"
 
 
-def queues_for_worker(worker_name: str, memory_gb: float) -> list[str]:
-    """Own queue first (finish started runs before starting new ones), then
-    the biggest tier this worker can hold down to the smallest."""
+def queues_for_worker(host_id: str, memory_gb: float) -> list[str]:
+    """Its Mac's queue first (finish started runs before starting new ones),
+    then the biggest tier this worker can hold down to the smallest."""
     tiers = [t for t in MEMORY_TIERS_GB if t <= memory_gb]
-    return [worker_queue_name(worker_name)] + [f"farm:mem:{t}" for t in reversed(tiers)]
+    return [host_queue_name(host_id)] + [f"farm:mem:{t}" for t in reversed(tiers)]
 
 
-def pinned_queue_name(worker_name: str | None, min_memory_gb: float) -> str:
-    """Where stages that need a run's artifacts go: the queue of the worker
-    holding them, or anywhere suitable when artifacts live in a shared folder."""
-    if settings.shared_artifacts() is not None or not worker_name:
+def pinned_queue_name(host_id: str | None, min_memory_gb: float) -> str:
+    """Where stages that need a run's artifacts go: the queue of the Mac whose
+    disk holds them, or anywhere suitable when artifacts live in a shared folder."""
+    if settings.shared_artifacts() is not None or not host_id:
         return tier_queue_name(min_memory_gb)
-    return worker_queue_name(worker_name)
+    return host_queue_name(host_id)
 
 
 def stage_job_id(stage_id: int, attempt: int = 1) -> str:

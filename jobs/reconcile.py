@@ -35,8 +35,17 @@ from sqlmodel import Session, col, select
 
 from jobs import lifecycle, settings
 from jobs.dag import HOLD
-from jobs.db import Experiment, Run, Stage, WorkerRow, server_now, session_scope
-from jobs.queue import Carry, Ticket, carried, push_again, push_all, worker_queue_name
+from jobs.db import (
+    Experiment,
+    Run,
+    Stage,
+    WorkerRow,
+    as_utc,
+    seconds_since,
+    server_now,
+    session_scope,
+)
+from jobs.queue import Carry, Ticket, carried, host_queue_name, push_again, push_all
 from jobs.states import StageStatus, WorkerStatus
 
 log = logging.getLogger(__name__)
@@ -178,7 +187,7 @@ def requeue_lost_stages(session: Session, repairs: Repairs) -> list[Ticket]:
     ).all()
     tickets = []
     for stage in lost:
-        when = lifecycle.as_utc(stage.heartbeat_at)
+        when = as_utc(stage.heartbeat_at)
         reason = (
             f"worker {stage.worker} stopped sending heartbeats at "
             f"{when:%H:%M:%S} UTC (lost after {settings.lost_after_s():g} s)"
@@ -188,40 +197,54 @@ def requeue_lost_stages(session: Session, repairs: Repairs) -> list[Ticket]:
     return tickets
 
 
-def _gone_workers(session: Session) -> dict[str, float]:
-    """Workers gone (lost or offline) longer than the stranded limit → seconds gone."""
-    limit = settings.stranded_after_s()
-    rows = session.exec(
-        select(WorkerRow).where(
-            col(WorkerRow.status).in_([WorkerStatus.LOST, WorkerStatus.OFFLINE])
-        )
-    ).all()
-    now = server_now(session)
-    gone = {r.name: lifecycle.seconds_since(r.last_heartbeat, now) for r in rows}
-    return {name: s for name, s in gone.items() if s >= limit}
+@dataclass
+class GoneHost:
+    """A Mac none of whose workers has beaten its heartbeat for a while."""
+
+    seconds: float
+    workers: list[str]
+
+
+def _gone_hosts(session: Session) -> dict[str, GoneHost]:
+    """Host ids whose every worker is gone (lost or offline), the newest of them
+    longer than the stranded limit ago. One live worker on a Mac, under any
+    name, keeps that Mac's runs where they are: it resumes them."""
+    limit, now = settings.stranded_after_s(), server_now(session)
+    by_host: dict[str, list[WorkerRow]] = {}
+    for row in session.exec(select(WorkerRow)).all():
+        by_host.setdefault(row.host_id or row.name, []).append(row)
+    gone = {}
+    for host, rows in by_host.items():
+        if any(r.status not in (WorkerStatus.LOST, WorkerStatus.OFFLINE) for r in rows):
+            continue
+        seconds = min(seconds_since(r.last_heartbeat, now) for r in rows)
+        if seconds >= limit:
+            gone[host] = GoneHost(seconds, sorted(r.name for r in rows))
+    return gone
 
 
 def replan_stranded_runs(session: Session, repairs: Repairs) -> list[Ticket]:
     """Queued stages pinned to a worker that has been gone too long."""
     if settings.shared_artifacts() is not None:
         return []  # pinned stages are re-routed to the tier queues by `route`
-    gone = _gone_workers(session)
+    gone = _gone_hosts(session)
     if not gone:
         return []
     pinned = session.exec(
         select(Stage).where(
             Stage.status == StageStatus.QUEUED,
-            col(Stage.queue).in_([worker_queue_name(name) for name in gone]),
+            col(Stage.queue).in_([host_queue_name(host) for host in gone]),
         )
     ).all()
     tickets = []
     for run_id in sorted({s.run_id for s in pinned}):
         run = session.get(Run, run_id)
         assert run is not None
-        host = run.host or "?"
+        host = gone.get(run.host or "", GoneHost(settings.stranded_after_s(), []))
+        workers = f" (worker {', '.join(host.workers)})" if host.workers else ""
         reason = (
-            f"worker {host} holds this run's checkpoints and artifacts on its own disk and "
-            f"has been gone for {_duration(gone.get(host, settings.stranded_after_s()))}; "
+            f"host {run.host or '?'}{workers} holds this run's checkpoints and artifacts on "
+            f"its own disk and has been gone for {_duration(host.seconds)}; "
             "training again from iteration 0 on "
             "another worker (set FARM_SHARED_ARTIFACTS to a folder all workers see to "
             "resume instead)"

@@ -36,8 +36,8 @@ def ask_for_export(run_id: int, variant: str) -> None:
         st.session_state["export_message"] = (
             (
                 "warning",
-                f"{queued}; worker {', '.join(down)} is not running: it starts "
-                "when that worker is back",
+                f"{queued}; no worker is running on host {', '.join(down)}: it "
+                "starts when one is back there",
             )  # fmt: skip
             if down
             else ("success", queued)

@@ -8,7 +8,6 @@ never overwrite the results of the attempt that replaced it.
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from typing import Any
 
 from sqlmodel import Session
 
-from jobs import lifecycle, settings
+from jobs import host_identity, lifecycle, settings
 from jobs.db import Artifact, Experiment, Run, Stage, session_scope
 from jobs.lifecycle import StaleAttempt as StaleAttempt
 from jobs.ship.digest import artifact_digest
@@ -116,7 +115,7 @@ def record_artifact(
         variant=variant,
         iteration=iteration,
         path=str(path),
-        host=settings.worker_name() or socket.gethostname(),
+        host=host_identity.host_id(),
         bytes=path_bytes(path),
         sha256=digest.sha256,
         file_sha256=digest.files,

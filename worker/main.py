@@ -29,7 +29,7 @@ from rq.serializers import JSONSerializer
 from rq.worker import SpawnWorker
 from sqlmodel import select
 
-from jobs import lifecycle, settings
+from jobs import host_identity, lifecycle, settings
 from jobs import queue as farm_queue
 from jobs.db import Stage, WorkerRow, migrate, server_now, session_scope, utcnow
 from jobs.queue import push_all
@@ -109,11 +109,11 @@ def mlx_version() -> str:
         return ""
 
 
-def register_worker(name: str, memory_gb: float, queues: list[str]) -> None:
+def register_worker(name: str, memory_gb: float, queues: list[str], host_id: str) -> None:
     with session_scope() as session:
         row = session.exec(select(WorkerRow).where(WorkerRow.name == name)).first()
         row = row or WorkerRow(name=name, host=socket.gethostname(), memory_gb=memory_gb)
-        row.host, row.memory_gb = socket.gethostname(), memory_gb
+        row.host, row.host_id, row.memory_gb = socket.gethostname(), host_id, memory_gb
         row.total_memory_gb = total_memory_gb()
         row.chip, row.mlx_version = chip_name(), mlx_version()
         row.platform = f"{platform.system()} {platform.machine()}"
@@ -282,8 +282,9 @@ def run_worker(name: str, memory_gb: float, redis_url: str, burst: bool = False)
     os.environ["FARM_WORKER_NAME"] = name
     os.environ["REDIS_URL"] = redis_url  # the spawned horse reads it from here
     migrate()
-    queues = farm_queue.queues_for_worker(name, memory_gb)
-    register_worker(name, memory_gb, queues)
+    host = host_identity.host_id()
+    queues = farm_queue.queues_for_worker(host, memory_gb)
+    register_worker(name, memory_gb, queues, host)
     # Bounded waits: a worker cut off from Redis gets an error to retry on,
     # not a read that blocks forever (RQ's blocking pop waits at most 10 s).
     redis = Redis.from_url(
@@ -294,7 +295,8 @@ def run_worker(name: str, memory_gb: float, redis_url: str, burst: bool = False)
         socket_keepalive=True,
     )
     stopped = signals_stop_worker()
-    print(f"worker {name}: {memory_gb:g} GB, queues {', '.join(queues)}", flush=True)
+    print(f"worker {name} on host {host}: {memory_gb:g} GB, queues {', '.join(queues)}",
+          flush=True)  # fmt: skip
     try:
         # RQ's loop ends on errors it does not handle (Redis gone while a job
         # ran, for one); the worker itself goes on: wait for Redis, start again.

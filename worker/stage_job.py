@@ -26,7 +26,6 @@ import json
 import os
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,7 +35,7 @@ from typing import Any
 
 from rq import get_current_job
 
-from jobs import lifecycle, settings
+from jobs import host_identity, lifecycle, settings
 from jobs.db import Run, Stage, forget_engines_after_fork, session_scope
 from jobs.diagnostics import record_config_diagnostics, record_run_diagnostics
 from jobs.queue import push_all
@@ -64,7 +63,7 @@ def run_stage(stage_id: int) -> dict[str, Any]:
     with session_scope() as session:
         if lifecycle.held_for_session(session, stage_id, worker):
             return {"stage_id": stage_id, "claimed": False, "held_for_session": True}
-        attempt = lifecycle.claim(session, stage_id, worker, socket.gethostname())
+        attempt = lifecycle.claim(session, stage_id, worker, host_identity.host_id())
     if attempt is None:
         # Cancelled, skipped, or claimed through another ticket: a stage never runs twice.
         return {"stage_id": stage_id, "claimed": False}
@@ -117,7 +116,7 @@ def claim_next(current_stage: int, worker: str) -> tuple[int, int] | None:
             next_id = lifecycle.next_in_session(session, run_id, queue, variant)
             if next_id is None:
                 return None
-            attempt = lifecycle.claim(session, next_id, worker, socket.gethostname())
+            attempt = lifecycle.claim(session, next_id, worker, host_identity.host_id())
         if attempt is not None:
             return next_id, attempt
         # Another worker claimed it between the look and the claim: look again.

@@ -121,7 +121,7 @@ def synthetic_tables(n_runs: int, seed: int = 0) -> Iterator[tuple[str, list[str
                      "queues", "status", "current_stage_id", "jobs_done", "started_at",
                      "last_heartbeat"], [
         (i + 1, name, f"{name}.lan", 64.0, "Apple M2 Max", "0.29.1", "Darwin arm64",
-         f"farm:worker:{name},farm:mem:64", "idle", None, 1000, start, start)
+         f"farm:host:{name},farm:mem:64", "idle", None, 1000, start, start)
         for i, name in enumerate(workers)
     ]  # fmt: skip
 
@@ -201,7 +201,7 @@ def synthetic_tables(n_runs: int, seed: int = 0) -> Iterator[tuple[str, list[str
                 parent = train_id if variant == "fuse" else parents["fused"]
                 stages.append(
                     (stage_id, run_id, kind, name, "{}", parent, "done", worker,
-                     f"stage-{stage_id}", f"farm:worker:{worker}", t0, t0, t0, None, None,
+                     f"stage-{stage_id}", f"farm:host:{worker}", t0, t0, t0, None, None,
                      None, None, None, None, None, None, None, None, 30.0, 1_200_000_000,
                      None)
                 )  # fmt: skip
@@ -220,7 +220,7 @@ def synthetic_tables(n_runs: int, seed: int = 0) -> Iterator[tuple[str, list[str
                 passed = sorted(rng.sample(range(PROMPTS), good))  # which ones this seed got
                 stages.append(
                     (stage_id, run_id, "eval", variant, "{}", parents[variant], stage, worker,
-                     f"stage-{stage_id}", f"farm:worker:{worker}", t0, t0,
+                     f"stage-{stage_id}", f"farm:host:{worker}", t0, t0,
                      t0 + timedelta(minutes=3), "killed" if stage == "failed" else None,
                      PROMPTS, PROMPTS, adherence_value, PROMPTS,
                      json.dumps(counts) if adherence_value is not None else None,

@@ -99,7 +99,7 @@ def export(
             try:
                 done = export_run(run_id, variant, to, gguf)
             except OnAnotherWorker as exc:
-                _say(f"worker {exc.host} holds the files: asking it for the export")
+                _say(f"host {exc.host} holds the files: asking its worker for the export")
                 done = _through_worker(run_id, variant, to, gguf)
     except ExportRefused as exc:
         _refuse(str(exc))
@@ -130,8 +130,8 @@ def _through_worker(run_id: int, variant: str, to: Path, gguf: bool) -> Exported
         down = holders_down(session, run_id, variant)
     if down:
         raise ExportRefused(
-            f"run {run_id} {variant} is on the own disk of worker {', '.join(down)}, which "
-            "is not running: start it (`farm worker`) and export again, or set "
+            f"run {run_id} {variant} is on the own disk of host {', '.join(down)}, where no "
+            "worker is running: start one there (`farm worker`) and export again, or set "
             "FARM_SHARED_ARTIFACTS to a folder every worker sees"
         )
     url = settings.redis_url()

@@ -22,7 +22,7 @@ from pathlib import Path
 from redis import Redis
 from sqlmodel import Session, select
 
-from jobs import settings
+from jobs import host_identity, settings
 from jobs.db import Stage, WorkerRow, session_scope
 from jobs.queue import push_all
 from jobs.ship.card import render_card
@@ -44,10 +44,11 @@ class Exported:
 
 
 def local_names(session: Session) -> set[str]:
-    """The names artifacts recorded on this machine carry: its host name, and the
-    names of the workers registered from it."""
+    """The hosts artifacts recorded on this machine carry: this FARM_HOME's host
+    id, and (for rows written before host ids) the machine's name and the names
+    of the workers registered from it."""
     host = socket.gethostname()
-    names = {host, settings.worker_name() or host}
+    names = {host_identity.host_id(), host, settings.worker_name() or host}
     names |= set(session.exec(select(WorkerRow.name).where(WorkerRow.host == host)))
     return names
 

@@ -44,7 +44,7 @@ def locate(
             return candidate
     if source.host not in local:
         raise OnAnotherWorker(
-            f"{source.what} of run {run_id} is on worker {source.host} ({source.path}), "
+            f"{source.what} of run {run_id} is on host {source.host} ({source.path}), "
             f"which this machine cannot read: set FARM_SHARED_ARTIFACTS to a folder every "
             f"worker sees, or export through that worker (`farm export --via-worker`)",
             source.host,

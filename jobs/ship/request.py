@@ -16,7 +16,7 @@ from datetime import datetime
 from sqlmodel import Session, col, select
 
 from jobs import lifecycle, settings
-from jobs.db import ExportFile, Stage, WorkerRow, server_now
+from jobs.db import ExportFile, Stage, WorkerRow, seconds_since, server_now
 from jobs.queue import Ticket
 from jobs.ship.sources import load_plan
 
@@ -24,19 +24,18 @@ EXPORT = "export"
 
 
 def holders_down(session: Session, run_id: int, variant: str) -> list[str]:
-    """The workers holding the variant's artifacts on their own disks that have not
-    beaten their heartbeat lately: an export stage would wait for them."""
+    """The hosts holding the variant's artifacts on their own disks none of whose
+    workers has beaten its heartbeat lately: an export stage would wait for them."""
     if settings.shared_artifacts() is not None:
         return []
     hosts = sorted({s.host for s in load_plan(session, run_id, variant).sources})
-    rows = {w.name: w for w in session.exec(select(WorkerRow).where(
-        col(WorkerRow.name).in_(hosts))).all()}  # fmt: skip
     now = server_now(session)
-    return [
-        h for h in hosts
-        if h not in rows
-        or lifecycle.seconds_since(rows[h].last_heartbeat, now) > settings.lost_after_s()
-    ]  # fmt: skip
+    alive = {
+        w.host_id or w.name
+        for w in session.exec(select(WorkerRow).where(col(WorkerRow.host_id).in_(hosts))).all()
+        if seconds_since(w.last_heartbeat, now) <= settings.lost_after_s()
+    }
+    return [h for h in hosts if h not in alive]
 
 
 def request_export(session: Session, run_id: int, variant: str) -> Ticket:

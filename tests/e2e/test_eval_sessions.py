@@ -251,7 +251,7 @@ def test_a_session_takes_the_weights_it_holds_first_and_others_leave_them_to_it(
             queued["base"].id
         )
         # Another queue is another worker's: nothing for this session there.
-        assert lifecycle.next_in_session(session, train.run_id, "farm:worker:b", "base") is None
+        assert lifecycle.next_in_session(session, train.run_id, "farm:host:b", "base") is None
     with session_scope() as session:
         assert lifecycle.claim(session, queued["base"].id or 0, "a") == 1
     with session_scope() as session:

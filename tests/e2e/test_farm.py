@@ -19,9 +19,10 @@ from typer.testing import CliRunner
 
 from jobs.cli import app
 from jobs.db import Artifact, EvalResult, Experiment, Metric, Stage, WorkerRow, session_scope
+from jobs.host_identity import host_id
 from jobs.leaderboard import leaderboard
 from jobs.local.services import free_port
-from jobs.queue import stage_job_id, tier_queue_name, worker_queue_name
+from jobs.queue import host_queue_name, stage_job_id, tier_queue_name
 from tests.support.farm import all_finished, attempts_of, stage_children, stages_of, submit
 from tests.support.processes import Workers, wait_until
 from tests.support.spec_files import write_spec
@@ -308,7 +309,9 @@ def _pings(url: str) -> bool:
         return False
 
 
-def test_worker_registers_itself_with_its_machine(workers: Workers, redis_url: str) -> None:
+def test_worker_registers_itself_with_its_machine(
+    workers: Workers, redis_url: str, farm_home: Path
+) -> None:
     workers.start("reg", memory_gb=24)
 
     def row() -> WorkerRow | None:
@@ -318,5 +321,7 @@ def test_worker_registers_itself_with_its_machine(workers: Workers, redis_url: s
     found = wait_until(row, timeout=60, what="worker row")
     assert found.memory_gb == 24 and found.mlx_version and found.host == os.uname().nodename
     assert found.total_memory_gb == round(psutil.virtual_memory().total / 1e9, 1)
-    assert found.queues.split(",")[0] == worker_queue_name("reg")
+    # Its Mac's queue first: the host id kept in its FARM_HOME, not its name.
+    assert found.host_id == host_id(farm_home) and found.host_id.startswith(os.uname().nodename[:8])
+    assert found.queues.split(",")[0] == host_queue_name(found.host_id)
     assert "farm:mem:32" not in found.queues and "farm:mem:24" in found.queues

@@ -22,7 +22,8 @@ from sqlmodel import select
 
 from jobs.cli import app
 from jobs.db import Artifact, Metric, Stage, WorkerRow, session_scope
-from jobs.queue import tier_queue_name, worker_queue_name
+from jobs.host_identity import host_id
+from jobs.queue import host_queue_name, tier_queue_name
 from tests.support.farm import attempts_of, runner, stages_of, submit
 from tests.support.faults import PrivateRedis, kill_tree, record_timing
 from tests.support.processes import Workers, wait_until
@@ -332,9 +333,9 @@ def test_jobs_that_are_not_stage_jobs_are_refused_and_the_worker_keeps_serving(
     made = tmp_path / "attacker-model"
     hostile = [
         (tier_queue_name(0), "os.system", (f"touch {marker}",)),
-        (worker_queue_name("mac-a"), "subprocess.check_call", (["touch", str(marker)],)),
+        (host_queue_name(host_id()), "subprocess.check_call", (["touch", str(marker)],)),
         (tier_queue_name(16), "jobs.local.tiny_model.make_tiny_model", (str(made),)),
-        (worker_queue_name("mac-a"), "worker.stage_job.run_stage", ("1; rm -rf /",)),
+        (host_queue_name(host_id()), "worker.stage_job.run_stage", ("1; rm -rf /",)),
     ]
     for queue_name, func, args in hostile:
         Queue(queue_name, connection=redis, serializer=JSONSerializer).enqueue_call(func, args=args)

@@ -37,12 +37,12 @@ from typer.testing import CliRunner
 
 from jobs import db
 from jobs.cli import app
-from jobs.db import Artifact, Metric, Run, Stage, StageAttempt, WorkerRow, session_scope
-from jobs.lifecycle import as_utc
-from jobs.queue import worker_queue_name
+from jobs.db import Artifact, Metric, Run, Stage, StageAttempt, WorkerRow, as_utc, session_scope
+from jobs.host_identity import host_id
+from jobs.queue import host_queue_name
 from jobs.reconcile import LOCK_NAME
 from tests.support.farm import attempts_of
-from tests.support.faults import record_timing
+from tests.support.faults import kill_tree, record_timing
 from tests.support.netns import (
     CoordPostgres,
     CoordRedis,
@@ -94,8 +94,8 @@ class Farm:
         if self._monitor is not None:
             self._monitor.close()
 
-    def start_worker(self, name: str) -> None:
-        link = self.network.links[name].number
+    def start_worker(self, name: str, host: str | None = None) -> None:
+        link = self.network.links[host or name].number
         env = {
             "REDIS_URL": self.redis.url(link),
             "DATABASE_URL": self.postgres.url(link),
@@ -103,7 +103,7 @@ class Farm:
         }
         if self.shared is not None:
             env["FARM_SHARED_ARTIFACTS"] = str(self.shared)
-        self.workers.start(name, env)
+        self.workers.start(name, env, host)
 
 
 def build_farm(
@@ -434,7 +434,7 @@ def test_partitioned_worker_with_its_own_disk_is_waited_for_then_the_run_is_repl
     detected = since(cut_at)
     stage = train_stage(experiment_id)
     if stage.status == "queued":  # unless the re-plan came already: waiting for w1's disk
-        assert stage.queue == worker_queue_name("w1"), stage.queue
+        assert stage.queue == host_queue_name(host_id(farm.workers.home("w1"))), stage.queue
     replan = wait_until(lambda: replanned(stage_id), timeout=90, what="the run to be re-planned")
     replanned_s = since(cut_at)
     wait_until(lambda: run_done(experiment_id), timeout=180, what="the run to finish on w2")
@@ -518,7 +518,7 @@ def test_an_export_is_made_by_the_worker_on_another_host_and_checked_on_arrival(
         adapter = session.exec(
             select(Artifact).where(Artifact.run_id == run_id, Artifact.kind == "adapter")
         ).one()
-    assert (stage.worker, stage.queue) == ("w1", worker_queue_name("w1"))
+    assert (stage.worker, stage.queue) == ("w1", host_queue_name(host_id(farm.workers.home("w1"))))
     assert str(farm.workers.home("w1")) in adapter.path  # on w1's own disk
     weights = Path(adapter.path) / "adapters.safetensors"
     assert (dest / "adapters.safetensors").read_bytes() == weights.read_bytes()
@@ -536,3 +536,42 @@ def test_an_export_is_made_by_the_worker_on_another_host_and_checked_on_arrival(
     assert result.exit_code == 2 and "adapters.safetensors has changed" in result.stderr
     assert not (tmp_path / "again").exists()
     assert run_done(experiment_id)  # a failed export never fails the run
+
+
+# --- 4. one Mac, two worker processes under different names --------------------------------
+
+
+def test_another_worker_on_the_same_mac_resumes_its_checkpoints(
+    own_disk_farm: Farm, tiny_model: Path, tmp_path: Path
+) -> None:
+    """The disk decides, not the name: w1 trains on its own disk and is killed
+    (kill -9 of its tree); a second worker process started on w1's host under
+    another name resumes w1's checkpoint at once, with no wait for the
+    stranded limit and no re-plan."""
+    farm = own_disk_farm
+    experiment_id = submit(write_spec(tmp_path / "s.yaml", tiny_model, train=TRAIN, **ONLY_ADAPTER))
+    farm.start_worker("w1")
+    stage_id = train_stage(experiment_id).id or 0
+    wait_until(lambda: train_stage(experiment_id).worker == "w1", timeout=120, what="w1 trains")
+    farm.start_worker("w1-again", host="w1")
+    wait_until(lambda: "Listening on" in farm.workers.log("w1-again"), timeout=60, what="up")
+    wait_until(lambda: checkpoint_reached(stage_id, 20), timeout=240, what="checkpoint 20 on w1")
+
+    killed_at = time.monotonic()
+    kill_tree(farm.workers.processes["w1"].pid)
+    reached = max(trained_iterations(stage_id, 1))
+    wait_until(lambda: outcome_of(stage_id, 1) == "lost", timeout=60, what="w1's attempt lost")
+    detected = since(killed_at)
+    wait_until(lambda: run_done(experiment_id), timeout=180, what="the run to finish")
+    finished = since(killed_at)
+
+    attempts = attempts_of(stage_id)
+    assert [a.outcome for a in attempts] == ["lost", "done"], attempts  # no re-plan
+    second = attempts[1]
+    assert second.worker == "w1-again" and second.host == host_id(farm.workers.home("w1"))
+    assert second.resumed_from is not None and second.resumed_from >= 20
+    lost = reached - second.resumed_from
+    assert lost <= SAVE_EVERY
+    assert finished < STRANDED_AFTER_S + 60  # it never waited to be stranded
+    record_timing("kill -9 of a worker, another worker on the same Mac resumes (own disk)",
+                  detect_s=detected, finish_s=finished, iterations_lost=lost)  # fmt: skip

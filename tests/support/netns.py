@@ -258,11 +258,16 @@ class NetnsWorkers:
     def log_path(self, name: str) -> Path:
         return self.root / f"worker-{name}.log"
 
-    def start(self, name: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, env: dict[str, str], host: str | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start worker `name` on its own host, or on `host` (another worker's
+        namespace and FARM_HOME: a second worker process on the same Mac)."""
+        host = host or name
         argv = [sys.executable, "-m", "jobs.cli", "worker", "--name", name, "--memory-gb", "16"]
         process = subprocess.Popen(
-            ["ip", "netns", "exec", self.network.netns_of(name), *argv],
-            env={**worker_base_env(), "FARM_HOME": str(self.home(name)), **env},
+            ["ip", "netns", "exec", self.network.netns_of(host), *argv],
+            env={**worker_base_env(), "FARM_HOME": str(self.home(host)), **env},
             stdout=open(self.log_path(name), "ab"),
             stderr=subprocess.STDOUT,
             start_new_session=True,

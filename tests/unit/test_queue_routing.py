@@ -9,13 +9,13 @@ import pytest
 from jobs.queue import (
     MEMORY_TIERS_GB,
     Ticket,
+    host_queue_name,
     pinned_queue_name,
     push_all,
     queues_for_worker,
     stage_job_id,
     tier_for,
     tier_queue_name,
-    worker_queue_name,
 )
 
 
@@ -33,14 +33,14 @@ def test_a_memory_need_goes_to_the_smallest_tier_that_holds_it(need_gb: float, t
     assert tier_queue_name(need_gb) == f"farm:mem:{tier}"
 
 
-def test_a_worker_listens_to_its_own_queue_first_then_its_tiers_largest_first() -> None:
+def test_a_worker_listens_to_its_macs_queue_first_then_its_tiers_largest_first() -> None:
     assert queues_for_worker("studio-1", 20) == [
-        "farm:worker:studio-1",
+        "farm:host:studio-1",
         "farm:mem:16",
         "farm:mem:8",
         "farm:mem:0",
     ]
-    assert queues_for_worker("tiny", 4) == ["farm:worker:tiny", "farm:mem:0"]
+    assert queues_for_worker("tiny", 4) == ["farm:host:tiny", "farm:mem:0"]
 
 
 @pytest.mark.parametrize("memory_gb", [0, 4, 8, 20, 64, 100, 1000])
@@ -55,9 +55,9 @@ def test_every_tier_queue_is_one_some_worker_listens_to() -> None:
     assert {f"farm:mem:{t}" for t in MEMORY_TIERS_GB} <= set(biggest)
 
 
-def test_later_stages_are_pinned_to_the_worker_holding_the_artifacts() -> None:
-    assert pinned_queue_name("studio-1", 20) == worker_queue_name("studio-1")
-    assert worker_queue_name("studio-1") == "farm:worker:studio-1"
+def test_later_stages_are_pinned_to_the_mac_holding_the_artifacts() -> None:
+    assert pinned_queue_name("studio-1-0a1b2c3d", 20) == host_queue_name("studio-1-0a1b2c3d")
+    assert host_queue_name("studio-1-0a1b2c3d") == "farm:host:studio-1-0a1b2c3d"
     # Nobody holds them yet (the run has not trained): any suitable worker.
     assert pinned_queue_name(None, 20) == "farm:mem:24"
     assert pinned_queue_name("", 20) == "farm:mem:24"
