@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobs.spec import ExperimentSpec
+from jobs.experiment_spec import ExperimentSpec
 
 HOLD = "after_checkpoints"  # stage params flag: enqueue once checkpoint evals are done
 # The eval variant of a saved checkpoint: "ckpt-" and the iteration, 7 digits

@@ -21,7 +21,7 @@ from sqlmodel import Session
 
 from jobs.checks.findings import MIN_SAFE_BITS
 from jobs.db import Experiment, Run, Stage
-from jobs.spec.options import variant_bits
+from jobs.experiment_spec.options import variant_bits
 from jobs.states import StageStatus
 from jobs.stats import Interval, mean_interval, seed_locks
 

@@ -43,6 +43,7 @@ from jobs.db import (
     server_now,
     utcnow,
 )
+from jobs.experiment_spec import Resources
 from jobs.queue import (
     DOWNSTREAM_TIMEOUT_S,
     Ticket,
@@ -50,7 +51,6 @@ from jobs.queue import (
     stage_job_id,
     tier_queue_name,
 )
-from jobs.spec import Resources
 from jobs.states import ACTIVE, FINISHED, AttemptOutcome, StageStatus, WorkerStatus
 
 # Per-attempt summary fields a stage starts over without (retry, re-plan).

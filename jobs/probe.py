@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from jobs.spec.probe import AdherenceProbe
+from jobs.experiment_spec.probe import AdherenceProbe
 
 # Scorer labels of a response with no content: a loop, or nothing at all.
 COLLAPSED_LABELS = frozenset({"degenerate", "empty"})

@@ -15,11 +15,11 @@ from sqlalchemy import delete
 from sqlmodel import Session, col, select
 
 from jobs.db import Experiment, Run, Stage, StageAttempt, session_scope
+from jobs.experiment_spec import ExperimentSpec
 from jobs.lifecycle import queue_train_stages
 from jobs.limits import MAX_SEEDS
 from jobs.problems import InputError, Problem
 from jobs.queue import push_all
-from jobs.spec import ExperimentSpec
 from jobs.states import StageStatus
 from jobs.submit import add_run, check_quota, default_submitter
 

@@ -1,6 +1,6 @@
 """Submitting a validated experiment: DB rows first, then RQ jobs, all or nothing.
 
-A sweep (`jobs.spec.sweep`) is submitted the same way in one transaction: a
+A sweep (`jobs.experiment_spec.sweep`) is submitted the same way in one transaction: a
 `Sweep` row and one experiment per grid point, each with its own config
 fingerprint, so each point pools on the leaderboard with any experiment of the
 same config.
@@ -23,12 +23,12 @@ from jobs import settings
 from jobs.checks import Finding, ensure_quant_twin
 from jobs.dag import plan_run
 from jobs.db import Diagnostic, Experiment, Run, Stage, StageAttempt, Sweep, session_scope
+from jobs.experiment_spec import ExperimentSpec, config_fingerprint, spec_to_yaml
+from jobs.experiment_spec.sweep import SweepPoint, expand_sweep, point_label
 from jobs.lifecycle import queue_train_stages
 from jobs.limits import QuotaError, quota_problem
 from jobs.problems import InputError, Problem
 from jobs.queue import Ticket, push
-from jobs.spec import ExperimentSpec, config_fingerprint, spec_to_yaml
-from jobs.spec.sweep import SweepPoint, expand_sweep, point_label
 
 
 def plan_submission(
@@ -255,7 +255,7 @@ def plan_sweep(
     grid: Sequence[tuple[SweepPoint, ExperimentSpec]] | None = None,
     source: str = "<spec>",
 ) -> SweepPlan:
-    """Expand (unless `grid` is given, from `jobs.spec.sweep.parse_sweep`) and plan
+    """Expand (unless `grid` is given, from `jobs.experiment_spec.sweep.parse_sweep`) and plan
     every grid point like `plan_submission`. Two points that would train the same
     config (e.g. LoRA rank under a full fine-tune) are refused: they would pool."""
     grid = expand_sweep(spec, source=source) if grid is None else grid

@@ -16,9 +16,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from jobs.experiment_spec.yaml_source import line_locator
 from jobs.limits import MAX_SUITE_BYTES, file_size_problem
 from jobs.problems import InputError, Problem
-from jobs.spec.yaml_source import line_locator
 
 FORMATS = ("code_mode", "json_tools")
 

@@ -19,8 +19,8 @@ from redis import Redis
 from jobs import settings
 from jobs.checks.bounded import call_with_time_limit
 from jobs.datasets import SPLITS
+from jobs.experiment_spec.files import resolve_path
 from jobs.problems import InputError
-from jobs.spec.files import resolve_path
 from web import forms
 
 # Who the queue quota counts form submissions against: the UI has one password and

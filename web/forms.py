@@ -24,8 +24,7 @@ from jobs import limits
 from jobs.checks import Finding, ensure_quant_twin, preflight
 from jobs.dag import plan_run
 from jobs.db import Experiment, Run
-from jobs.problems import InputError, Problem
-from jobs.spec import (
+from jobs.experiment_spec import (
     DEFAULT_GROUP_SIZE,
     OPTIMIZER_KWARGS,
     QUANT_BITS,
@@ -43,7 +42,8 @@ from jobs.spec import (
     read_yaml,
     variant_name,
 )
-from jobs.spec.sweep import parse_sweep
+from jobs.experiment_spec.sweep import parse_sweep
+from jobs.problems import InputError, Problem
 from jobs.submit import SweepPlan, plan_sweep
 from web import probe_inputs, sweep_inputs
 from web.seed_ranges import format_seeds, parse_seeds
@@ -107,7 +107,10 @@ def spec_options(key: str) -> tuple[Any, ...]:
 
 def _quant_options() -> tuple[str, ...]:
     """Affine q8…q2 (group size 64, then the others), the float modes, the recipes."""
-    from jobs.spec.options import FLOAT_MODES, QUANT_RECIPES  # imported here: see _quantize_entry
+    from jobs.experiment_spec.options import (
+        FLOAT_MODES,
+        QUANT_RECIPES,
+    )  # imported here: see _quantize_entry
 
     bits = sorted(QUANT_BITS, reverse=True)
     default = [variant_name(b) for b in bits]
@@ -344,9 +347,9 @@ def _parse_mapping(key: str, text: str, problem: Any) -> dict[str, Any] | None:
 def _quantize_entry(variant: str) -> dict[str, int | str]:
     """A form choice as its spec entry: q4g32 -> {bits: 4, group_size: 32}, mxfp4 ->
     {mode: mxfp4} (the mode fixes bits and group size), mixed_3_6 -> {recipe: mixed_3_6}."""
-    # The quantize options live in jobs.spec.options; imported here so the form's
+    # The quantize options live in jobs.experiment_spec.options; imported here so the form's
     # shared import block stays as it is.
-    from jobs.spec.options import FLOAT_MODES, QUANT_RECIPES
+    from jobs.experiment_spec.options import FLOAT_MODES, QUANT_RECIPES
 
     if variant in FLOAT_MODES:
         return {"mode": variant}

@@ -1,7 +1,7 @@
 """The submit form's adherence-probe inputs, as `train.adherence_probe` in YAML.
 
 The probe generates a few suite prompts at checkpoints and may stop training
-once the format has locked or collapsed (`jobs.spec.probe`). A switch turns it
+once the format has locked or collapsed (`jobs.experiment_spec.probe`). A switch turns it
 on; zero in a number field means "the spec's default" (every checkpoint, the
 eval's max tokens, no lock rule), so a filled form writes only what was set,
 and the spec layer checks it with the same messages as a YAML spec.
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from jobs.spec.probe import AdherenceProbe
+from jobs.experiment_spec.probe import AdherenceProbe
 
 PREFIX = "train.adherence_probe."
 ENABLED = PREFIX + "enabled"

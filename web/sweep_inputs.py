@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from jobs import limits
+from jobs.experiment_spec import read_yaml
+from jobs.experiment_spec.sweep import show_value
 from jobs.problems import InputError
-from jobs.spec import read_yaml
-from jobs.spec.sweep import show_value
 from web.seed_ranges import parse_seeds
 
 PREFIX = "sweep."  # a sweep field's form key: PREFIX + the knob's dotted path

@@ -20,9 +20,9 @@ from sqlmodel import Session
 
 from jobs import host_identity, lifecycle, settings
 from jobs.db import Artifact, Experiment, Run, Stage, session_scope
+from jobs.experiment_spec import ExperimentSpec
 from jobs.lifecycle import StaleAttempt as StaleAttempt
 from jobs.ship.digest import artifact_digest
-from jobs.spec import ExperimentSpec
 
 
 @dataclass(frozen=True)

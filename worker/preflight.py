@@ -23,7 +23,7 @@ from jobs.checks import (
     read_examples,
 )
 from jobs.db import Diagnostic, Experiment, Run, session_scope
-from jobs.spec import ExperimentSpec
+from jobs.experiment_spec import ExperimentSpec
 from jobs.suite import load_suite
 from worker.context import StageContext
 

@@ -23,8 +23,8 @@ from sqlmodel import col, select
 
 from jobs.db import Metric
 from jobs.early_stop import stop_early
+from jobs.experiment_spec import AdherenceProbe
 from jobs.probe import ProbeResult, StopDecision, decide
-from jobs.spec import AdherenceProbe
 from jobs.suite import EvalSuite, SuitePrompt, load_suite
 from worker.context import StageContext, stage_write
 from worker.stages.eval import generate_suite, score_generated

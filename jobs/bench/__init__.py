@@ -102,7 +102,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def bare_mlx_lm_lora(model: Path, workdir: Path) -> list[float]:
-    from jobs.spec import TrainSpec, lora_run_config
+    from jobs.experiment_spec import TrainSpec, lora_run_config
 
     # The same mapping the farm's train stage uses, so both train the same config.
     config = lora_run_config(
@@ -128,7 +128,7 @@ def farm_train(model: Path, redis_url: str, seed: int) -> list[float]:
     from redis import Redis
 
     from jobs.db import Metric, Stage, session_scope
-    from jobs.spec import parse_spec
+    from jobs.experiment_spec import parse_spec
     from jobs.submit import submit_experiment
 
     text = yaml.safe_dump(bench_spec(model, [seed]))
@@ -434,7 +434,7 @@ def bench_dispatch(model: Path, redis_url: str, n: int = 20) -> dict[str, Any]:
 
     from jobs.control import cancel_stages
     from jobs.db import Stage, session_scope
-    from jobs.spec import parse_spec
+    from jobs.experiment_spec import parse_spec
     from jobs.submit import submit_experiment
 
     redis = Redis.from_url(redis_url)

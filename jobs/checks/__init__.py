@@ -115,9 +115,9 @@ from jobs.checks.tokenizer import (
 )
 from jobs.dataset_memo import checked_dataset
 from jobs.datasets import iter_lines, parse_line
+from jobs.experiment_spec import ExperimentSpec
+from jobs.experiment_spec.yaml_source import yaml_locator
 from jobs.problems import InputError
-from jobs.spec import ExperimentSpec
-from jobs.spec.yaml_source import yaml_locator
 from jobs.suite import load_suite
 
 __all__ = [

@@ -22,7 +22,7 @@ from jobs.checks.tokenizer import (
     check_special_tokens,
     measure_examples,
 )
-from jobs.spec import ExperimentSpec
+from jobs.experiment_spec import ExperimentSpec
 from jobs.suite import EvalSuite
 
 

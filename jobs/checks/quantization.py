@@ -18,8 +18,8 @@ from jobs.checks.findings import (
     VAL_LOSS_TOLERANCE_STEPS,
     Finding,
 )
-from jobs.spec import DEFAULT_GROUP_SIZE, QUANT_GROUP_SIZES, ExperimentSpec, QuantizeSpec
-from jobs.spec.options import QUANT_RECIPES
+from jobs.experiment_spec import DEFAULT_GROUP_SIZE, QUANT_GROUP_SIZES, ExperimentSpec, QuantizeSpec
+from jobs.experiment_spec.options import QUANT_RECIPES
 
 # --------------------------------------------------------------------------- spec checks
 

@@ -86,8 +86,8 @@ def submit(
     from jobs.checks import ensure_quant_twin, preflight
     from jobs.dag import plan_run
     from jobs.db import migrate, session_scope
-    from jobs.spec import config_fingerprint
-    from jobs.spec.sweep import load_sweep
+    from jobs.experiment_spec import config_fingerprint
+    from jobs.experiment_spec.sweep import load_sweep
     from jobs.submit import plan_sweep, submit_experiment, submit_sweep, sweep_experiment_ids
 
     try:
@@ -403,7 +403,7 @@ def score(
 def check(spec_path: Annotated[Path, typer.Argument(metavar="SPEC.yaml")]) -> None:
     """Preflight checks only: tokenizer, chat template, eos, dataset, suite, quantization."""
     from jobs.checks import preflight
-    from jobs.spec.sweep import load_sweep
+    from jobs.experiment_spec.sweep import load_sweep
 
     try:
         spec, _ = load_sweep(spec_path)  # a sweep's grid is checked too

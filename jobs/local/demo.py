@@ -15,8 +15,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from jobs import settings
 from jobs.db import session_scope
+from jobs.experiment_spec import ExperimentSpec, parse_spec
 from jobs.local.stack import DATA_DIR, PROJECT_ROOT, farm_stack, wait_for_workers
-from jobs.spec import ExperimentSpec, parse_spec
 from jobs.states import FINISHED, StageStatus
 from jobs.views.status import ExperimentView, experiment_view
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from jobs.spec.model import is_local_model
+from jobs.experiment_spec.model import is_local_model
 from jobs.stats import FragilePrompt, Interval
 
 TAGS = ("lora", "mlx", "lorafarm")

@@ -16,13 +16,13 @@ from sqlmodel import Session, select
 from jobs.checkpoints import checkpoint_points
 from jobs.datasets import SPLITS, dataset_digest
 from jobs.db import Experiment, Metric, Run, Stage, WorkerRow
+from jobs.experiment_spec import ExperimentSpec, config_fingerprint
+from jobs.experiment_spec.model import is_local_model
+from jobs.experiment_spec.parse import spec_to_yaml
 from jobs.leaderboard import mean_points_lost, points_lost, twin_variant
 from jobs.problems import InputError
 from jobs.ship.card import CardData, CurveRow
 from jobs.ship.sources import ExportPlan
-from jobs.spec import ExperimentSpec, config_fingerprint
-from jobs.spec.model import is_local_model
-from jobs.spec.parse import spec_to_yaml
 from jobs.states import StageStatus
 from jobs.stats import mean_interval
 from jobs.views.verdicts import seed_fragile_prompts, seed_scores

@@ -15,7 +15,7 @@ from sqlalchemy import func
 from sqlmodel import Session, select
 
 from jobs.db import Experiment
-from jobs.spec.options import quant_variant
+from jobs.experiment_spec.options import quant_variant
 
 NOT_IN_FINGERPRINT = ("name", "seeds", "resources", "notify")
 

@@ -15,7 +15,7 @@ from sqlmodel import Session, col, select
 
 from jobs.dag import is_checkpoint_variant
 from jobs.db import Artifact, Diagnostic, EvalResult, Experiment, Metric, Run, Stage
-from jobs.spec.options import variant_bits
+from jobs.experiment_spec.options import variant_bits
 from jobs.views.attempts import (
     attempt_lines,
     attempts_by_stage,

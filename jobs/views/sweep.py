@@ -20,8 +20,8 @@ from sqlmodel import Session, col, select
 
 from jobs.dag import is_checkpoint_variant
 from jobs.db import Experiment, Run, Stage, Sweep
-from jobs.spec.sweep import point_label, short_knob
-from jobs.spec.sweep import show_value as value_text
+from jobs.experiment_spec.sweep import point_label, short_knob
+from jobs.experiment_spec.sweep import show_value as value_text
 from jobs.states import StageStatus
 from jobs.stats import (
     Interval,

@@ -16,8 +16,8 @@ from rich.table import Table
 
 from jobs.dag import plan_run
 from jobs.diagnostics import Badge
+from jobs.experiment_spec.sweep import show_value
 from jobs.leaderboard import LeaderboardRow
-from jobs.spec.sweep import show_value
 from jobs.views.sweep import SweepView
 
 if TYPE_CHECKING:

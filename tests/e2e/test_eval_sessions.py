@@ -23,8 +23,8 @@ from sqlmodel import select
 
 from jobs import lifecycle
 from jobs.db import EvalResult, Stage, session_scope
+from jobs.experiment_spec import parse_spec
 from jobs.queue import push_all
-from jobs.spec import parse_spec
 from jobs.submit import create_rows
 from tests.support import PROJECT_ROOT
 from tests.support.farm import all_finished, attempts_of, stages_of, submit

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from jobs import lifecycle, reconcile
 from jobs.cli import app
 from jobs.db import Run, Stage, WorkerRow, session_scope, utcnow
-from jobs.spec import parse_spec
+from jobs.experiment_spec import parse_spec
 from jobs.submit import create_rows
 from jobs.views.attempts import attempt_lines, has_history, progress_note, run_story
 from tests.support.web import open_page, shown, texts

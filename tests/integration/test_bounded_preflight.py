@@ -18,9 +18,9 @@ import psutil
 import pytest
 
 from jobs import checks
+from jobs.experiment_spec import load_spec
 from jobs.limits import MAX_DATASET_FILE_BYTES, MAX_SUITE_BYTES
 from jobs.row_sample import HEAD_ROWS, SPREAD_ROWS, RowSample
-from jobs.spec import load_spec
 from tests.support import PROJECT_ROOT
 from tests.support.spec_files import write_spec
 

@@ -23,7 +23,7 @@ from jobs.checkpoints import (
     val_loss_verdict,
 )
 from jobs.db import Metric, Run, Stage, session_scope
-from jobs.spec import parse_spec
+from jobs.experiment_spec import parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 

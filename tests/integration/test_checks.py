@@ -32,7 +32,7 @@ from jobs.checks import (
     preflight,
     read_examples,
 )
-from jobs.spec import ExperimentSpec, load_spec, parse_spec
+from jobs.experiment_spec import ExperimentSpec, load_spec, parse_spec
 from jobs.suite import EvalSuite, load_suite
 
 ROOT = Path(__file__).resolve().parents[2]

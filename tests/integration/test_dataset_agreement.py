@@ -229,8 +229,8 @@ def write_spec(path: Path, model: Path, data: Path, c: Case) -> Path:
 def farm_verdict(spec_path: Path) -> tuple[bool, list[str], list[str]]:
     """(accepted, errors, warnings) as `farm submit` decides them."""
     from jobs.checks import preflight
+    from jobs.experiment_spec import load_spec
     from jobs.problems import InputError
-    from jobs.spec import load_spec
 
     try:
         spec = load_spec(spec_path)

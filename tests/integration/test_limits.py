@@ -25,8 +25,8 @@ from typer.testing import CliRunner
 from jobs import limits
 from jobs.cli import app
 from jobs.db import Experiment, Run, session_scope
+from jobs.experiment_spec import ExperimentSpec, load_spec, parse_spec
 from jobs.problems import InputError, Problem
-from jobs.spec import ExperimentSpec, load_spec, parse_spec
 from tests.support import PROJECT_ROOT
 from tests.support.spec_files import write_spec
 from web import form_bounds, forms
@@ -197,7 +197,7 @@ MEASURE = """
 import json, resource, sys, time, tracemalloc
 from pathlib import Path
 from jobs.problems import InputError
-from jobs.spec import load_spec
+from jobs.experiment_spec import load_spec
 
 def refuse():
     try:

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from jobs.spec import QuantizeSpec
-from jobs.spec.options import (
+from jobs.experiment_spec import QuantizeSpec
+from jobs.experiment_spec.options import (
     ALL_GROUP_SIZES,
     FLOAT_MODES,
     QUANT_BITS,

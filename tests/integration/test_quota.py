@@ -18,8 +18,8 @@ from redis import Redis
 from sqlmodel import select, update
 
 from jobs.db import Experiment, Run, session_scope
+from jobs.experiment_spec import load_spec
 from jobs.limits import QuotaError
-from jobs.spec import load_spec
 from jobs.submit import submit_experiment, unfinished_runs
 from tests.support import PROJECT_ROOT
 from tests.support.spec_files import write_spec

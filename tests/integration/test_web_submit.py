@@ -15,8 +15,8 @@ from sqlmodel import select
 
 from jobs.dag import plan_run
 from jobs.db import Experiment, Run, Stage, session_scope
+from jobs.experiment_spec import config_fingerprint, parse_spec
 from jobs.queue import stage_job_id
-from jobs.spec import config_fingerprint, parse_spec
 from tests.support.web import (
     PROJECT_ROOT,
     flatten,

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from jobs.cli import app
 from jobs.db import Run, Stage, StageAttempt, session_scope
-from jobs.spec import parse_spec
+from jobs.experiment_spec import parse_spec
 from jobs.states import FINISHED
 from jobs.submit import create_rows
 from tests.support import PROJECT_ROOT

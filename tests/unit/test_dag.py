@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from jobs.dag import checkpoint_iterations, plan_run
-from jobs.spec import parse_spec
+from jobs.experiment_spec import parse_spec
 
 SPEC = """
 name: dag

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from jobs.experiment_spec import AdherenceProbe, ExperimentSpec, TrainSpec, load_spec
 from jobs.probe import ProbeResult, decide
 from jobs.problems import InputError
-from jobs.spec import AdherenceProbe, ExperimentSpec, TrainSpec, load_spec
 from tests.support.spec_files import VALID_SPEC, make_workspace
 
 LOCKED = {"execute_code": 7, "wrong_tool": 1}

@@ -14,9 +14,9 @@ from pydantic import ValidationError
 from jobs.checks import QUANTIZATION_SIGNAL_LOSS
 from jobs.checks.quantization import check_quantization, ensure_quant_twin
 from jobs.dag import plan_run
+from jobs.experiment_spec import ExperimentSpec, QuantizeSpec, load_spec, parse_spec, spec_to_yaml
+from jobs.experiment_spec.options import quant_variant, variant_bits
 from jobs.problems import InputError, Problem
-from jobs.spec import ExperimentSpec, QuantizeSpec, load_spec, parse_spec, spec_to_yaml
-from jobs.spec.options import quant_variant, variant_bits
 from tests.support.spec_files import VALID_SPEC, make_workspace
 
 QUANT_LINES = "quantize:\n  - {bits: 4}\n  - {bits: 5, group_size: 32}\n"

@@ -23,8 +23,7 @@ import pytest
 from pydantic import ValidationError
 
 from jobs.datasets import check_dataset, dataset_digest, validate_jsonl
-from jobs.problems import InputError, Problem
-from jobs.spec import (
+from jobs.experiment_spec import (
     EvalSpec,
     ExperimentSpec,
     TrainSpec,
@@ -35,6 +34,7 @@ from jobs.spec import (
     resolve_path,
     spec_to_yaml,
 )
+from jobs.problems import InputError, Problem
 from tests.support.spec_files import (
     CHAT_ROW,
     VALID_SPEC,
@@ -670,7 +670,7 @@ def test_report_to_a_tracker_that_is_not_installed_is_refused_at_its_line(ws: Pa
 
 
 def test_report_to_does_not_change_the_config_fingerprint(ws: Path) -> None:
-    from jobs.spec import ExperimentSpec
+    from jobs.experiment_spec import ExperimentSpec
 
     spec = parse_spec(VALID_SPEC, "s", ws)
     tracked = ExperimentSpec.model_validate(

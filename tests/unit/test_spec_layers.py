@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs.spec import (
+from jobs.experiment_spec import (
     AdherenceProbe,
     LoraParams,
     LrSchedule,
@@ -18,7 +18,7 @@ from jobs.spec import (
     parse_spec,
     yaml_locator,
 )
-from jobs.spec.mlx_args import FARM_ONLY
+from jobs.experiment_spec.mlx_args import FARM_ONLY
 
 TEXT = """\
 # a comment

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from jobs.experiment_spec import parse_spec
+from jobs.experiment_spec.files import looks_like_hf_id
 from jobs.problems import InputError
-from jobs.spec import parse_spec
-from jobs.spec.files import looks_like_hf_id
 
 SPEC = """\
 name: {name}

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from jobs import limits
+from jobs.experiment_spec import config_fingerprint, load_spec, spec_to_yaml
+from jobs.experiment_spec.sweep import KNOB_PATHS, expand_sweep, load_sweep
 from jobs.problems import InputError
-from jobs.spec import config_fingerprint, load_spec, spec_to_yaml
-from jobs.spec.sweep import KNOB_PATHS, expand_sweep, load_sweep
 from jobs.stats import mean_interval
 from jobs.views.sweep import (
     PointInfo,

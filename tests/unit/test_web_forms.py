@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from jobs.experiment_spec import config_fingerprint, parse_spec
 from jobs.problems import Problem
-from jobs.spec import config_fingerprint, parse_spec
 from tests.support.spec_files import make_dataset, make_suite
 from tests.support.web import workspace
 from web import form_bounds, forms, pickers
@@ -156,7 +156,7 @@ def test_find_datasets_and_suites(tmp_path: Path) -> None:
 def test_form_defaults_are_the_spec_models(tmp_path: Path) -> None:
     """The form states no default of its own for a spec knob: a fresh form's
     train, LoRA, fuse and resources settings are the spec models' defaults."""
-    from jobs.spec import FuseSpec, Resources, TrainSpec
+    from jobs.experiment_spec import FuseSpec, Resources, TrainSpec
 
     values = forms.default_form("org/model")
     data, problems = forms.form_to_spec_dict(values)

@@ -40,8 +40,8 @@ from sqlmodel import and_, col, delete, or_, select
 from jobs import lifecycle
 from jobs.dag import checkpoint_variant
 from jobs.db import Artifact, Metric, Stage, session_scope
+from jobs.experiment_spec import TrainSpec, lora_run_config
 from jobs.probe import StopDecision, decide
-from jobs.spec import TrainSpec, lora_run_config
 from worker.checkpoint import (
     adapters_file,
     load_checkpoint,
@@ -67,7 +67,7 @@ def training_args(
     train: TrainSpec, model: str, data: str | Path, adapter_dir: Path, seed: int
 ) -> types.SimpleNamespace:
     """mlx-lm's argument namespace: its defaults, overridden by the spec's knobs
-    (mapped by `jobs.spec.mlx_args`, as for `farm bench`'s bare mlx-lm run)."""
+    (mapped by `jobs.experiment_spec.mlx_args`, as for `farm bench`'s bare mlx-lm run)."""
     args = {**CONFIG_DEFAULTS, **lora_run_config(train, model, data, adapter_dir, seed)}
     args.update(test=False, report_to=None)
     return types.SimpleNamespace(**args)

@@ -15,7 +15,7 @@ from typing import Any, get_args
 from pydantic import BaseModel
 
 from jobs import limits
-from jobs.spec.model import (
+from jobs.experiment_spec.model import (
     EvalSpec,
     ExperimentSpec,
     FuseSpec,
@@ -25,8 +25,8 @@ from jobs.spec.model import (
     Resources,
     TrainSpec,
 )
-from jobs.spec.options import QUANT_BITS, SCHEDULES
-from jobs.spec.words import dotted, got, suggest
+from jobs.experiment_spec.options import QUANT_BITS, SCHEDULES
+from jobs.experiment_spec.words import dotted, got, suggest
 
 
 def _inner_model(annotation: Any) -> type[BaseModel] | None:

@@ -14,13 +14,13 @@ import yaml
 from pydantic import ValidationError
 
 from jobs import limits
+from jobs.experiment_spec.cross_checks import cross_field_problems
+from jobs.experiment_spec.files import check_paths, report_to_problems
+from jobs.experiment_spec.messages import error_message
+from jobs.experiment_spec.model import SKIP_CROSS_CHECKS, ExperimentSpec
+from jobs.experiment_spec.words import Loc, dotted, got
+from jobs.experiment_spec.yaml_source import duplicate_keys, line_locator, read_yaml
 from jobs.problems import InputError, Problem
-from jobs.spec.cross_checks import cross_field_problems
-from jobs.spec.files import check_paths, report_to_problems
-from jobs.spec.messages import error_message
-from jobs.spec.model import SKIP_CROSS_CHECKS, ExperimentSpec
-from jobs.spec.words import Loc, dotted, got
-from jobs.spec.yaml_source import duplicate_keys, line_locator, read_yaml
 
 
 def parse_spec(

@@ -16,8 +16,8 @@ from typing import Any
 import yaml
 
 from jobs import limits
+from jobs.experiment_spec.words import Loc, dotted
 from jobs.problems import InputError, Problem
-from jobs.spec.words import Loc, dotted
 
 LineOf = Callable[[tuple[str | int, ...]], int | None]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from jobs.spec.model import TrainSpec
+from jobs.experiment_spec.model import TrainSpec
 
 # TrainSpec fields whose mlx-lm argument has another name or shape.
 _RESHAPED = frozenset({"lora", "optimizer_config", "lr_schedule", "report_to"})

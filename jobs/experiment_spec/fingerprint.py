@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from jobs.datasets import dataset_digest, file_digest
+from jobs.experiment_spec.model import ExperimentSpec, is_local_model
 from jobs.problems import InputError, Problem
-from jobs.spec.model import ExperimentSpec, is_local_model
 
 # Bump when the payload changes shape: old and new fingerprints must not pool.
 FINGERPRINT_VERSION = 1

@@ -19,22 +19,27 @@ One job per module:
 - `mlx_args`: the one mapping from a `TrainSpec` to mlx-lm's lora arguments;
 - `words`: dotted field names and value wording shared by the messages.
 
-Import from `jobs.spec`: these re-exports are the public surface.
+Import from `jobs.experiment_spec`: these re-exports are the public surface.
 """
 
 from __future__ import annotations
 
-from jobs.spec.cross_checks import cross_field_problems
-from jobs.spec.files import TOKENIZER_FILES, looks_like_hf_id, model_dir_problems, resolve_path
-from jobs.spec.fingerprint import (
+from jobs.experiment_spec.cross_checks import cross_field_problems
+from jobs.experiment_spec.files import (
+    TOKENIZER_FILES,
+    looks_like_hf_id,
+    model_dir_problems,
+    resolve_path,
+)
+from jobs.experiment_spec.fingerprint import (
     FINGERPRINT_VERSION,
     MODEL_META_FILES,
     config_fingerprint,
     fingerprint_payload,
     model_identity,
 )
-from jobs.spec.mlx_args import lora_config, lora_run_config
-from jobs.spec.model import (
+from jobs.experiment_spec.mlx_args import lora_config, lora_run_config
+from jobs.experiment_spec.model import (
     EvalSpec,
     ExperimentSpec,
     FuseSpec,
@@ -45,7 +50,7 @@ from jobs.spec.model import (
     TrainSpec,
     is_local_model,
 )
-from jobs.spec.options import (
+from jobs.experiment_spec.options import (
     DEFAULT_GROUP_SIZE,
     OPTIMIZER_KWARGS,
     QUANT_BITS,
@@ -55,11 +60,11 @@ from jobs.spec.options import (
     default_variants,
     variant_name,
 )
-from jobs.spec.parse import load_spec, parse_spec, read_spec_file, spec_to_yaml
-from jobs.spec.probe import AdherenceProbe
-from jobs.spec.sweep import KNOB_PATHS, SweepPoint, expand_sweep, load_sweep, parse_sweep
-from jobs.spec.words import Loc, dotted
-from jobs.spec.yaml_source import LineOf, line_locator, read_yaml, yaml_locator
+from jobs.experiment_spec.parse import load_spec, parse_spec, read_spec_file, spec_to_yaml
+from jobs.experiment_spec.probe import AdherenceProbe
+from jobs.experiment_spec.sweep import KNOB_PATHS, SweepPoint, expand_sweep, load_sweep, parse_sweep
+from jobs.experiment_spec.words import Loc, dotted
+from jobs.experiment_spec.yaml_source import LineOf, line_locator, read_yaml, yaml_locator
 
 __all__ = [
     "AdherenceProbe",

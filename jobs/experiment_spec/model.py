@@ -22,9 +22,9 @@ from pydantic import (
 )
 
 from jobs import limits
-from jobs.spec.cross_checks import cross_field_problems
-from jobs.spec.notify import NotifySpec
-from jobs.spec.options import (
+from jobs.experiment_spec.cross_checks import cross_field_problems
+from jobs.experiment_spec.notify import NotifySpec
+from jobs.experiment_spec.options import (
     DEFAULT_GROUP_SIZE,
     DEFAULT_ITERS,
     DEFAULT_OPTIMIZER,
@@ -39,8 +39,8 @@ from jobs.spec.options import (
     quant_variant,
     variant_bits,
 )
-from jobs.spec.probe import AdherenceProbe
-from jobs.spec.words import dotted
+from jobs.experiment_spec.probe import AdherenceProbe
+from jobs.experiment_spec.words import dotted
 
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]+")  # the whole name: fullmatch
 
@@ -111,7 +111,7 @@ class TrainSpec(BaseModel):
     val_batches: Annotated[int, Field(ge=-1), _not_zero("the whole validation set")] = 25
     lora: LoraParams = Field(default_factory=LoraParams)
     # The farm's, not mlx-lm's: adherence of a few suite prompts at each checkpoint,
-    # and early stopping on it (`jobs.spec.probe`). Left out of dumps when absent,
+    # and early stopping on it (`jobs.experiment_spec.probe`). Left out of dumps when absent,
     # so a spec without one keeps its config fingerprint.
     adherence_probe: AdherenceProbe | None = Field(None, exclude_if=lambda value: value is None)
     # Experiment trackers mlx-lm reports to itself (`mlx_lm.lora --report-to`):
@@ -215,7 +215,7 @@ class ExperimentSpec(BaseModel):
     quantize: list[QuantizeSpec] = Field(default_factory=list)
     eval: EvalSpec
     resources: Resources = Field(default_factory=Resources)
-    # A grid over knobs, dotted path → values (`jobs.spec.sweep` expands and checks
+    # A grid over knobs, dotted path → values (`jobs.experiment_spec.sweep` expands and checks
     # it). Left out of dumps when absent, so a plain spec's stored YAML is unchanged.
     sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] | None = Field(
         None, exclude_if=lambda value: value is None

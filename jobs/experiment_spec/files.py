@@ -19,10 +19,10 @@ from typing import Any
 import yaml
 
 from jobs.dataset_memo import checked_dataset
+from jobs.experiment_spec.model import TrainSpec
+from jobs.experiment_spec.words import Loc, dotted, is_int, suggest
 from jobs.limits import MAX_SUITE_BYTES, file_size_problem
 from jobs.problems import Problem
-from jobs.spec.model import TrainSpec
-from jobs.spec.words import Loc, dotted, is_int, suggest
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from jobs import limits
-from jobs.spec.options import (
+from jobs.experiment_spec.options import (
     ALL_GROUP_SIZES,
     DEFAULT_ITERS,
     DEFAULT_OPTIMIZER,
@@ -26,7 +26,7 @@ from jobs.spec.options import (
     quant_entry_problems,
     quant_variant,
 )
-from jobs.spec.words import Loc, is_int, is_number, suggest
+from jobs.experiment_spec.words import Loc, is_int, is_number, suggest
 
 _TRAIN_DEFAULTS = {"iters": DEFAULT_ITERS, "save_every": DEFAULT_SAVE_EVERY,
                    "optimizer": DEFAULT_OPTIMIZER}  # fmt: skip
@@ -184,7 +184,7 @@ def _runs_problems(seeds: list[Any]) -> list[tuple[Loc, str]]:
     # adds news when a sweep multiplies seeds that are each within their limit.
     if len(seeds) > limits.MAX_SEEDS:
         return []
-    # One grid point here; a sweep counts its points × seeds in jobs/spec/sweep.py.
+    # One grid point here; a sweep counts its points × seeds in jobs/experiment_spec/sweep.py.
     problem = limits.runs_problem(len(seeds), grid_points=1)
     return [(("seeds",), problem)] if problem else []
 

@@ -26,12 +26,12 @@ from typing import Any, Union, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 
 from jobs import limits
+from jobs.experiment_spec.messages import error_message
+from jobs.experiment_spec.model import ExperimentSpec
+from jobs.experiment_spec.parse import parse_spec, read_spec_file
+from jobs.experiment_spec.words import Loc, dotted, got, suggest
+from jobs.experiment_spec.yaml_source import LineOf, read_yaml, yaml_locator
 from jobs.problems import InputError, Problem
-from jobs.spec.messages import error_message
-from jobs.spec.model import ExperimentSpec
-from jobs.spec.parse import parse_spec, read_spec_file
-from jobs.spec.words import Loc, dotted, got, suggest
-from jobs.spec.yaml_source import LineOf, read_yaml, yaml_locator
 
 # A grid point: dotted knob path → the value it takes there.
 SweepPoint = dict[str, Any]
