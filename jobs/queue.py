@@ -66,17 +66,24 @@ def tier_queue_name(min_memory_gb: float) -> str:
     return f"farm:mem:{tier_for(min_memory_gb)}"
 
 
-def host_queue_name(host_id: str) -> str:
-    """The queue of one Mac's disk (`jobs.host_identity`): every worker process
-    on that Mac listens to it, whatever its name."""
-    return f"farm:host:{host_id}"
+def host_queue_name(host_id: str, min_memory_gb: float = 0) -> str:
+    """The queue of one Mac's disk (`jobs.host_identity`) at one memory tier:
+    every worker process on that Mac that can hold the tier listens to it,
+    whatever its name."""
+    return f"farm:host:{host_id}:mem:{tier_for(min_memory_gb)}"
+
+
+def host_queue_names(host_id: str) -> list[str]:
+    """Every tier's queue of one Mac."""
+    return [f"farm:host:{host_id}:mem:{t}" for t in MEMORY_TIERS_GB]
 
 
 def queues_for_worker(host_id: str, memory_gb: float) -> list[str]:
-    """Its Mac's queue first (finish started runs before starting new ones),
-    then the biggest tier this worker can hold down to the smallest."""
-    tiers = [t for t in MEMORY_TIERS_GB if t <= memory_gb]
-    return [host_queue_name(host_id)] + [f"farm:mem:{t}" for t in reversed(tiers)]
+    """Its Mac's queues first (finish started runs before starting new ones),
+    then the tier queues; each the biggest tier this worker can hold down to
+    the smallest."""
+    tiers = [t for t in reversed(MEMORY_TIERS_GB) if t <= memory_gb]
+    return [f"farm:host:{host_id}:mem:{t}" for t in tiers] + [f"farm:mem:{t}" for t in tiers]
 
 
 def pinned_queue_name(host_id: str | None, min_memory_gb: float) -> str:
@@ -84,7 +91,7 @@ def pinned_queue_name(host_id: str | None, min_memory_gb: float) -> str:
     disk holds them, or anywhere suitable when artifacts live in a shared folder."""
     if settings.shared_artifacts() is not None or not host_id:
         return tier_queue_name(min_memory_gb)
-    return host_queue_name(host_id)
+    return host_queue_name(host_id, min_memory_gb)
 
 
 def stage_job_id(stage_id: int, attempt: int = 1) -> str:

@@ -45,7 +45,7 @@ from jobs.db import (
     server_now,
     session_scope,
 )
-from jobs.queue import Carry, Ticket, carried, host_queue_name, push_again, push_all
+from jobs.queue import Carry, Ticket, carried, host_queue_names, push_again, push_all
 from jobs.states import StageStatus, WorkerStatus
 
 log = logging.getLogger(__name__)
@@ -233,7 +233,7 @@ def replan_stranded_runs(session: Session, repairs: Repairs) -> list[Ticket]:
     pinned = session.exec(
         select(Stage).where(
             Stage.status == StageStatus.QUEUED,
-            col(Stage.queue).in_([host_queue_name(host) for host in gone]),
+            col(Stage.queue).in_([q for host in gone for q in host_queue_names(host)]),
         )
     ).all()
     tickets = []

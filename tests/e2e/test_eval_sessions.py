@@ -24,6 +24,7 @@ from sqlmodel import select
 from jobs import lifecycle
 from jobs.db import EvalResult, Stage, session_scope
 from jobs.experiment_spec import parse_spec
+from jobs.host_identity import host_id
 from jobs.queue import push_all
 from jobs.submit import create_rows
 from tests.support import PROJECT_ROOT
@@ -183,7 +184,7 @@ def test_a_failing_variant_fails_alone_and_the_session_goes_on(
         lifecycle.queue_stage(session, train)  # its ticket is not pushed: trained below
         train_id = train.id or 0
     with session_scope() as session:
-        attempt = lifecycle.claim(session, train_id, "a", "here")  # the worker below
+        attempt = lifecycle.claim(session, train_id, "a", host_id())  # the worker below
     assert attempt == 1
     trained = subprocess.run(
         [sys.executable, "-m", "worker.child", str(train_id), "1"], cwd=PROJECT_ROOT, timeout=300

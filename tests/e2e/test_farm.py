@@ -107,7 +107,8 @@ def test_two_workers_share_one_queue_without_running_a_stage_twice(
     )
     experiment_id = submit(spec)
     workers.start("a")
-    workers.start("b")
+    # Another Mac: its own FARM_HOME (its own disk and host id), the same farm.
+    workers.start("b", env={"FARM_HOME": str(tmp_path / "mac-b")})
     wait_until(lambda: all_finished(experiment_id), timeout=400, what="three runs")
     stages = stages_of(experiment_id)
     assert {s.status for s in stages} == {"done"}
@@ -323,5 +324,5 @@ def test_worker_registers_itself_with_its_machine(
     assert found.total_memory_gb == round(psutil.virtual_memory().total / 1e9, 1)
     # Its Mac's queue first: the host id kept in its FARM_HOME, not its name.
     assert found.host_id == host_id(farm_home) and found.host_id.startswith(os.uname().nodename[:8])
-    assert found.queues.split(",")[0] == host_queue_name(found.host_id)
+    assert found.queues.split(",")[0] == host_queue_name(found.host_id, 24)
     assert "farm:mem:32" not in found.queues and "farm:mem:24" in found.queues

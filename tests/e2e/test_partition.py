@@ -518,7 +518,8 @@ def test_an_export_is_made_by_the_worker_on_another_host_and_checked_on_arrival(
         adapter = session.exec(
             select(Artifact).where(Artifact.run_id == run_id, Artifact.kind == "adapter")
         ).one()
-    assert (stage.worker, stage.queue) == ("w1", host_queue_name(host_id(farm.workers.home("w1"))))
+    assert stage.worker == "w1"
+    assert stage.queue.startswith(f"farm:host:{host_id(farm.workers.home('w1'))}:mem:")
     assert str(farm.workers.home("w1")) in adapter.path  # on w1's own disk
     weights = Path(adapter.path) / "adapters.safetensors"
     assert (dest / "adapters.safetensors").read_bytes() == weights.read_bytes()

@@ -35,12 +35,14 @@ def test_a_memory_need_goes_to_the_smallest_tier_that_holds_it(need_gb: float, t
 
 def test_a_worker_listens_to_its_macs_queue_first_then_its_tiers_largest_first() -> None:
     assert queues_for_worker("studio-1", 20) == [
-        "farm:host:studio-1",
+        "farm:host:studio-1:mem:16",
+        "farm:host:studio-1:mem:8",
+        "farm:host:studio-1:mem:0",
         "farm:mem:16",
         "farm:mem:8",
         "farm:mem:0",
     ]
-    assert queues_for_worker("tiny", 4) == ["farm:host:tiny", "farm:mem:0"]
+    assert queues_for_worker("tiny", 4) == ["farm:host:tiny:mem:0", "farm:mem:0"]
 
 
 @pytest.mark.parametrize("memory_gb", [0, 4, 8, 20, 64, 100, 1000])
@@ -48,6 +50,8 @@ def test_a_worker_listens_to_its_macs_queue_first_then_its_tiers_largest_first()
 def test_a_job_never_lands_on_a_worker_too_small_for_it(memory_gb: float, need_gb: float) -> None:
     listens = queues_for_worker("w", memory_gb)
     assert (tier_queue_name(need_gb) in listens) == (tier_for(need_gb) <= memory_gb)
+    # Pinned to its Mac too: another worker on the same Mac with less memory never takes it.
+    assert (host_queue_name("w", need_gb) in listens) == (tier_for(need_gb) <= memory_gb)
 
 
 def test_every_tier_queue_is_one_some_worker_listens_to() -> None:
@@ -56,8 +60,8 @@ def test_every_tier_queue_is_one_some_worker_listens_to() -> None:
 
 
 def test_later_stages_are_pinned_to_the_mac_holding_the_artifacts() -> None:
-    assert pinned_queue_name("studio-1-0a1b2c3d", 20) == host_queue_name("studio-1-0a1b2c3d")
-    assert host_queue_name("studio-1-0a1b2c3d") == "farm:host:studio-1-0a1b2c3d"
+    assert pinned_queue_name("studio-1-0a1b2c3d", 20) == host_queue_name("studio-1-0a1b2c3d", 20)
+    assert host_queue_name("studio-1-0a1b2c3d", 20) == "farm:host:studio-1-0a1b2c3d:mem:24"
     # Nobody holds them yet (the run has not trained): any suitable worker.
     assert pinned_queue_name(None, 20) == "farm:mem:24"
     assert pinned_queue_name("", 20) == "farm:mem:24"
