@@ -49,6 +49,13 @@ def signin_lock_s() -> float:
     return max(minutes, 0.0) * 60
 
 
+def signin_delay_s() -> float:
+    """FARM_SIGNIN_DELAY_S (default 1): how long the first wrong password is held
+    back; each further failure doubles it, up to 10 times this for one address
+    and 30 times for the sign-in as a whole."""
+    return _seconds("FARM_SIGNIN_DELAY_S", 1.0)
+
+
 def lmstudio_models() -> Path:
     """FARM_LMSTUDIO_MODELS, else LM Studio's own ~/.lmstudio/models."""
     value = os.environ.get("FARM_LMSTUDIO_MODELS")

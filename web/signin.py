@@ -38,7 +38,8 @@ log = logging.getLogger("lorafarm.signin")
 
 EVERYONE = "*"  # the key failures from addresses not recently signed in also count against
 MAX_TRACKED = 10_000  # addresses kept in memory; idle ones are dropped beyond this
-EVERYONE_MAX_DELAY_S = 30.0  # the overall key's longest delay between attempts
+CLIENT_MAX_DELAYS = 10  # one address's longest delay, in first-failure delays
+EVERYONE_MAX_DELAYS = 30  # the overall key's longest delay between attempts, likewise
 REMEMBER_S = 30 * 24 * 3600.0  # an address that signed in this recently skips the overall key
 
 
@@ -259,12 +260,16 @@ def duration(seconds: float) -> str:
 def policies_from_env() -> tuple[Policy, Policy]:
     """FARM_SIGNIN_LOCK_AFTER failures (default 10) from one address lock it for
     FARM_SIGNIN_LOCK_MINUTES (default 15). Failures from everywhere else only
-    slow signing in down, up to EVERYONE_MAX_DELAY_S between attempts: about as
-    many guesses a day as the lock-out of three times as many failures allowed,
-    without a lock a guesser could turn against the owner."""
+    slow signing in down, up to EVERYONE_MAX_DELAYS first-failure delays
+    (FARM_SIGNIN_DELAY_S, default 1 s) between attempts: about as many guesses a
+    day as the lock-out of three times as many failures allowed, without a lock
+    a guesser could turn against the owner."""
     lock_after, lock_s = settings.signin_lock_after(), settings.signin_lock_s()
-    client = Policy(lock_after=lock_after, lock_s=lock_s, window_s=max(lock_s, 60.0))
-    everyone = Policy(max_delay_s=EVERYONE_MAX_DELAY_S, lock_after=None, window_s=max(lock_s, 60.0))
+    first, window_s = settings.signin_delay_s(), max(lock_s, 60.0)
+    client = Policy(base_delay_s=first, max_delay_s=CLIENT_MAX_DELAYS * first,
+                    lock_after=lock_after, lock_s=lock_s, window_s=window_s)  # fmt: skip
+    everyone = Policy(base_delay_s=first, max_delay_s=EVERYONE_MAX_DELAYS * first,
+                      lock_after=None, window_s=window_s)  # fmt: skip
     return client, everyone
 
 

@@ -181,6 +181,11 @@ def test_policy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FARM_SIGNIN_LOCK_MINUTES")
     client, _ = policies_from_env()
     assert (client.lock_after, client.lock_s) == (10, 900.0)
+    assert (client.base_delay_s, client.max_delay_s) == (1.0, 10.0)
+    monkeypatch.setenv("FARM_SIGNIN_DELAY_S", "0.5")
+    client, everyone = policies_from_env()
+    assert (client.base_delay_s, client.max_delay_s) == (0.5, 5.0)
+    assert (everyone.base_delay_s, everyone.max_delay_s) == (0.5, 15.0)
 
 
 def test_durations_read_well() -> None:
