@@ -27,6 +27,7 @@ from jobs.queue import host_queue_name, tier_queue_name
 from tests.support.farm import attempts_of, runner, stages_of, submit
 from tests.support.faults import PrivateRedis, kill_tree, record_timing
 from tests.support.processes import Workers, wait_until
+from tests.support.receiver import Receiver, receiver
 from tests.support.spec_files import write_spec
 
 LOST_AFTER_S = 6
@@ -41,6 +42,14 @@ def fast_faults(monkeypatch: pytest.MonkeyPatch) -> None:
     """Seconds instead of minutes, for the workers and for this process."""
     monkeypatch.setenv("FARM_LOST_AFTER_S", str(LOST_AFTER_S))
     monkeypatch.setenv("FARM_RECONCILE_EVERY_S", "2")
+
+
+@pytest.fixture
+def notify_hook(monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
+    """A local receiver every worker started after this sends notifications to."""
+    with receiver() as hook:
+        monkeypatch.setenv("FARM_NOTIFY_URL", hook.url)
+        yield hook
 
 
 @pytest.fixture
@@ -139,6 +148,7 @@ def test_killed_worker_tree_resumes_on_another_worker_from_the_shared_checkpoint
     tiny_model: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    notify_hook: Receiver,
 ) -> None:
     shared = tmp_path / "shared-artifacts"
     monkeypatch.setenv("FARM_SHARED_ARTIFACTS", str(shared))
@@ -164,6 +174,14 @@ def test_killed_worker_tree_resumes_on_another_worker_from_the_shared_checkpoint
     assert second.worker == "mac-b"
     assert "stopped sending heartbeats" in (attempts_of(train.id or 0)[0].reason or "")
     assert worker_status("mac-a") == "lost"
+    # The end is announced once, by the surviving worker's reconciler, although
+    # the killed worker's reconciler saw the run start: several passes later,
+    # still one message.
+    received = notify_hook.received
+    wait_until(lambda: len(received) >= 1, timeout=60, what="the end to be announced")
+    time.sleep(3 * 2 + 1)  # three more passes at FARM_RECONCILE_EVERY_S=2
+    assert [m["event"] for m in received] == ["experiment.finished"], received
+    assert f"(#{experiment_id}) finished" in received[0]["text"]
     record_timing("worker tree killed (shared artifacts)", detect_s=round(detected, 1),
                   finish_s=round(finished, 1), resumed_from=checkpoint,
                   iterations_lost=lost)  # fmt: skip

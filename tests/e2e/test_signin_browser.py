@@ -179,7 +179,7 @@ def signed_in_page_shows_no_details(web: Web, page: Any, expect: Any) -> None:
     """Signed in, the leaderboard fails on the unreachable database: a short
     message, nothing of the server's insides."""
     page.set_default_timeout(LOAD_MS)
-    page.goto(web.url)
+    open_sign_in(page, web.url)
     sign_in(page, PASSWORD)
     message = page.get_by_text(re.compile("This page could not be shown"))
     expect(message).to_be_visible()
@@ -193,7 +193,7 @@ def signed_in_page_shows_no_details(web: Web, page: Any, expect: Any) -> None:
 
     # A link to a run opens it after signing in (a new session: sign in again),
     # and a run id no database could hold is no id at all, not an overflow.
-    page.goto(f"{web.url}/run?run=9{'9' * 40}")
+    open_sign_in(page, f"{web.url}/run?run=9{'9' * 40}")
     sign_in(page, PASSWORD)
     expect(page.get_by_text("Open a run from the Runs page")).to_be_visible()
     assert "Traceback" not in page.locator("body").inner_text()
@@ -202,7 +202,7 @@ def signed_in_page_shows_no_details(web: Web, page: Any, expect: Any) -> None:
 def guess_until_locked(web: Web, page: Any, expect: Any) -> list[float]:
     """Wrong passwords until the lock-out; returns how long each answer took."""
     page.set_default_timeout(LOAD_MS)
-    page.goto(web.url)
+    open_sign_in(page, web.url)
     expect(page.get_by_role("button", name="Sign in")).to_be_visible()
     answers = []
     for attempt in range(1, LOCK_AFTER):
@@ -303,8 +303,35 @@ def guesser_page(browser: Any, url: str, forwarded_for: str) -> Any:
     context = browser.new_context(extra_http_headers={"X-Forwarded-For": forwarded_for})
     page = context.new_page()
     page.set_default_timeout(LOAD_MS)
-    page.goto(url)
+    open_sign_in(page, url)
     return page
+
+
+def open_sign_in(page: Any, url: str) -> None:
+    """Open the sign-in page at a LAN address, loading it again if the network
+    changed meanwhile. Tests on the other pytest worker add and remove network
+    interfaces (the partition tests' veth cables); Chromium then aborts the
+    requests in flight to any non-loopback address (net::ERR_NETWORK_CHANGED),
+    and a page that lost one of its scripts stays blank, as it would for a
+    person on a LAN whose Wi-Fi changed, who reloads it."""
+    aborted: list[str] = []
+
+    def note(request: Any) -> None:
+        if "ERR_NETWORK_CHANGED" in (request.failure or ""):
+            aborted.append(request.url)
+
+    page.on("requestfailed", note)
+    field = page.get_by_label("Password", exact=True)
+    for _ in range(5):
+        aborted.clear()
+        page.goto(url)
+        deadline = time.monotonic() + LOAD_MS / 1000
+        while time.monotonic() < deadline and not aborted and not field.count():
+            page.wait_for_timeout(200)
+        if field.count():
+            break
+        print(f"reloading {url}: the network changed under {len(aborted)} requests")
+    page.remove_listener("requestfailed", note)
 
 
 def wrong_guess(page: Any, expect: Any) -> str:
@@ -331,7 +358,7 @@ def owner_signs_in(browser: Any, url: str, expect: Any) -> Any:
     has not signed in before, as a person would."""
     page = browser.new_page()
     page.set_default_timeout(LOAD_MS)
-    page.goto(url)
+    open_sign_in(page, url)
     signed_in = page.get_by_role("link", name="Leaderboard")
     wait = page.get_by_text(re.compile(r"Too many attempts: try again in \d+ s"))
     for _ in range(5):
@@ -360,7 +387,7 @@ def test_only_signed_in_sessions_upload(working_web: Web, tmp_path: Path) -> Non
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
-            page.goto(f"{working_web.url}/submit")
+            open_sign_in(page, f"{working_web.url}/submit")
             sign_in(page, PASSWORD)
             page.get_by_text("Upload a spec YAML").click()
             page.locator('input[type="file"]').set_input_files(str(spec))
@@ -436,7 +463,7 @@ def test_the_lock_out_survives_a_ui_restart(tmp_path: Path) -> None:
         try:
             with farm_web(tmp_path, database, env_extra=env) as web:
                 page = browser.new_page()
-                page.goto(web.url)
+                open_sign_in(page, web.url)
                 sign_in(page, "wrong-guess-1")
                 expect(
                     page.get_by_text("Wrong password (failed attempt 1 from here).")
@@ -445,7 +472,7 @@ def test_the_lock_out_survives_a_ui_restart(tmp_path: Path) -> None:
                 expect(page.get_by_text("signing in is locked for 15 min")).to_be_visible()
             with farm_web(tmp_path, database, env_extra=env) as web:  # the restarted UI
                 page = browser.new_page()
-                page.goto(web.url)
+                open_sign_in(page, web.url)
                 sign_in(page, PASSWORD)
                 expect(page.get_by_text("signing in is locked for")).to_be_visible()
                 page.wait_for_timeout(1000)
