@@ -290,7 +290,7 @@ class ExportFile(SQLModel, table=True):
 
 
 class ExportChunk(SQLModel, table=True):
-    """One piece (at most `jobs.ship.transfer.CHUNK_BYTES`) of an export's zip."""
+    """One piece (at most `ship.transfer.CHUNK_BYTES`) of an export's zip."""
 
     id: int | None = Field(default=None, primary_key=True)
     export_id: int = Field(foreign_key="exportfile.id", index=True)

@@ -32,7 +32,7 @@ POSTGRES_ADMIN_URL = os.environ.get(
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny Qwen3-architecture model, built once per test session."""
-    from jobs.local.tiny_model import make_tiny_model
+    from tools.local.tiny_model import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-qwen3")
 

@@ -5,7 +5,7 @@ This file only routes: a sign-in page when a password is configured
 the password is given, only the sign-in page exists in a session: no other
 page's code runs, so none of their buttons or callbacks can be triggered.
 Start it with `farm web` (or `farm up`), whose command line also turns off
-error details and the developer menu (jobs.local.stack.STREAMLIT_HARDENING).
+error details and the developer menu (tools.local.stack.STREAMLIT_HARDENING).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The run page's Export section: ask the worker holding a variant for a zip,
 watch it come, download it, or download the model card alone.
 
-The export is an `export` stage (`jobs.ship.request`): the page only queues it
-and reads its progress and its zip from the database (`jobs.ship.transfer`),
+The export is an `export` stage (`ship.request`): the page only queues it
+and reads its progress and its zip from the database (`ship.transfer`),
 never a worker's disk.
 """
 
@@ -14,11 +14,11 @@ import pandas as pd
 import streamlit as st
 
 from jobs.queue import push_all
-from jobs.ship.export import model_card
-from jobs.ship.request import exports_of, holders_down, request_export
-from jobs.ship.sources import ExportRefused, exportable_variants
-from jobs.ship.transfer import read_zip
 from jobs.states import ACTIVE
+from ship.export import model_card
+from ship.request import exports_of, holders_down, request_export
+from ship.sources import ExportRefused, exportable_variants
+from ship.transfer import read_zip
 from web import ui
 
 REFRESH = timedelta(seconds=2)  # while an export is on its way

@@ -116,7 +116,7 @@ def sign_in_page() -> None:
 
 def run_page(navigation: Any) -> None:
     """Run the chosen page. Where error details are off (the farm's own server,
-    see jobs.local.stack), an error becomes a short message with a reference to the
+    see tools.local.stack), an error becomes a short message with a reference to the
     full, password-masked traceback in the server log; elsewhere (development,
     tests) Streamlit shows it in full."""
     try:

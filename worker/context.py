@@ -22,7 +22,7 @@ from jobs import host_identity, lifecycle, settings
 from jobs.db import Artifact, Experiment, Run, Stage, session_scope
 from jobs.experiment_spec import ExperimentSpec
 from jobs.lifecycle import StaleAttempt as StaleAttempt
-from jobs.ship.digest import artifact_digest
+from ship.digest import artifact_digest
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def path_bytes(path: Path) -> int:
 
 
 def sha256_of(path: Path) -> str:
-    """sha256 of a file, or of a folder's files in name order (`jobs.ship.digest`,
+    """sha256 of a file, or of a folder's files in name order (`ship.digest`,
     which `farm export` checks artifacts with)."""
     return artifact_digest(path).sha256
 

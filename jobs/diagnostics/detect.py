@@ -48,7 +48,7 @@ from jobs.checks import (
 )
 from jobs.dag import is_checkpoint_variant
 from jobs.experiment_spec.options import variant_bits
-from jobs.leaderboard import LOCK_THRESHOLD  # a seed that "locked" the format (0.8)
+from jobs.ranking import LOCK_THRESHOLD  # a seed that "locked" the format (0.8)
 
 QUANT_LOSS_POINTS = 20.0
 RUNAWAY_SHARE = 0.5

@@ -26,10 +26,10 @@ from typing import Any
 import psutil
 import pytest
 
-from jobs.local.services import free_port
 from tests.support import PROJECT_ROOT
 from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, LOAD_S, SHOTS, healthy
 from tests.support.processes import wait_until
+from tools.local.services import free_port
 
 pytestmark = pytest.mark.browser
 

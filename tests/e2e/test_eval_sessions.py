@@ -145,7 +145,7 @@ def test_a_run_loads_each_of_its_weights_once(
     # What evaluating the run cost, in `farm status` and its JSON.
     from typer.testing import CliRunner
 
-    from jobs.cli import app
+    from tools.cli import app
 
     shown = CliRunner().invoke(app, ["status", str(experiment_id), "--json"])
     (run,) = json.loads(shown.stdout)["runs"]

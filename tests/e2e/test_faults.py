@@ -20,7 +20,6 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 from sqlmodel import select
 
-from jobs.cli import app
 from jobs.db import Artifact, Metric, Stage, WorkerRow, session_scope
 from jobs.host_identity import host_id
 from jobs.queue import host_queue_name, tier_queue_name
@@ -29,6 +28,7 @@ from tests.support.faults import PrivateRedis, kill_tree, record_timing
 from tests.support.processes import Workers, wait_until
 from tests.support.receiver import Receiver, receiver
 from tests.support.spec_files import write_spec
+from tools.cli import app
 
 LOST_AFTER_S = 6
 # Long enough to kill mid-run, with a checkpoint every 10 iterations.
@@ -352,7 +352,7 @@ def test_jobs_that_are_not_stage_jobs_are_refused_and_the_worker_keeps_serving(
     hostile = [
         (tier_queue_name(0), "os.system", (f"touch {marker}",)),
         (host_queue_name(host_id()), "subprocess.check_call", (["touch", str(marker)],)),
-        (tier_queue_name(16), "jobs.local.tiny_model.make_tiny_model", (str(made),)),
+        (tier_queue_name(16), "tools.local.tiny_model.make_tiny_model", (str(made),)),
         (host_queue_name(host_id()), "worker.stage_job.run_stage", ("1; rm -rf /",)),
     ]
     for queue_name, func, args in hostile:
@@ -407,7 +407,7 @@ def test_a_stale_attempt_cannot_write_over_the_attempt_that_replaced_it(
 def test_farm_up_puts_queued_work_back_on_an_empty_redis(
     private_redis: PrivateRedis, tiny_model: Path, tmp_path: Path
 ) -> None:
-    from jobs.local.stack import farm_stack
+    from tools.local.stack import farm_stack
 
     experiment_id = submit(write_spec(tmp_path / "s.yaml", tiny_model, **ONLY_ADAPTER))
     redis = Redis.from_url(private_redis.url)

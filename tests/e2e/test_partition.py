@@ -36,7 +36,6 @@ from sqlmodel import col, select
 from typer.testing import CliRunner
 
 from jobs import db
-from jobs.cli import app
 from jobs.db import Artifact, Metric, Run, Stage, StageAttempt, WorkerRow, as_utc, session_scope
 from jobs.host_identity import host_id
 from jobs.queue import host_queue_name
@@ -54,6 +53,7 @@ from tests.support.netns import (
 )
 from tests.support.processes import wait_until
 from tests.support.spec_files import write_spec
+from tools.cli import app
 
 pytestmark = pytest.mark.netns
 

@@ -13,11 +13,11 @@ import pytest
 from sqlmodel import select
 from typer.testing import CliRunner
 
-from jobs.cli import app
 from jobs.db import Diagnostic, EvalResult, Experiment, Run, Stage, session_scope
 from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, LOAD_S, SHOTS, farm_web
 from tests.support.verdicts import finish, submit
 from tests.support.web import install_model
+from tools.cli import app
 
 pytestmark = pytest.mark.browser
 

@@ -11,8 +11,8 @@ from pathlib import Path
 from sqlmodel import select
 
 from jobs.db import Artifact, EvalResult, session_scope
-from jobs.leaderboard import leaderboard
-from jobs.views.run_detail import variant_summaries
+from jobs.ranking import leaderboard
+from read.run_detail import variant_summaries
 from tests.support.farm import all_finished, stages_of, submit
 from tests.support.processes import Workers, wait_until
 from tests.support.spec_files import write_spec

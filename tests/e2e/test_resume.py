@@ -273,7 +273,7 @@ def test_a_worker_retries_a_sigkilled_train_stage_from_its_checkpoint(
 ) -> None:
     from typer.testing import CliRunner
 
-    from jobs.cli import app
+    from tools.cli import app
 
     train = {"iters": 60, "save_every": 8, "steps_per_report": 1, "steps_per_eval": 20}
     # Nothing after the train stage but one short eval: the test is the retry.

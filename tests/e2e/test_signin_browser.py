@@ -31,9 +31,9 @@ import psutil
 import pytest
 from websockets.sync.client import connect
 
-from jobs.local.services import free_port
 from tests.support import PROJECT_ROOT
 from tests.support.processes import wait_until
+from tools.local.services import free_port
 
 pytestmark = pytest.mark.browser
 
@@ -101,7 +101,7 @@ def farm_web(
     log = tmp_path / "web.log"
     address = bind or host
     process = subprocess.Popen(
-        [sys.executable, "-m", "jobs.cli", "web", "--address", address, "--port", str(port)],
+        [sys.executable, "-m", "tools.cli", "web", "--address", address, "--port", str(port)],
         cwd=PROJECT_ROOT,
         env=env,
         stdout=open(log, "wb"),  # noqa: SIM115 - the child owns it

@@ -13,10 +13,10 @@ import pytest
 from sqlmodel import select
 from typer.testing import CliRunner
 
-from jobs.cli import app
 from jobs.db import Experiment, Run, Stage, session_scope
 from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, LOAD_S, SHOTS, farm_web
 from tests.support.spec_files import write_spec
+from tools.cli import app
 
 pytestmark = pytest.mark.browser
 

@@ -15,9 +15,9 @@ import pytest
 from redis import Redis
 from redis.exceptions import RedisError
 
-from jobs.local.services import free_port
 from tests.support import PROJECT_ROOT
 from tests.support.processes import wait_until
+from tools.local.services import free_port
 
 
 def healthy(url: str) -> bool:
@@ -30,7 +30,7 @@ def healthy(url: str) -> bool:
 def embedded_redis_is_private(started: list[psutil.Process]) -> None:
     """The embedded Redis wants the password the workers and the UI got in their
     environment, and that password is on no command line on this machine."""
-    worker = next(p for p in started if "jobs.cli worker" in " ".join(p.cmdline()))
+    worker = next(p for p in started if "tools.cli worker" in " ".join(p.cmdline()))
     url = urlsplit(worker.environ()["REDIS_URL"])
     assert url.hostname == "127.0.0.1" and url.password and len(url.password) >= 32
     with pytest.raises(RedisError, match="NOAUTH|[Aa]uthentication"):
@@ -61,7 +61,7 @@ def test_farm_up_serves_the_ui_and_ctrl_c_stops_everything(tmp_path: Path) -> No
         )
         started = psutil.Process(up.pid).children(recursive=True)
         commands = [" ".join(p.cmdline()) for p in started]
-        assert sum("jobs.cli worker" in c for c in commands) == 2
+        assert sum("tools.cli worker" in c for c in commands) == 2
         # The embedded Redis: redis-server from PATH, or the wheel's valkey-server.
         assert any("redis-server" in c or "valkey-server" in c for c in commands)
         assert any("streamlit" in c for c in commands)

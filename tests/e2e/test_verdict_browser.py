@@ -14,12 +14,12 @@ import pytest
 from sqlmodel import select
 from typer.testing import CliRunner
 
-from jobs.cli import app
 from jobs.db import Experiment, session_scope
 from jobs.stats import mean_interval
 from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, LOAD_S, SHOTS, farm_web
 from tests.support.spec_files import write_spec
 from tests.support.verdicts import BETTER, WORSE, finish
+from tools.cli import app
 
 pytestmark = pytest.mark.browser
 

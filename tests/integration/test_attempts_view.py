@@ -12,12 +12,12 @@ from sqlmodel import select
 from typer.testing import CliRunner
 
 from jobs import lifecycle, reconcile
-from jobs.cli import app
 from jobs.db import Run, Stage, WorkerRow, session_scope, utcnow
 from jobs.experiment_spec import parse_spec
 from jobs.submit import create_rows
-from jobs.views.attempts import attempt_lines, has_history, progress_note, run_story
+from read.attempts import attempt_lines, has_history, progress_note, run_story
 from tests.support.web import open_page, shown, texts
+from tools.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 11, 27, 14, 0, 0, tzinfo=UTC)

@@ -35,7 +35,7 @@ RUNAWAY = (
 
 def farm_check(spec: Path, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "jobs.cli", "check", str(spec)],
+        [sys.executable, "-m", "tools.cli", "check", str(spec)],
         capture_output=True,
         text=True,
         cwd=PROJECT_ROOT,

@@ -140,7 +140,7 @@ def demo_examples() -> list[Example]:
 @pytest.fixture(scope="module")
 def broken_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Deliberately broken tiny models, built once for this module."""
-    from jobs.local.tiny_model import make_tiny_model
+    from tools.local.tiny_model import make_tiny_model
 
     root = tmp_path_factory.mktemp("broken-models")
     return {
@@ -167,7 +167,7 @@ def test_demo_spec_passes_with_only_infos(tmp_path: Path, tiny_model: Path) -> N
 
 
 def test_farm_check_cli_passes_on_the_demo(tmp_path: Path, tiny_model: Path) -> None:
-    from jobs.cli import app
+    from tools.cli import app
 
     spec = demo_like_spec(tmp_path / "demo.yaml", tiny_model)
     result = CliRunner().invoke(app, ["check", str(spec)])
@@ -218,7 +218,7 @@ def test_tokenizer_lacking_a_special_token_is_an_error(
 def test_farm_check_cli_refuses_a_broken_tokenizer(
     tmp_path: Path, broken_models: dict[str, Path]
 ) -> None:
-    from jobs.cli import app
+    from tools.cli import app
 
     spec = demo_like_spec(tmp_path / "s.yaml", broken_models["no_tool_response"])
     result = CliRunner().invoke(app, ["check", str(spec)])

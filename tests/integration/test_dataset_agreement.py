@@ -441,7 +441,7 @@ def test_a_50_mb_line_is_refused_quickly_in_bounded_memory(tmp_path: Path) -> No
 def test_the_cli_refuses_a_long_line_with_exit_2(tmp_path: Path, tiny_model: Path) -> None:
     from typer.testing import CliRunner
 
-    from jobs.cli import app
+    from tools.cli import app
 
     data = tmp_path / "data"
     data.mkdir()

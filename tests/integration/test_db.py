@@ -12,7 +12,7 @@ from sqlmodel import SQLModel, select
 
 from jobs import db
 from jobs.db import EvalResult, Experiment, Metric, Run, Stage, session_scope
-from jobs.leaderboard import count_rows, leaderboard
+from jobs.ranking import count_rows, leaderboard
 
 
 def test_migrations_match_the_models(database: str) -> None:

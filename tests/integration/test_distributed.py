@@ -3,7 +3,7 @@
 
 Two ranks each see half of every batch; their loss curve equals one rank's at
 the same global batch and seed only if the gradients really are averaged
-across the ranks (`jobs/bench/distributed.py`)."""
+across the ranks (`tools/bench/distributed.py`)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import psutil
 
-from jobs.bench.distributed import TOLERANCE, bench_distributed, run_world
 from tests.support.processes import wait_until
+from tools.bench.distributed import TOLERANCE, bench_distributed, run_world
 
 
 def test_two_ranks_train_the_one_rank_loss_curve(tiny_model: Path) -> None:

@@ -19,13 +19,13 @@ from rq import Queue, Worker
 from rq.job import JobStatus
 from rq.serializers import JSONSerializer
 
-from jobs.local.services import (
+from tools.local.services import (
     EmbeddedRedis,
     bundled_server,
     redis_server_binary,
     start_embedded_redis,
 )
-from jobs.local.stack import farm_stack
+from tools.local.stack import farm_stack
 
 
 def wheel_server() -> str:

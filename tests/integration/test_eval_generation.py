@@ -97,7 +97,7 @@ def test_the_eval_bench_runs_on_a_model_dir(tiny_model: Path, tmp_path: Path) ->
 
     from typer.testing import CliRunner
 
-    from jobs.cli import app
+    from tools.cli import app
 
     out = tmp_path / "bench.json"
     args = ["bench", "--only", "eval", "--model", str(tiny_model), "--rounds", "1"]

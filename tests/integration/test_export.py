@@ -19,18 +19,18 @@ from sqlmodel import func, select
 from typer.testing import CliRunner
 
 from jobs import db
-from jobs.cli import app
 from jobs.db import Artifact, ExportChunk, ExportFile, Publication, Run, Stage, session_scope
 from jobs.host_identity import host_id
-from jobs.local.services import free_port
 from jobs.queue import host_queue_name
-from jobs.ship.sources import ExportRefused
-from jobs.ship.transfer import read_zip
+from ship.sources import ExportRefused
+from ship.transfer import read_zip
 from tests.conftest import REDIS_TEST_URL
 from tests.support import PROJECT_ROOT
 from tests.support.farm import all_finished, stages_of, submit
 from tests.support.processes import Workers, wait_until
 from tests.support.spec_files import write_spec
+from tools.cli import app
+from tools.local.services import free_port
 
 runner = CliRunner()
 # One training run serves every test here: keep them on one xdist worker.
@@ -218,7 +218,7 @@ def test_an_artifact_on_another_worker_names_it(trained: Trained, tmp_path: Path
             session.get(Artifact, far.id).sha256 = fused.sha256  # type: ignore[union-attr]
         env = {**os.environ, "FARM_SHARED_ARTIFACTS": str(trained.home / "artifacts")}
         out = subprocess.run(
-            [sys.executable, "-m", "jobs.cli", "export", str(trained.run_id), "--variant",
+            [sys.executable, "-m", "tools.cli", "export", str(trained.run_id), "--variant",
              "fused", "--to", str(tmp_path / "shared")],
             capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT, env=env,
         )  # fmt: skip
@@ -338,7 +338,7 @@ def test_publish_without_a_hub_or_a_token_fails_in_one_line(
     env = {**os.environ, "HF_TOKEN": token, "HF_HOME": str(tmp_path / "hf"),
            "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"}  # fmt: skip
     out = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", "publish", str(trained.run_id), "--repo", "me/tiny"],
+        [sys.executable, "-m", "tools.cli", "publish", str(trained.run_id), "--repo", "me/tiny"],
         capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT, env=env,
     )  # fmt: skip
     assert out.returncode == 2, out.stdout + out.stderr
@@ -347,7 +347,7 @@ def test_publish_without_a_hub_or_a_token_fails_in_one_line(
     assert token not in out.stdout + out.stderr
     env = {k: v for k, v in env.items() if k != "HF_TOKEN"}
     out = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", "publish", str(trained.run_id), "--repo", "me/tiny"],
+        [sys.executable, "-m", "tools.cli", "publish", str(trained.run_id), "--repo", "me/tiny"],
         capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT, env=env,
     )  # fmt: skip
     assert out.returncode == 2 and "no Hugging Face token" in out.stderr

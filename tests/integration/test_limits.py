@@ -23,12 +23,12 @@ from sqlmodel import select
 from typer.testing import CliRunner
 
 from jobs import limits
-from jobs.cli import app
 from jobs.db import Experiment, Run, session_scope
 from jobs.experiment_spec import ExperimentSpec, load_spec, parse_spec
 from jobs.problems import InputError, Problem
 from tests.support import PROJECT_ROOT
 from tests.support.spec_files import write_spec
+from tools.cli import app
 from web import form_bounds, forms
 
 runner = CliRunner()
@@ -320,7 +320,7 @@ def test_a_refused_farm_submit_writes_nothing(
 ) -> None:
     spec = write_spec(tmp_path / "spec.yaml", tiny_model, seeds=list(range(5000)))
     done = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", "submit", str(spec)],
+        [sys.executable, "-m", "tools.cli", "submit", str(spec)],
         capture_output=True,
         text=True,
         cwd=PROJECT_ROOT,

@@ -16,13 +16,13 @@ import pytest
 from sqlmodel import select
 from typer.testing import CliRunner
 
-from jobs.cli import app
 from jobs.db import Experiment, Notification, Run, Stage, session_scope, utcnow
 from jobs.notify import SEND_TIMEOUT_S, deliver_pending, experiment_outcome, notify_pass
 from tests.support.receiver import receiver
 from tests.support.spec_files import write_spec
 from tests.support.verdicts import finish, submit
 from tests.support.web import install_model
+from tools.cli import app
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlmodel import select
 
 from jobs.db import Publication, session_scope
-from jobs.ship.publish import Published, publications, record_publication
+from ship.publish import Published, publications, record_publication
 from tests.support.web import RUN, open_page
 
 

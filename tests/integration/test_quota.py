@@ -43,7 +43,7 @@ def redis_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
 def farm_submit(spec: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "jobs.cli", "submit", str(spec)],
+        [sys.executable, "-m", "tools.cli", "submit", str(spec)],
         capture_output=True,
         text=True,
         cwd=PROJECT_ROOT,

@@ -21,8 +21,6 @@ import pytest
 from redis import Redis
 from sqlmodel import select
 
-from jobs.bench.reconcile import command_calls, commands_between, seed_queued_stages
-from jobs.cli import app
 from jobs.db import Stage, session_scope
 from jobs.queue import tier_queue_name
 from jobs.reconcile import reconcile_once
@@ -31,6 +29,8 @@ from tests.support.farm import runner, stages_of, submit
 from tests.support.faults import PrivateRedis
 from tests.support.processes import Workers, wait_until
 from tests.support.spec_files import write_spec
+from tools.bench.reconcile import command_calls, commands_between, seed_queued_stages
+from tools.cli import app
 
 ONLY_ADAPTER = {"quantize": [], "fuse": None, "eval": {"variants": ["adapter"]}}
 

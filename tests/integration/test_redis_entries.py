@@ -31,7 +31,7 @@ from rq.timeouts import UnixSignalDeathPenalty
 
 from jobs.queue import STAGE_FUNCTION, tier_queue_name
 from jobs.rq_job import fetch_job
-from jobs.views.workers import queue_depths
+from read.workers import queue_depths
 from tests.support.farm import stages_of, submit
 from tests.support.faults import PrivateRedis
 from tests.support.processes import Workers, wait_until
@@ -244,7 +244,7 @@ def test_a_worker_runs_nothing_redis_names_and_goes_on_to_run_a_real_stage(
 def test_malformed_worker_and_queue_entries_are_shown_not_crashing(
     private_redis: PrivateRedis,
 ) -> None:
-    from jobs.views.workers import live_worker_names
+    from read.workers import live_worker_names
 
     redis = Redis.from_url(private_redis.url)
     redis.sadd("rq:queues", "rq:queue:farm:mem:lots", f"rq:queue:{tier_queue_name(0)}")

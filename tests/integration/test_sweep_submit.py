@@ -12,11 +12,11 @@ from sqlmodel import func, select
 from typer.testing import CliRunner
 
 from jobs import limits
-from jobs.cli import app
 from jobs.db import Experiment, Run, Stage, Sweep, session_scope
-from jobs.leaderboard import leaderboard
+from jobs.ranking import leaderboard
 from tests.support.spec_files import write_spec
 from tests.support.web import open_page, quick_form, texts
+from tools.cli import app
 from web import form_bounds, forms
 
 GRID = {"train.learning_rate": [1e-4, 2e-4], "train.lora.rank": [4, 8]}
@@ -113,7 +113,7 @@ def test_an_oversized_grid_is_refused_by_the_cli_and_the_form_alike(
 
 
 def limits_exit() -> int:
-    from jobs.cli import EXIT_INVALID
+    from tools.cli import EXIT_INVALID
 
     return EXIT_INVALID
 

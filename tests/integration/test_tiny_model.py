@@ -11,7 +11,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may touch the network
 
-from jobs.local.tiny_model import QWEN_TOKENS, is_current, make_tiny_model  # noqa: E402
+from tools.local.tiny_model import QWEN_TOKENS, is_current, make_tiny_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEM = "You are a coding assistant."

@@ -14,10 +14,10 @@ from scipy import stats as scipy_stats
 from sqlmodel import select
 from typer.testing import CliRunner
 
-from jobs.cli import app
 from jobs.db import Run, Stage, session_scope
 from jobs.stats import mean_interval
 from tests.support.verdicts import BETTER, WORSE, fingerprint_of, finish, two_learning_rates
+from tools.cli import app
 
 runner = CliRunner()
 

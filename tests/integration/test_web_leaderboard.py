@@ -9,11 +9,11 @@ import pytest
 from sqlmodel import select
 
 from jobs import settings
-from jobs.bench.pages import load_database
 from jobs.db import Experiment, session_scope
-from jobs.leaderboard import SORT_KEYS, LeaderboardRow, count_rows, leaderboard
-from jobs.views.leaderboard import leaderboard_page
+from jobs.ranking import SORT_KEYS, LeaderboardRow, count_rows, leaderboard
+from read.leaderboard import leaderboard_page
 from tests.support.web import open_page, texts
+from tools.bench.pages import load_database
 
 N_RUNS = 400  # 8 configurations × 50 seeds × 4 variants = 32 rows
 
@@ -117,7 +117,7 @@ def key(row: LeaderboardRow, sort: str) -> tuple[object, ...]:
 
 @pytest.mark.parametrize("sort", SORT_KEYS)
 def test_leaderboard_page_matches_the_full_leaderboard(database: str, sort: str) -> None:
-    """The fast page query returns exactly `jobs.leaderboard`'s rows, on both backends."""
+    """The fast page query returns exactly `jobs.ranking`'s rows, on both backends."""
     load_database(database, 150)
     with session_scope() as session:
         for filters in ({}, {"variant": "q8"}, {"base_model": "mlx-community/Qwen3-8B-4bit"}):
@@ -143,7 +143,7 @@ def test_points_lost_column(farm_data: Path) -> None:
     from jobs.db import Run, Stage
     from jobs.diagnostics import VariantResult
     from jobs.diagnostics.detect import quantization_twin
-    from jobs.leaderboard import twin_variant
+    from jobs.ranking import twin_variant
 
     at = open_page()
     rows = table(at)
@@ -185,7 +185,7 @@ def test_points_lost_column(farm_data: Path) -> None:
 
 def test_each_row_names_its_best_seeds_run_to_export(farm_data: Path) -> None:
     from jobs.db import Run
-    from jobs.views.leaderboard import best_seed_run
+    from read.leaderboard import best_seed_run
 
     with session_scope() as session:
         rows = leaderboard(session, limit=5)

@@ -11,10 +11,10 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 from sqlmodel import select
 
-from jobs.bench.pages import bench_pages
 from jobs.db import Run, Stage, WorkerRow, session_scope, utcnow
 from jobs.queue import stage_job_id
 from tests.support.web import APP, RUN, install_model, open_page, quick_form, shown, texts
+from tools.bench.pages import bench_pages
 from web import form_bounds
 
 

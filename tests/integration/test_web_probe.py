@@ -9,10 +9,10 @@ import pytest
 from sqlmodel import select
 from typer.testing import CliRunner
 
-from jobs.cli import app
 from jobs.db import Diagnostic, Metric, Run, Stage, session_scope
-from jobs.views.run_detail import diagnostic_groups
+from read.run_detail import diagnostic_groups
 from tests.support.web import RUN, open_page, shown, texts
+from tools.cli import app
 
 REASON = "locked: adherence ≥ 0.90 on the probes at 4 and 8"
 LOOPS = "mode_collapse"

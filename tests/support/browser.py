@@ -33,8 +33,8 @@ def healthy(url: str) -> bool:
 def farm_web(tmp_path: Path) -> Iterator[str]:
     """`farm web` on a free port, without the UI password, for as long as the
     block runs; its address. Its output goes to tmp_path/farm-web.log."""
-    from jobs.local.services import free_port
     from tests.support.processes import wait_until
+    from tools.local.services import free_port
 
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is missing: apt-get install -y chromium chromium-driver")

@@ -9,12 +9,12 @@ import psutil
 from sqlmodel import col, select
 from typer.testing import CliRunner
 
-from jobs.cli import app
 from jobs.db import Run, Stage, StageAttempt, session_scope
 from jobs.experiment_spec import parse_spec
 from jobs.states import FINISHED
 from jobs.submit import create_rows
 from tests.support import PROJECT_ROOT
+from tools.cli import app
 
 runner = CliRunner()
 

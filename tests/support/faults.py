@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 from redis import Redis
 
-from jobs.local.services import free_port, redis_server_binary
+from tools.local.services import free_port, redis_server_binary
 
 
 class PrivateRedis:

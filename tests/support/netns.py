@@ -29,8 +29,8 @@ from pathlib import Path
 import psutil
 from redis import Redis
 
-from jobs.local.services import redis_server_binary
 from tests.support.faults import kill_tree
+from tools.local.services import redis_server_binary
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 REDIS_PORT = 6390  # inside coord's own namespace: no clash with any host port
@@ -264,7 +264,7 @@ class NetnsWorkers:
         """Start worker `name` on its own host, or on `host` (another worker's
         namespace and FARM_HOME: a second worker process on the same Mac)."""
         host = host or name
-        argv = [sys.executable, "-m", "jobs.cli", "worker", "--name", name, "--memory-gb", "16"]
+        argv = [sys.executable, "-m", "tools.cli", "worker", "--name", name, "--memory-gb", "16"]
         process = subprocess.Popen(
             ["ip", "netns", "exec", self.network.netns_of(host), *argv],
             env={**worker_base_env(), "FARM_HOME": str(self.home(host)), **env},

@@ -32,7 +32,7 @@ class Workers:
         argv = [
             sys.executable,
             "-m",
-            "jobs.cli",
+            "tools.cli",
             "worker",
             "--name",
             name,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from jobs.bench import tokens_per_sec_from_log
+from tools.bench import tokens_per_sec_from_log
 
 # Rows copied from an `mlx_lm lora` log on the tiny model (colours included).
 LOG = (
@@ -22,7 +22,7 @@ def test_the_results_table_shows_the_reconcile_and_pages_figures() -> None:
 
     from rich.console import Console
 
-    from jobs.bench import print_results
+    from tools.bench import print_results
 
     out = io.StringIO()
     results = {

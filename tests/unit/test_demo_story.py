@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from jobs.views.demo_story import RunFacts, StoryFacts, story_lines
+from read.demo_story import RunFacts, StoryFacts, story_lines
 
 
 def run(config: str, seed: int, adapter: float, **more: object) -> RunFacts:

@@ -18,7 +18,6 @@ from typer.testing import CliRunner
 
 from jobs import scorer
 from jobs.checks import find_calls
-from jobs.cli import SCORE_LINE_BYTES, app
 from jobs.formats import (
     MAX_CODE_CHARS,
     MAX_RESPONSE_CHARS,
@@ -30,6 +29,7 @@ from jobs.formats import (
     tool_call_blocks,
 )
 from jobs.scorer import LABEL_SCORES, Score, score_response
+from tools.cli import SCORE_LINE_BYTES, app
 
 ROOT = Path(__file__).resolve().parents[2]
 SUITE = ROOT / "data" / "evals" / "code_mode.yaml"

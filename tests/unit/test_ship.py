@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from jobs.db import Artifact
-from jobs.ship.card import CardData, CurveRow, render_card
-from jobs.ship.curves import curves_csv, curves_png
-from jobs.ship.digest import artifact_digest
-from jobs.ship.files import candidates, verify
-from jobs.ship.sources import ExportRefused, Source, exportable, plan_export
 from jobs.stats import FragilePrompt, mean_interval
+from ship.card import CardData, CurveRow, render_card
+from ship.curves import curves_csv, curves_png
+from ship.digest import artifact_digest
+from ship.files import candidates, verify
+from ship.sources import ExportRefused, Source, exportable, plan_export
 from worker.context import sha256_of
 
 
@@ -142,7 +142,7 @@ def test_curves_as_csv_and_png() -> None:
 
 
 def test_a_naive_recorded_time_is_utc(tmp_path: Path) -> None:
-    from jobs.ship.files import changed_since
+    from ship.files import changed_since
 
     (tmp_path / "a").write_text("a")
     assert changed_since(tmp_path, datetime(2000, 1, 1)) == ["a"]
@@ -150,7 +150,7 @@ def test_a_naive_recorded_time_is_utc(tmp_path: Path) -> None:
 
 
 def test_the_license_is_the_base_models_own(tmp_path: Path) -> None:
-    from jobs.ship.card_data import base_license
+    from ship.card_data import base_license
 
     model = tmp_path / "model"
     model.mkdir()

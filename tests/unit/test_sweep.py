@@ -14,7 +14,7 @@ from jobs.experiment_spec import config_fingerprint, load_spec, spec_to_yaml
 from jobs.experiment_spec.sweep import KNOB_PATHS, expand_sweep, load_sweep
 from jobs.problems import InputError
 from jobs.stats import mean_interval
-from jobs.views.sweep import (
+from read.sweep import (
     PointInfo,
     SeedScore,
     SweepInfo,

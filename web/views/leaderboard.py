@@ -8,10 +8,10 @@ import streamlit as st
 
 from jobs.problems import InputError
 from jobs.seeds import add_seeds
-from jobs.views import compare, verdicts
-from jobs.views import leaderboard as leaderboard_view
-from jobs.views import sweep as sweep_view
-from jobs.views.runs import count_experiments
+from read import compare, verdicts
+from read import leaderboard as leaderboard_view
+from read import sweep as sweep_view
+from read.runs import count_experiments
 from web import ui
 from web.forms import display_path
 
@@ -234,7 +234,7 @@ with right:
 
 def sweep_section() -> None:
     """A sweep's grid: adherence against each swept knob, per seed, and the knob
-    that moved it most (jobs.views.sweep; `farm leaderboard --sweep ID` prints it)."""
+    that moved it most (read.sweep; `farm leaderboard --sweep ID` prints it)."""
     st.subheader("Sweeps")
     with ui.db() as session:
         sweeps = {s.id: s for s in sweep_view.list_sweeps(session)}

@@ -9,8 +9,8 @@ import pandas as pd
 import streamlit as st
 
 from jobs import control
-from jobs.ship.publish import publications
-from jobs.views import run_detail
+from read import run_detail
+from ship.publish import publications
 from web import ui
 from web.export_panel import export_panel
 

@@ -7,7 +7,7 @@ from datetime import timedelta
 import streamlit as st
 
 from jobs import control
-from jobs.views.runs import (
+from read.runs import (
     ExperimentRow,
     RunRow,
     count_experiments,

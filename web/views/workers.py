@@ -7,8 +7,8 @@ from datetime import timedelta
 import pandas as pd
 import streamlit as st
 
-from jobs.views.runs import format_duration
-from jobs.views.workers import live_worker_names, lost_note, queue_depths, worker_rows
+from read.runs import format_duration
+from read.workers import live_worker_names, lost_note, queue_depths, worker_rows
 from web import ui
 
 st.title("Workers")

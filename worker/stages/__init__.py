@@ -3,7 +3,7 @@
 Each module reads top to bottom like the mlx-lm command it replaces:
 `train` (mlx_lm.lora), `fuse` (mlx_lm.fuse), `quantize` (mlx_lm.convert),
 `eval` (batched generation over the suite, scored), and `export` (a variant
-zipped for the coordinator, `jobs.ship.transfer`). They are imported only
+zipped for the coordinator, `ship.transfer`). They are imported only
 when a stage of their kind runs: all but `export` pull in MLX and mlx-lm.
 """
 

@@ -1,9 +1,9 @@
 """`export`: one run's variant as a zip, made on the worker whose disk holds it.
 
-The same export `farm export` writes (`jobs.ship.export.write_export`: every
+The same export `farm export` writes (`ship.export.write_export`: every
 file checked against the artifact's recorded sha256, the model card written
 from the database), zipped and handed to the coordinator through the database
-in pieces (`jobs.ship.transfer`), the stage's progress counting the pieces.
+in pieces (`ship.transfer`), the stage's progress counting the pieces.
 No MLX here: an export only reads files.
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 from jobs import settings
 from jobs.db import ExportChunk, session_scope
-from jobs.ship.export import write_export
-from jobs.ship.transfer import chunk_count, chunks_of, start_export_file, zip_folder, zip_name
+from ship.export import write_export
+from ship.transfer import chunk_count, chunks_of, start_export_file, zip_folder, zip_name
 from worker.context import StageContext, stage_write, update_stage
 
 
