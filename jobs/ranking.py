@@ -1,6 +1,7 @@
-"""The leaderboard: configurations ranked by format adherence across seeds.
+"""The leaderboard's aggregation: configurations scored by format adherence across seeds.
 
-One row per config fingerprint × variant. Aggregation runs in SQL over the
+One row per config fingerprint × variant. The one ranker that orders and pages
+these rows is `read.leaderboard.leaderboard_page`. Aggregation runs in SQL over the
 per-stage summaries that each eval stage writes once (adherence, label counts,
 latency…), so the query cost grows with runs, not with eval rows. Validation
 loss is shown for contrast and never used as the rank key: among earlier runs
@@ -208,35 +209,6 @@ def row_from_aggregate(r: Any) -> LeaderboardRow:
     )
 
 
-def leaderboard(
-    session: Session,
-    *,
-    base_model: str | None = None,
-    dataset: str | None = None,
-    suite: str | None = None,
-    variant: str | None = None,
-    sort: str = "mean",
-    descending: bool = True,
-    limit: int = 100,
-    offset: int = 0,
-    with_details: bool = True,
-) -> list[LeaderboardRow]:
-    """Ranked rows; default order mean adherence, then worst seed."""
-    if sort not in SORT_KEYS:
-        raise ValueError(f"sort must be one of {', '.join(SORT_KEYS)}")
-    query = aggregate_query(base_model, dataset, suite, variant).subquery()
-    key = query.c[sort] if sort != "std" else (query.c.mean_sq - query.c.mean * query.c.mean)
-    order = [key.desc() if descending else key.asc()]
-    if sort == "mean":
-        order.append(query.c.worst.desc() if descending else query.c.worst.asc())
-    order += [query.c.fingerprint, query.c.variant]
-    ordered = select(query).order_by(*order).limit(limit).offset(offset)
-    rows = [row_from_aggregate(r) for r in session.execute(ordered)]
-    if with_details and rows:
-        _attach_details(session, rows)
-    return rows
-
-
 def count_rows(session: Session, **filters: str | None) -> int:
     query = aggregate_query(
         filters.get("base_model"),
@@ -245,23 +217,6 @@ def count_rows(session: Session, **filters: str | None) -> int:
         filters.get("variant"),
     ).subquery()
     return int(session.execute(select(func.count()).select_from(query)).scalar_one())
-
-
-def _attach_details(session: Session, rows: list[LeaderboardRow]) -> None:
-    """Per-seed scores and label mix, for just the rows on this page."""
-    fingerprints = {r.fingerprint for r in rows}
-    query = (
-        select(*SEED_DETAIL_COLUMNS)
-        .join(Run, Run.id == Stage.run_id)
-        .where(
-            Stage.kind == "eval",
-            Stage.status == StageStatus.DONE,
-            Stage.adherence.is_not(None),  # type: ignore[union-attr]
-            Run.fingerprint.in_(fingerprints),  # type: ignore[attr-defined]
-        )
-        .order_by(Run.seed)
-    )
-    attach_seed_details(rows, session.execute(query))
 
 
 # What `attach_seed_details` reads of each finished eval stage of a page's runs.

@@ -1,10 +1,11 @@
-"""The leaderboard page's data: one ranked page, filter choices, plot points, comparisons.
+"""The leaderboard: one ranked page, filter choices, plot points, comparisons.
 
-`leaderboard_page` returns the same rows as `jobs.ranking.leaderboard` plus the
-total row count, in two steps that keep a page fast at 100,000 runs: one scan ranks
-every config × variant on just the aggregate the chosen order needs and counts the
-groups (a window function, so no second scan), then `jobs.ranking`'s own
-aggregation and the per-seed details run over the eval stages of that page only.
+`leaderboard_page` is the farm's one ranker: the web page, `farm leaderboard`
+and the demo all read it (`leaderboard` is its rows alone). Two steps keep a
+page fast at 100,000 runs: one scan ranks every config × variant on just the
+aggregate the chosen order needs and counts the groups (a window function, so
+no second scan), then `jobs.ranking`'s aggregation and the per-seed details run
+over the eval stages of that page only.
 """
 
 from __future__ import annotations
@@ -116,7 +117,8 @@ def leaderboard_page(
     limit: int = 25,
     offset: int = 0,
 ) -> LeaderboardPage:
-    """One page of `jobs.ranking.leaderboard` and the number of rows in all pages."""
+    """One page of ranked rows (default order: mean adherence, then worst seed)
+    and the number of rows in all pages."""
     if sort not in SORT_KEYS:
         raise ValueError(f"sort must be one of {', '.join(SORT_KEYS)}")
     filters = {"base_model": base_model, "dataset": dataset, "suite": suite, "variant": variant}
@@ -137,6 +139,25 @@ def leaderboard_page(
     keys = [(fp, v) for fp, v, _ in page]
     details = {(r.fingerprint, r.variant): r for r in _full_rows(session, keys, filters)}
     return LeaderboardPage(int(page[0].total), [details[k] for k in keys if k in details])
+
+
+def leaderboard(
+    session: Session,
+    *,
+    base_model: str | None = None,
+    dataset: str | None = None,
+    suite: str | None = None,
+    variant: str | None = None,
+    sort: str = "mean",
+    descending: bool = True,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[LeaderboardRow]:
+    """The ranked rows of one page, for `farm leaderboard` and the demo."""
+    return leaderboard_page(
+        session, base_model=base_model, dataset=dataset, suite=suite, variant=variant,
+        sort=sort, descending=descending, limit=limit, offset=offset,
+    ).rows  # fmt: skip
 
 
 def _full_rows(

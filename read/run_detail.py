@@ -23,7 +23,7 @@ from read.attempts import (
     progress_note,
     run_story,
 )
-from read.runs import elapsed_s
+from read.stages import elapsed_s
 
 
 @dataclass

@@ -9,64 +9,17 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func
 from sqlmodel import Session, select
 
-from jobs.db import Experiment, Metric, Run, Stage, utcnow
+from jobs.db import Experiment, Metric, Run
 from jobs.states import ACTIVE, FINISHED, RETRYABLE, StageStatus
 from read.attempts import progress_note
+from read.stages import StageView, aware, elapsed_s, stage_views
 from read.status import experiment_status
-
-
-def aware(value: datetime | None) -> datetime | None:
-    """Datetimes from the DB as UTC-aware (SQLite may hand them back naive)."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
-def elapsed_s(started: datetime | None, finished: datetime | None) -> float | None:
-    start = aware(started)
-    if start is None:
-        return None
-    end = aware(finished) or utcnow()
-    return max((end - start).total_seconds(), 0.0)
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m {seconds % 60:02d}s"
-    if seconds < 86400:
-        return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
-    return f"{seconds // 86400}d {seconds % 86400 // 3600:02d}h"
-
-
-@dataclass
-class StageState:
-    id: int
-    kind: str
-    variant: str
-    status: str
-    worker: str | None
-    progress: int | None
-    total: int | None
-    adherence: float | None
-    started_at: datetime | None
-    finished_at: datetime | None
-    attempt: int = 0
-    resumed_from: int | None = None  # train: the checkpoint iteration this attempt resumed at
-
-    @property
-    def label(self) -> str:
-        return self.kind if self.kind in ("train", "fuse") else f"{self.kind} {self.variant}"
 
 
 @dataclass
@@ -75,12 +28,12 @@ class RunRow:
     seed: int
     status: str
     host: str | None
-    stages: list[StageState] = field(default_factory=list)
+    stages: list[StageView] = field(default_factory=list)
     train_loss: float | None = None
     val_loss: float | None = None
 
     @property
-    def train(self) -> StageState | None:
+    def train(self) -> StageView | None:
         return next((s for s in self.stages if s.kind == "train"), None)
 
     @property
@@ -204,7 +157,7 @@ def runs_page(
     by_run = {r.id: RunRow(r.id or 0, r.seed, r.status, r.host) for r in runs}
     for r in runs:
         rows[r.experiment_id].runs.append(by_run[r.id])
-    for stage in stage_states(session, list(by_run)):
+    for stage in stage_views(session, list(by_run)):
         by_run[stage[0]].stages.append(stage[1])
     running_train = {
         run.train.id: run
@@ -215,39 +168,6 @@ def runs_page(
         running_train[stage_id].train_loss = train_loss
         running_train[stage_id].val_loss = val_loss
     return RunsPage(total, list(rows.values()))
-
-
-def stage_states(session: Session, run_ids: list[int]) -> list[tuple[int, StageState]]:
-    if not run_ids:
-        return []
-    query = (
-        select(
-            Stage.run_id,
-            Stage.id,
-            Stage.kind,
-            Stage.variant,
-            Stage.status,
-            Stage.worker,
-            Stage.progress,
-            Stage.total,
-            Stage.adherence,
-            Stage.started_at,
-            Stage.finished_at,
-            Stage.attempt,
-            Stage.resumed_from,
-            Stage.params,
-        )
-        .where(Stage.run_id.in_(run_ids))  # type: ignore[attr-defined]
-        .order_by(Stage.id)
-    )
-    out = []
-    for row in session.execute(query):
-        *values, params = row[1:]
-        state = StageState(*values)
-        if state.total is None and state.kind == "train":
-            state.total = (params or {}).get("total")  # planned iterations, before it starts
-        out.append((row[0], state))
-    return out
 
 
 def latest_losses(

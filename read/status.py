@@ -10,40 +10,9 @@ from typing import Any
 from sqlalchemy import func
 from sqlmodel import Session, select
 
-from jobs.db import Diagnostic, Experiment, Run, Stage, utcnow
+from jobs.db import Diagnostic, Experiment, Run, Stage
 from read.attempts import attempt_dicts, attempt_lines, attempts_by_stage, has_history
-
-
-@dataclass
-class StageView:
-    id: int
-    kind: str
-    variant: str
-    status: str
-    worker: str | None
-    progress: int | None
-    total: int | None
-    adherence: float | None
-    val_loss: float | None
-    started_at: datetime | None
-    finished_at: datetime | None
-    error: str | None
-    attempt: int = 0
-    resumed_from: int | None = None
-    # Every attempt (`attempt_dicts`), and the same in words when there is a
-    # story to tell (retried, resumed, lost, re-planned); empty otherwise.
-    attempts: list[dict[str, Any]] = field(default_factory=list)
-    history: list[str] = field(default_factory=list)
-    seconds: float | None = None  # how long the stage took, once finished
-    # train: why it stopped before its last iteration (the adherence probe), or None
-    early_stop: str | None = None
-
-    @property
-    def elapsed_s(self) -> float | None:
-        if self.started_at is None:
-            return None
-        end = self.finished_at or utcnow()
-        return (end - self.started_at).total_seconds()
+from read.stages import StageView, stage_seconds
 
 
 @dataclass
@@ -57,12 +26,6 @@ class RunView:
     # What evaluating the run cost: every finished eval stage, and each variant's.
     eval_seconds: float = 0.0
     eval_seconds_by_variant: dict[str, float] = field(default_factory=dict)
-
-
-def stage_seconds(started_at: datetime | None, finished_at: datetime | None) -> float | None:
-    if started_at is None or finished_at is None:
-        return None
-    return (finished_at - started_at).total_seconds()
 
 
 def eval_seconds(stages: list[StageView]) -> tuple[float, dict[str, float]]:

@@ -15,7 +15,7 @@ from jobs import settings
 from jobs.db import Experiment, Run, Stage, WorkerRow, server_now
 from jobs.rq_job import FarmJob
 from jobs.states import WorkerStatus
-from read.runs import aware, format_duration
+from read.stages import aware, format_duration
 
 
 def worker_rows(session: Session, now: datetime | None = None) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from jobs.db import Artifact, EvalResult, Experiment, Metric, Stage, WorkerRow, session_scope
 from jobs.host_identity import host_id
 from jobs.queue import host_queue_name, stage_job_id, tier_queue_name
-from jobs.ranking import leaderboard
+from read.leaderboard import leaderboard
 from tests.support.farm import all_finished, attempts_of, stage_children, stages_of, submit
 from tests.support.processes import Workers, wait_until
 from tests.support.spec_files import write_spec

@@ -11,7 +11,7 @@ from pathlib import Path
 from sqlmodel import select
 
 from jobs.db import Artifact, EvalResult, session_scope
-from jobs.ranking import leaderboard
+from read.leaderboard import leaderboard
 from read.run_detail import variant_summaries
 from tests.support.farm import all_finished, stages_of, submit
 from tests.support.processes import Workers, wait_until

@@ -12,7 +12,8 @@ from sqlmodel import SQLModel, select
 
 from jobs import db
 from jobs.db import EvalResult, Experiment, Metric, Run, Stage, session_scope
-from jobs.ranking import count_rows, leaderboard
+from jobs.ranking import count_rows
+from read.leaderboard import leaderboard
 
 
 def test_migrations_match_the_models(database: str) -> None:

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from jobs import limits
 from jobs.db import Experiment, Run, Stage, Sweep, session_scope
-from jobs.ranking import leaderboard
+from read.leaderboard import leaderboard
 from tests.support.spec_files import write_spec
 from tests.support.web import open_page, quick_form, texts
 from tools.cli import app

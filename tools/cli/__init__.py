@@ -275,7 +275,7 @@ def leaderboard(
     """Configurations ranked by mean format adherence across seeds, then worst seed."""
     from jobs.db import migrate, session_scope
     from jobs.diagnostics import badges
-    from jobs.ranking import leaderboard as query
+    from read.leaderboard import leaderboard as query
     from read.tables import print_leaderboard
 
     migrate()

@@ -110,8 +110,8 @@ def follow(
 
 
 def run_demo(workers: int = 2, web_port: int | None = None, console: Console | None = None) -> bool:
-    from jobs.ranking import leaderboard
     from read.demo_story import demo_story
+    from read.leaderboard import leaderboard
     from read.tables import print_leaderboard
 
     console = console or Console()

@@ -7,13 +7,8 @@ from datetime import timedelta
 import streamlit as st
 
 from jobs import control
-from read.runs import (
-    ExperimentRow,
-    RunRow,
-    count_experiments,
-    format_duration,
-    runs_page,
-)
+from read.runs import ExperimentRow, RunRow, count_experiments, runs_page
+from read.stages import format_duration
 from web import ui
 
 PER_PAGE = 10

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pandas as pd
 import streamlit as st
 
-from read.runs import format_duration
+from read.stages import format_duration
 from read.workers import live_worker_names, lost_note, queue_depths, worker_rows
 from web import ui
 
