@@ -19,7 +19,7 @@ from typing import Any
 from sqlmodel import Session
 
 from jobs import host_identity, lifecycle, settings
-from jobs.db import Artifact, Experiment, Run, Stage, session_scope
+from jobs.db import Artifact, Experiment, Metric, Run, Stage, session_scope
 from jobs.experiment_spec import ExperimentSpec
 from jobs.lifecycle import StaleAttempt as StaleAttempt
 from ship.digest import artifact_digest
@@ -84,11 +84,44 @@ def stage_write(ctx: StageContext) -> Iterator[Session]:
 
 def update_stage(ctx: StageContext, **values: Any) -> None:
     with stage_write(ctx) as session:
-        stage = session.get(Stage, ctx.stage_id)
-        assert stage is not None
-        for key, value in values.items():
-            setattr(stage, key, value)
-        session.add(stage)
+        _set_stage(session, ctx, values)
+
+
+def record_metric(
+    ctx: StageContext,
+    iteration: int,
+    stage: dict[str, Any] | None = None,
+    **values: Any,
+) -> None:
+    """One Metric row of this attempt at `iteration` (`values`: its columns), and
+    the stage's own figures (`stage`) with it, in one guarded transaction: the
+    one place a stage writes its metrics."""
+    with metric_write(ctx, iteration, stage, **values):
+        pass
+
+
+@contextmanager
+def metric_write(
+    ctx: StageContext,
+    iteration: int,
+    stage: dict[str, Any] | None = None,
+    **values: Any,
+) -> Iterator[Session]:
+    """`record_metric` as a context: more writes may join the same transaction."""
+    with stage_write(ctx) as session:
+        session.add(Metric(stage_id=ctx.stage_id, attempt=ctx.attempt, run_id=ctx.run_id,
+                           iteration=iteration, **values))  # fmt: skip
+        if stage:
+            _set_stage(session, ctx, stage)
+        yield session
+
+
+def _set_stage(session: Session, ctx: StageContext, values: dict[str, Any]) -> None:
+    row = session.get(Stage, ctx.stage_id)
+    assert row is not None
+    for key, value in values.items():
+        setattr(row, key, value)
+    session.add(row)
 
 
 def path_bytes(path: Path) -> int:

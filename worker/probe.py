@@ -26,7 +26,7 @@ from jobs.early_stop import stop_early
 from jobs.experiment_spec import AdherenceProbe
 from jobs.probe import ProbeResult, StopDecision, decide
 from jobs.suite import EvalSuite, SuitePrompt, load_suite
-from worker.context import StageContext, stage_write
+from worker.context import StageContext, metric_write, stage_write
 from worker.stages.eval import generate_suite, score_generated
 
 
@@ -71,17 +71,8 @@ class Probe:
         result = self.measure(model, iteration)
         self.history.append(result)
         decision = None if last else decide(self.history, self.rule)
-        with stage_write(self.ctx) as session:
-            session.add(
-                Metric(
-                    stage_id=self.ctx.stage_id,
-                    attempt=self.ctx.attempt,
-                    run_id=self.ctx.run_id,
-                    iteration=iteration,
-                    probe_adherence=result.adherence,
-                    probe_labels=dict(result.labels),
-                )
-            )
+        with metric_write(self.ctx, iteration, probe_adherence=result.adherence,
+                          probe_labels=dict(result.labels)) as session:  # fmt: skip
             if decision is not None:
                 stop_early(session, self.ctx.stage_id, self.ctx.attempt, iteration, decision.reason)
         if decision is not None:

@@ -50,7 +50,13 @@ from worker.checkpoint import (
     save_checkpoint,
     saved_checkpoints,
 )
-from worker.context import StageContext, record_artifact, stage_write, update_stage
+from worker.context import (
+    StageContext,
+    record_artifact,
+    record_metric,
+    stage_write,
+    update_stage,
+)
 from worker.preflight import check_before_training
 from worker.probe import Probe, make_probe
 
@@ -143,44 +149,25 @@ class ProgressToDatabase(TrainingCallback):
         self.trained_tokens = self.base_tokens + int(info["trained_tokens"])
         self.tokens_per_sec.append(float(info["tokens_per_second"]))
         self.peak_memory_gb = max(self.peak_memory_gb, float(info["peak_memory"]))
-        with stage_write(self.ctx) as session:
-            session.add(
-                Metric(
-                    stage_id=self.ctx.stage_id,
-                    attempt=self.ctx.attempt,
-                    run_id=self.ctx.run_id,
-                    iteration=iteration,
-                    train_loss=float(info["train_loss"]),
-                    learning_rate=float(info["learning_rate"]),
-                    tokens_per_sec=float(info["tokens_per_second"]),
-                    iterations_per_sec=float(info["iterations_per_second"]),
-                    peak_memory_gb=float(info["peak_memory"]),
-                    trained_tokens=self.trained_tokens,
-                )
-            )
-            stage = session.get(Stage, self.ctx.stage_id)
-            assert stage is not None
-            stage.progress, stage.total = iteration, self.total
-            stage.tokens_per_sec = float(np.mean(self.tokens_per_sec))
-            stage.peak_memory_gb = self.peak_memory_gb
-            session.add(stage)
+        record_metric(
+            self.ctx,
+            iteration,
+            stage={"progress": iteration, "total": self.total,
+                   "tokens_per_sec": float(np.mean(self.tokens_per_sec)),
+                   "peak_memory_gb": self.peak_memory_gb},
+            train_loss=float(info["train_loss"]),
+            learning_rate=float(info["learning_rate"]),
+            tokens_per_sec=float(info["tokens_per_second"]),
+            iterations_per_sec=float(info["iterations_per_second"]),
+            peak_memory_gb=float(info["peak_memory"]),
+            trained_tokens=self.trained_tokens,
+        )  # fmt: skip
 
     def on_val_loss_report(self, info: dict[str, Any]) -> None:
         # Validation runs in `Between` with the run's own numbering already.
-        with stage_write(self.ctx) as session:
-            session.add(
-                Metric(
-                    stage_id=self.ctx.stage_id,
-                    attempt=self.ctx.attempt,
-                    run_id=self.ctx.run_id,
-                    iteration=int(info["iteration"]),
-                    val_loss=float(info["val_loss"]),
-                )
-            )
-            stage = session.get(Stage, self.ctx.stage_id)
-            assert stage is not None
-            stage.val_loss = float(info["val_loss"])
-            session.add(stage)
+        val_loss = float(info["val_loss"])
+        record_metric(self.ctx, int(info["iteration"]), stage={"val_loss": val_loss},
+                      val_loss=val_loss)  # fmt: skip
 
 
 def record_checkpoints(ctx: StageContext, iters: int) -> None:
