@@ -87,12 +87,10 @@ def export_run(run_id: int, variant: str, dest: Path, gguf: bool = False) -> Exp
             write_gguf(into, plan)
         return plan
 
-    plan, folder = _place(dest, fill)
-    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-    return Exported(plan, folder, files)
+    return _place(dest, fill)
 
 
-def _place(dest: Path, fill: Callable[[Path], ExportPlan]) -> tuple[ExportPlan, Path]:
+def _place(dest: Path, fill: Callable[[Path], ExportPlan]) -> Exported:
     """Fill a temporary folder beside `dest`, then rename it to `dest`."""
     dest = Path(dest).expanduser().absolute()
     _check_destination(dest)
@@ -108,7 +106,8 @@ def _place(dest: Path, fill: Callable[[Path], ExportPlan]) -> tuple[ExportPlan, 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return plan, dest
+    files = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+    return Exported(plan, dest, files)
 
 
 def export_through_worker(
@@ -138,9 +137,7 @@ def export_through_worker(
             write_gguf(into, plan)
         return plan
 
-    plan, folder = _place(dest, fill)
-    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-    return Exported(plan, folder, files)
+    return _place(dest, fill)
 
 
 def wait_for_export(

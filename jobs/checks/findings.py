@@ -41,23 +41,17 @@ DATA_LOADING = "how mlx-lm reads the data"
 # Special tokens each suite format relies on: each must be ONE token of the
 # base model's tokenizer (earlier runs' Qwen2.5 split <tool_response> into 5
 # pieces: 0% tool calling).
+_QWEN_TOOL_TOKENS = (
+    "<tool_call>",
+    "</tool_call>",
+    "<tool_response>",
+    "</tool_response>",
+    "<|im_start|>",
+    "<|im_end|>",
+)
 FORMAT_TOKENS: dict[str, tuple[str, ...]] = {
-    "code_mode": (
-        "<tool_call>",
-        "</tool_call>",
-        "<tool_response>",
-        "</tool_response>",
-        "<|im_start|>",
-        "<|im_end|>",
-    ),
-    "json_tools": (
-        "<tool_call>",
-        "</tool_call>",
-        "<tool_response>",
-        "</tool_response>",
-        "<|im_start|>",
-        "<|im_end|>",
-    ),
+    "code_mode": _QWEN_TOOL_TOKENS,  # both formats wrap calls in Qwen's tool-call tokens
+    "json_tools": _QWEN_TOOL_TOKENS,
 }
 # Below 5 bits (32 levels) earlier runs' fused adapters were rounded away.
 MIN_SAFE_BITS = 5

@@ -89,13 +89,18 @@ def parse_spec(
 def load_spec(path: Path, check_files: bool = True) -> ExperimentSpec:
     """Read and parse a spec file; relative paths in it resolve against its folder."""
     path = Path(path)
+    text = spec_file_text(path)
+    return parse_spec(text, source=str(path), base_dir=path.parent, check_files=check_files)
+
+
+def spec_file_text(path: Path) -> str:
+    """`read_spec_file`, with a missing or unreadable file as an input problem."""
     try:
-        text = read_spec_file(path)
+        return read_spec_file(path)
     except FileNotFoundError:
         raise InputError([Problem(str(path), "spec file not found")]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError([Problem(str(path), f"cannot read spec file: {exc}")]) from None
-    return parse_spec(text, source=str(path), base_dir=path.parent, check_files=check_files)
 
 
 def read_spec_file(path: Path) -> str:

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ValidationError
 from jobs import limits
 from jobs.experiment_spec.messages import error_message
 from jobs.experiment_spec.model import ExperimentSpec
-from jobs.experiment_spec.parse import parse_spec, read_spec_file
+from jobs.experiment_spec.parse import parse_spec, spec_file_text
 from jobs.experiment_spec.words import Loc, dotted, got, suggest
 from jobs.experiment_spec.yaml_source import LineOf, read_yaml, yaml_locator
 from jobs.problems import InputError, Problem
@@ -268,10 +268,5 @@ def load_sweep(
 ) -> tuple[ExperimentSpec, list[tuple[SweepPoint, ExperimentSpec]]]:
     """`parse_sweep` for a spec file (relative paths against its folder), as `load_spec`."""
     path = Path(path)
-    try:
-        text = read_spec_file(path)
-    except FileNotFoundError:
-        raise InputError([Problem(str(path), "spec file not found")]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError([Problem(str(path), f"cannot read spec file: {exc}")]) from None
+    text = spec_file_text(path)
     return parse_sweep(text, source=str(path), base_dir=path.parent, check_files=check_files)
