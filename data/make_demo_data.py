@@ -845,7 +845,7 @@ def _code_block(code: str, suite: EvalSuite) -> str:
     nothing in the code, and the scorer's parser reads back exactly this call."""
     problems = code_api_problems(code, suite)
     assert not problems, f"{problems} in:\n{code}"
-    block = code_mode.render_call(code)
+    block = code_mode.render_code(code)
     calls = formats.find_calls(block, suite.tool_names)
     wrappers = [c for c in calls if c.syntax == "xml" and c.name == code_mode.WRAPPER]
     assert len(wrappers) == 1 and code_mode.code_argument(wrappers[0].arguments) == code, block

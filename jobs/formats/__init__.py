@@ -27,19 +27,18 @@ Decisions made here once (the scorer's contract rests on them):
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from types import ModuleType
 
 from jobs.formats import code_mode, json_tools, python_calls, qwen3_xml
+from jobs.formats.call import Call
 from jobs.formats.code_mode import WRAPPER, code_argument
-from jobs.formats.json_tools import json_objects, json_prefix
+from jobs.formats.json_tools import json_prefix
 from jobs.formats.python_calls import (
     MAX_CODE_BRACES,
     MAX_CODE_CHARS,
     called_names,
     parse_code,
     parse_python,
-    python_trees,
 )
 from jobs.formats.qwen3_xml import function_blocks, parameters, tool_call_blocks
 from jobs.formats.text import (
@@ -80,27 +79,15 @@ __all__ = [
     "tool_call_blocks",
 ]
 
+# The syntaxes a call may be written in, in the order they are tried; each
+# module has the same names (NAME, read_tool_call, read_bare, render_call), like
+# mlx-lm's tool parsers. A `<tool_call>` block's content goes to the first that
+# takes it (Python last: what no other syntax takes is Python, or unreadable);
+# outside the tags each reads its bare calls from what the one before left
+# (XML first: its blocks may hold fenced code that is not a bare call).
+SYNTAXES: dict[str, ModuleType] = {m.NAME: m for m in (qwen3_xml, json_tools, python_calls)}
 # A suite's `format` -> the module that writes (and reads) the call it scores as 1.0.
-FORMATS: dict[str, ModuleType] = {"code_mode": code_mode, "json_tools": json_tools}
-# A Call's `syntax` -> the module that read it.
-SYNTAXES: dict[str, ModuleType] = {
-    "xml": qwen3_xml,
-    "json": json_tools,
-    "python": python_calls,
-}
-
-
-@dataclass(frozen=True)
-class Call:
-    """One call found in a text (outside any think block)."""
-
-    name: str | None  # None: a <tool_call> whose content names no tool
-    syntax: str  # "xml" | "json" | "python" | "unreadable"
-    where: str  # "tool_call": inside <tool_call>; "function": bare <function=…>; "bare"
-    arguments: object = None  # as written (XML: the parameters; JSON: "arguments")
-    code: str | None = None  # the Python a python / unreadable call was read from
-    # The bare JSON wrapper a python call was written in (its `code` argument), else None.
-    inside: str | None = None
+FORMATS: dict[str, ModuleType] = {m.FORMAT: m for m in (code_mode, json_tools)}
 
 
 def find_calls(text: str, names: Iterable[str]) -> list[Call]:
@@ -119,59 +106,26 @@ def body_calls(body: str, names: frozenset[str]) -> list[Call]:
     for block in blocks:
         calls.extend(_read_tool_call(block.content, names))
     rest = cut_out(body, blocks)
-    functions = function_blocks(rest)
-    calls.extend(_xml_call(f, "function") for f in functions)
-    calls.extend(_bare_calls(cut_out(rest, functions), names))
+    for syntax in SYNTAXES.values():
+        found, rest = syntax.read_bare(rest, names)
+        calls.extend(found)
+    # An execute_code wrapper written as bare JSON: the calls in its code count as bare.
+    wrappers = [c for c in calls if c.name == WRAPPER and c.syntax == "json" and c.where == "bare"]
+    for wrapper in wrappers:
+        calls.extend(_wrapped_calls(wrapper.arguments, names))
     return calls
 
 
 def _read_tool_call(content: str, names: frozenset[str]) -> list[Call]:
-    """Read the inside of one <tool_call> block: XML, JSON, or Python straight in the tags."""
+    """Read the inside of one <tool_call> block, in the first syntax that takes it."""
     text = strip_fence(content.strip())
     if not text:
         return []  # a bare `<tool_call>` at the very end: nothing was called yet
-    if qwen3_xml.FUNCTION_START in text:
-        return [_xml_call(f, "tool_call") for f in function_blocks(text)]
-    if text.startswith("{"):
-        call = json_tools.read_call(json_prefix(text))
-        if call is None:
-            return [Call(None, "unreadable", "tool_call")]
-        return [Call(call.name, "json", "tool_call", call.arguments)]
-    # Python straight inside the tags, no wrapper (seen in earlier runs' training data).
-    tree = parse_python(text)
-    if tree is None:
-        return [Call(None, "unreadable", "tool_call", code=text)]
-    found = [Call(n, "python", "tool_call", code=text) for n in called_names(tree, names)]
-    return found or [Call(None, "python", "tool_call", code=text)]
-
-
-def _xml_call(function: Segment, where: str) -> Call:
-    return Call(function.name, "xml", where, parameters(function.content))
-
-
-def _bare_calls(text: str, names: frozenset[str]) -> list[Call]:
-    """Calls written outside any tag: Python in fences or on its own lines, bare JSON."""
-    fences = fence_blocks(text)
-    pieces = [f.content for f in fences]
-    pieces.append(cut_out(text, fences))
-    calls: list[Call] = []
-    for piece in pieces:
-        for code, tree in python_trees(piece):
-            calls.extend(Call(n, "python", "bare", code=code) for n in called_names(tree, names))
-        calls.extend(_bare_json_calls(piece, names))
-    return calls
-
-
-def _bare_json_calls(text: str, names: frozenset[str]) -> list[Call]:
-    # Only objects shaped like a call of a known tool count: {"name": TOOL, "arguments": …}.
-    calls: list[Call] = []
-    for obj in json_objects(text):
-        name = obj.get("name") if isinstance(obj, dict) else None
-        if isinstance(name, str) and name in names and "arguments" in obj:
-            calls.append(Call(name, "json", "bare", obj["arguments"]))
-            if name == WRAPPER:
-                calls.extend(_wrapped_calls(obj["arguments"], names))
-    return calls
+    for syntax in SYNTAXES.values():
+        calls = syntax.read_tool_call(text, names)
+        if calls is not None:
+            return list(calls)
+    return [Call(None, "unreadable", "tool_call", code=text)]
 
 
 def _wrapped_calls(arguments: object, names: frozenset[str]) -> list[Call]:

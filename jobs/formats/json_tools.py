@@ -4,16 +4,24 @@ The shape mlx-lm's `json_tools` parser reads (`name` and `arguments`, the
 arguments an object or, OpenAI style, a JSON string). JSON nested deeper than
 MAX_NESTING is not decoded (the decoder recurses per level), and the search for
 bare objects in prose is linear in the text however many "{" fail to start one.
+
+A syntax module: NAME, `read_tool_call`, `read_bare` and `render_call`, as in
+every module of `jobs.formats.SYNTAXES`; and a suite format (FORMAT), as
+`code_mode` is.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from jobs.formats.text import too_deep_starts
+from jobs.formats.call import Call
+from jobs.formats.text import fenced_pieces, too_deep_starts
+
+NAME = "json"  # the syntax
+FORMAT = "json_tools"  # the suite format whose 1.0 call is a JSON `<tool_call>`
 
 # Failed attempts to read bare JSON may scan at most this many times the text;
 # past that the rest of the text is not searched for bare JSON calls.
@@ -45,9 +53,32 @@ def arguments_object(arguments: object) -> dict | None:
     return arguments if isinstance(arguments, dict) else None
 
 
-def render_call(name: str, arguments: dict) -> str:
+def read_tool_call(text: str, names: frozenset[str]) -> list[Call] | None:
+    """The call of a `<tool_call>` block's content written as JSON, else None."""
+    if not text.startswith("{"):
+        return None
+    call = read_call(json_prefix(text))
+    if call is None:
+        return [Call(None, "unreadable", "tool_call")]
+    return [Call(call.name, NAME, "tool_call", call.arguments)]
+
+
+def read_bare(text: str, names: frozenset[str]) -> tuple[list[Call], str]:
+    """Bare JSON objects shaped like a call of a known tool, {"name": TOOL,
+    "arguments": …}; any other object is not a call. The text stays as it is."""
+    calls = []
+    for piece in fenced_pieces(text):
+        for obj in json_objects(piece):
+            name = obj.get("name") if isinstance(obj, dict) else None
+            if isinstance(name, str) and name in names and "arguments" in obj:
+                calls.append(Call(name, NAME, "bare", obj["arguments"]))
+    return calls, text
+
+
+def render_call(name: str, arguments: Mapping[str, object]) -> str:
     """One call in this format, as a `<tool_call>` block."""
-    return f"<tool_call>\n{json.dumps({'name': name, 'arguments': arguments})}\n</tool_call>"
+    body = json.dumps({"name": name, "arguments": dict(arguments)})
+    return f"<tool_call>\n{body}\n</tool_call>"
 
 
 def json_prefix(text: str) -> object:

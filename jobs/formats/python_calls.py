@@ -6,6 +6,9 @@ call. Every parse is bounded: code beyond MAX_CODE_CHARS, holding more than
 MAX_CODE_BRACES braces or nesting brackets deeper than MAX_NESTING, and code
 Python's parser gives up on, is code that does not parse (None), never an
 exception.
+
+A syntax module: NAME, `read_tool_call`, `read_bare` and `render_call`, as in
+every module of `jobs.formats.SYNTAXES`.
 """
 
 from __future__ import annotations
@@ -14,10 +17,13 @@ import ast
 import re
 import textwrap
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
+from jobs.formats.call import Call
 from jobs.formats.code_mode import WRAPPER
-from jobs.formats.text import MAX_NESTING, nesting
+from jobs.formats.text import MAX_NESTING, fenced_pieces, nesting
+
+NAME = "python"
 
 # Code handed to `ast.parse`: longer code, or code nesting brackets deeper than
 # MAX_NESTING, counts as code that does not parse. The brace cap bounds
@@ -67,6 +73,34 @@ def _strip_partial_tag(code: str) -> str:
     """Drop a closing tag cut in the middle by the end of generation ("…\\n</param")."""
     cut = code.rfind("</")
     return code[:cut] if cut != -1 and _TAG_NAME_RE.fullmatch(code, cut + 2) else code
+
+
+def read_tool_call(text: str, names: frozenset[str]) -> list[Call] | None:
+    """Python straight inside `<tool_call>` tags, no wrapper (seen in earlier runs'
+    training data). Read last: whatever the other syntaxes did not take is
+    Python, or unreadable."""
+    tree = parse_python(text)
+    if tree is None:
+        return [Call(None, "unreadable", "tool_call", code=text)]
+    found = [Call(n, NAME, "tool_call", code=text) for n in called_names(tree, names)]
+    return found or [Call(None, NAME, "tool_call", code=text)]
+
+
+def read_bare(text: str, names: frozenset[str]) -> tuple[list[Call], str]:
+    """Calls of `names` in Python written outside any tag, in fenced code or on
+    lines of their own; the text stays as it is."""
+    calls = [
+        Call(n, NAME, "bare", code=code)
+        for piece in fenced_pieces(text)
+        for code, tree in python_trees(piece)
+        for n in called_names(tree, names)
+    ]
+    return calls, text
+
+
+def render_call(name: str, arguments: Mapping[str, object]) -> str:
+    """One call in this format: `name(key=value, …)`, each value as a Python literal."""
+    return f"{name}({', '.join(f'{k}={v!r}' for k, v in arguments.items())})"
 
 
 def python_trees(piece: str) -> Iterator[tuple[str, ast.Module]]:

@@ -3,11 +3,19 @@ grammar of Code Mode's execute_code wrapper (and of Qwen3-Coder's native calls).
 
 Closing tags are optional: generation may stop before them, so a block also
 ends where the next one opens or at the end of the text.
+
+A syntax module: NAME, `read_tool_call`, `read_bare` and `render_call`, as in
+every module of `jobs.formats.SYNTAXES`.
 """
 
 from __future__ import annotations
 
-from jobs.formats.text import Segment, segments
+from collections.abc import Mapping
+
+from jobs.formats.call import Call
+from jobs.formats.text import Segment, cut_out, segments
+
+NAME = "xml"
 
 TOOL_CALL_START = "<tool_call>"
 TOOL_CALL_END = "</tool_call>"
@@ -30,10 +38,27 @@ def parameters(function_body: str) -> dict[str, str]:
     return {b.name or "": _strip_one_newline(b.content) for b in blocks}
 
 
-def render_call(name: str, arguments: dict[str, str]) -> str:
+def read_tool_call(text: str, names: frozenset[str]) -> list[Call] | None:
+    """The calls of a `<tool_call>` block's content written in this syntax, else None."""
+    if FUNCTION_START not in text:
+        return None
+    return [_call(f, "tool_call") for f in function_blocks(text)]
+
+
+def read_bare(text: str, names: frozenset[str]) -> tuple[list[Call], str]:
+    """Bare `<function=…>` blocks outside any `<tool_call>`, and the text without them."""
+    functions = function_blocks(text)
+    return [_call(f, "function") for f in functions], cut_out(text, functions)
+
+
+def render_call(name: str, arguments: Mapping[str, object]) -> str:
     """One call in this format, as the chat template writes it."""
     params = "".join(f"<parameter={k}>\n{v}\n</parameter>\n" for k, v in arguments.items())
     return f"{TOOL_CALL_START}\n<function={name}>\n{params}</function>\n{TOOL_CALL_END}"
+
+
+def _call(function: Segment, where: str) -> Call:
+    return Call(function.name, NAME, where, parameters(function.content))
 
 
 def _strip_one_newline(value: str) -> str:

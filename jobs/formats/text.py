@@ -150,6 +150,13 @@ def fence_blocks(text: str) -> list[Segment]:
     return found
 
 
+def fenced_pieces(text: str) -> list[str]:
+    """The text as bare calls are read from it: each fenced block's code, then
+    the text around the fences."""
+    fences = fence_blocks(text)
+    return [*(f.content for f in fences), cut_out(text, fences)]
+
+
 def fence_body(text: str) -> str | None:
     """What a text that is one fenced block ("```lang\\n…```") holds, else None."""
     if not text.startswith("```") or (line_end := text.find("\n", 3)) == -1:

@@ -29,11 +29,40 @@ def test_the_name_tables_point_at_the_format_modules() -> None:
     assert SYNTAXES == {"xml": qwen3_xml, "json": json_tools, "python": python_calls}
 
 
+@pytest.mark.parametrize("syntax", ["xml", "json", "python"])
+def test_every_syntax_is_a_plug_in_that_reads_what_it_writes(syntax: str) -> None:
+    """One interface in every syntax module (like mlx-lm's tool parsers): the table
+    is built from their NAMEs, and a call each one renders is read back as its own."""
+    module = SYNTAXES[syntax]
+    assert module.NAME == syntax
+    written = module.render_call("typecheck", {"path": "src/"})
+    assert module.read_bare("no call here", NAMES) == ([], "no call here")
+    [call] = find_calls(f"Checking.\n{written}\nDone.", NAMES)
+    assert (call.name, call.syntax) == ("typecheck", syntax)
+    if syntax == "python":
+        assert call.code == "typecheck(path='src/')"
+    else:
+        assert call.arguments == {"path": "src/"} and call.where == "tool_call"
+        inside = written.removeprefix("<tool_call>\n").removesuffix("\n</tool_call>")
+        [read] = module.read_tool_call(inside, NAMES)
+        assert read == call
+    assert python_calls.read_tool_call("not python (", NAMES)[0].syntax == "unreadable"
+
+
+@pytest.mark.parametrize("fmt", ["code_mode", "json_tools"])
+def test_every_suite_format_renders_its_call_in_its_own_syntax(fmt: str) -> None:
+    module = FORMATS[fmt]
+    assert module.FORMAT == fmt
+    [call] = find_calls(module.render_call(WRAPPER, {"code": CODE}), NAMES)
+    assert (call.name, call.where) == (WRAPPER, "tool_call")
+    assert call.syntax == {"code_mode": "xml", "json_tools": "json"}[fmt]
+
+
 # --------------------------------------------------------------------------- each format
 
 
 def test_code_mode_writes_the_call_its_parser_reads() -> None:
-    block = code_mode.render_call(CODE)
+    block = code_mode.render_code(CODE)
     assert block == (
         "<tool_call>\n<function=execute_code>\n<parameter=code>\n"
         f"{CODE}\n</parameter>\n</function>\n</tool_call>"
@@ -94,9 +123,9 @@ def test_python_inside_tool_call_tags_and_code_that_does_not_parse() -> None:
 
 
 def test_calls_in_think_blocks_do_not_count() -> None:
-    assert find_calls(f"<think>{code_mode.render_call(CODE)}</think>Done.", NAMES) == []
+    assert find_calls(f"<think>{code_mode.render_code(CODE)}</think>Done.", NAMES) == []
     # The prompt may open the block: only its end is generated.
-    assert find_calls(f"{code_mode.render_call(CODE)}</think>Done.", NAMES) == []
+    assert find_calls(f"{code_mode.render_code(CODE)}</think>Done.", NAMES) == []
 
 
 def test_nested_execute_code_strings_are_looked_into() -> None:
@@ -116,9 +145,9 @@ HOSTILE = {
     "open braces": "{" * 200_000,
     "brace keys": '{"a": ' * 50_000,
     "deep brackets": "(" * 50_000 + ")" * 50_000,
-    "deep code": code_mode.render_call("x = " + "[" * 5_000 + "]" * 5_000),
-    "f-string braces": code_mode.render_call('f"' + "{x}" * 20_000 + '"'),
-    "long operator chain": code_mode.render_call("x = " + " + ".join(["1"] * 60_000)),
+    "deep code": code_mode.render_code("x = " + "[" * 5_000 + "]" * 5_000),
+    "f-string braces": code_mode.render_code('f"' + "{x}" * 20_000 + '"'),
+    "long operator chain": code_mode.render_code("x = " + " + ".join(["1"] * 60_000)),
     "open think": "<think>" * 50_000,
     "unterminated json": '{"name": "typecheck", "arguments": "' + "x" * 300_000,
     "nested wrappers": "execute_code(" * 30 + ")" * 30,
@@ -141,5 +170,5 @@ def test_every_reader_is_total_and_linear(shape: str) -> None:
 
 
 def test_text_beyond_the_cap_is_not_read() -> None:
-    text = "x " * (formats.MAX_RESPONSE_CHARS // 2) + code_mode.render_call(CODE)
+    text = "x " * (formats.MAX_RESPONSE_CHARS // 2) + code_mode.render_code(CODE)
     assert find_calls(text, NAMES) == []
