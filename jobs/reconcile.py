@@ -33,7 +33,7 @@ from redis.exceptions import LockError, RedisError
 from redis.lock import Lock
 from sqlmodel import Session, col, select
 
-from jobs import lifecycle, settings
+from jobs import lifecycle, logs, settings
 from jobs.dag import HOLD
 from jobs.db import (
     Experiment,
@@ -48,7 +48,7 @@ from jobs.db import (
 from jobs.queue import Carry, Ticket, carried, host_queue_names, push_again, push_all
 from jobs.states import StageStatus, WorkerStatus
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("jobs.reconcile")  # its module name, also when run as __main__
 
 LOCK_NAME = "farm:reconcile:lock"
 LOCK_TTL_S = 30
@@ -334,10 +334,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=float, default=None, help="seconds between passes")
     parser.add_argument("--parent", type=int, default=None, help="end when this process does")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logs.configure(logging.WARNING)
     url = settings.redis_url()
     if url is None:
-        print("reconciler skipped: REDIS_URL is not set", file=sys.stderr, flush=True)
+        log.warning("reconciler skipped: REDIS_URL is not set")
         return 1
     redis = Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30)
     if args.every is None:
@@ -361,7 +361,7 @@ def one_pass(redis: Redis, limit_s: float | None = None) -> int:
         reconcile(redis, notify=True)
     except Exception as exc:  # the next pass tries again
         why = settings.redact_text(str(exc))
-        print(f"reconciler skipped: {why}", file=sys.stderr, flush=True)
+        log.warning("reconciler skipped: %s", why)
         return 1
     finally:
         if limit_s:

@@ -16,30 +16,34 @@ session goes on with a fresh load; only a crash of the whole process ends it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
-import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from jobs import logs
 from worker.context import StaleAttempt, exit_with_parent, load_context
 from worker.diskspace import DiskFull, disk_full, remove_partial_outputs
 from worker.stage_job import EXIT_DISK_FULL, EXIT_ERROR, EXIT_STALE
 from worker.stages import stage_function
 from worker.weights import Weights
 
+log = logging.getLogger("worker.child")  # its module name, also when run as __main__
+
 
 def run_one(stage_id: int, attempt: int, weights: Weights, *, alone: bool) -> int:
     """Run one stage; its exit code. A Python error raises when the stage runs
     alone (the traceback and exit code 1 are Python's own) and is printed and
     reported as `EXIT_ERROR` in a session, which goes on."""
+    with logs.about_stage(stage_id, attempt):
+        return _run_one(stage_id, attempt, weights, alone=alone)
+
+
+def _run_one(stage_id: int, attempt: int, weights: Weights, *, alone: bool) -> int:
     ctx = load_context(stage_id, attempt)
-    print(
-        f"stage {ctx.stage_id}: {ctx.kind} {ctx.variant} of run {ctx.run_id} "
-        f"(seed {ctx.seed}, attempt {ctx.attempt})",
-        flush=True,
-    )
+    log.info("%s %s of run %s (seed %s)", ctx.kind, ctx.variant, ctx.run_id, ctx.seed)
     run = stage_function(ctx.kind)
     try:
         if ctx.kind == "eval":
@@ -47,18 +51,18 @@ def run_one(stage_id: int, attempt: int, weights: Weights, *, alone: bool) -> in
         else:
             run(ctx)
     except StaleAttempt as exc:
-        print(f"stopping: {exc}; a newer attempt owns this stage", flush=True)
+        log.warning("stopping: %s; a newer attempt owns this stage", exc)
         return EXIT_STALE
     except Exception as exc:
         weights.forget()  # whatever failed may have left the model half-changed
         full = exc if isinstance(exc, DiskFull) else disk_full(exc, ctx.run_dir)
         if full is not None:
             remove_partial_outputs(ctx)
-            print(full.line(), flush=True)
+            print(full.line(), flush=True)  # the stage's error: its last line, as it is
             return EXIT_DISK_FULL
         if alone:
             raise
-        traceback.print_exc()
+        log.exception("the stage failed")
         return EXIT_ERROR
     return 0
 
@@ -69,10 +73,10 @@ def output_to(log_path: str) -> Iterator[None]:
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
-    log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    os.close(log)
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
     try:
         yield
     finally:
@@ -99,6 +103,7 @@ def serve(first: tuple[int, int], report_fd: int) -> int:
 
 
 def main(argv: list[str]) -> int:
+    logs.configure()
     exit_with_parent()
     first = (int(argv[1]), int(argv[2]) if len(argv) > 2 and argv[2].isdigit() else 0)
     if "--report-fd" in argv:

@@ -6,6 +6,7 @@ on the horse's command line; this one takes everything from its environment.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -14,11 +15,15 @@ from rq import Queue, Worker
 from rq.executions import Execution
 from rq.serializers import JSONSerializer
 
+from jobs import logs
 from jobs.rq_job import FarmJob, fetch_job
 from worker.allowlist import refuse_foreign_job
 
+log = logging.getLogger("worker.horse")  # its module name, also when run as __main__
+
 
 def main() -> None:
+    logs.configure()
     redis = Redis.from_url(os.environ["REDIS_URL"])
     worker = Worker.find_by_key(
         os.environ["FARM_HORSE_WORKER_KEY"],
@@ -32,7 +37,7 @@ def main() -> None:
     # Checked again here: the job was read from Redis anew after the worker's check.
     why = refuse_foreign_job(job)
     if why is not None:
-        print(f"refused job {job.id}: {why}", file=sys.stderr, flush=True)
+        log.error("refused job %s: %s", job.id, why)
         sys.exit(1)
     queue = Queue(
         os.environ["FARM_HORSE_QUEUE"],

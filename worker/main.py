@@ -29,7 +29,7 @@ from rq.serializers import JSONSerializer
 from rq.worker import SpawnWorker
 from sqlmodel import select
 
-from jobs import host_identity, lifecycle, settings
+from jobs import host_identity, lifecycle, logs, settings
 from jobs import queue as farm_queue
 from jobs.db import Stage, WorkerRow, migrate, server_now, session_scope, utcnow
 from jobs.queue import push_all
@@ -38,6 +38,8 @@ from jobs.rq_job import FarmJob
 from jobs.states import StageStatus, WorkerStatus
 from worker.allowlist import refuse_foreign_job
 from worker.reconciler import ReconcilerProcess
+
+log = logging.getLogger(__name__)
 
 
 def total_memory_gb(total_bytes: int | None = None) -> float:
@@ -172,13 +174,13 @@ class FarmWorkerMixin:
             except StopRequested:  # RQ's signal handler: a stop, not a DB hiccup
                 raise
             except Exception as exc:  # a DB hiccup must not stop the worker
-                self.log.warning("heartbeat to database failed: %s", exc)  # type: ignore[attr-defined]
+                log.warning("heartbeat to database failed: %s", exc)
         try:
             super().heartbeat(*args, **kwargs)  # type: ignore[misc]
         except Exception as exc:
             if not _is_redis_down(exc):
                 raise
-            self.log.warning("Redis unreachable (%s); still working", exc)  # type: ignore[attr-defined]
+            log.warning("Redis unreachable (%s); still working", exc)
         # The periodic pass runs in a child process: the heartbeat only starts
         # it or looks whether it ended, so no pass can make this worker look lost.
         # The work horse beats too (as it starts a job); the worker reconciles.
@@ -186,7 +188,7 @@ class FarmWorkerMixin:
             return
         if self._reconciler is None:
             self._reconciler = ReconcilerProcess()
-        self._reconciler.ensure(self.log)  # type: ignore[attr-defined]
+        self._reconciler.ensure()
 
     def maintain_heartbeats(self, job: Job) -> None:
         # Called while the horse works: a Redis restart must not end the worker
@@ -212,9 +214,7 @@ class FarmWorkerMixin:
         if why is None:
             super().execute_job(job, queue)  # type: ignore[misc]
             return
-        self.log.error(  # type: ignore[attr-defined]
-            "refused job %s from queue %s: %s", job.id, queue.name, why
-        )
+        log.error("refused job %s from queue %s: %s", job.id, queue.name, why)
         job.ended_at = utcnow()
         self.handle_job_failure(job, queue=queue, exc_string=f"refused by the farm worker: {why}")  # type: ignore[attr-defined]
 
@@ -253,16 +253,16 @@ def worker_class() -> type[Worker]:
     return FarmSpawnWorker if settings.spawn_horse(sys.platform) else FarmWorker
 
 
-def run_reconciler(redis: Redis, logger: Any) -> None:
+def run_reconciler(redis: Redis) -> None:
     try:
         repairs = reconcile(redis)
     except StopRequested:
         raise
     except Exception as exc:  # Redis or the DB away: the next pass will try again
-        logger.warning("reconciler skipped: %s", exc)
+        log.warning("reconciler skipped: %s", exc)
         return
     for line in repairs.lines() if repairs else []:
-        logger.warning("reconciler: %s", line)
+        log.warning("reconciler: %s", line)
 
 
 def wait_for_redis(redis: Redis, stopping: Any) -> None:
@@ -273,12 +273,13 @@ def wait_for_redis(redis: Redis, stopping: Any) -> None:
             redis.ping()
             return
         except Exception as exc:
-            print(f"Redis unreachable ({exc}); retrying in {delay:g} s", flush=True)
+            log.warning("Redis unreachable (%s); retrying in %g s", exc, delay)
             time.sleep(delay)
             delay = min(delay * 2, 30.0)
 
 
 def run_worker(name: str, memory_gb: float, redis_url: str, burst: bool = False) -> None:
+    logs.configure()
     os.environ["FARM_WORKER_NAME"] = name
     os.environ["REDIS_URL"] = redis_url  # the spawned horse reads it from here
     migrate()
@@ -295,15 +296,14 @@ def run_worker(name: str, memory_gb: float, redis_url: str, burst: bool = False)
         socket_keepalive=True,
     )
     stopped = signals_stop_worker()
-    print(f"worker {name} on host {host}: {memory_gb:g} GB, queues {', '.join(queues)}",
-          flush=True)  # fmt: skip
+    log.info("worker %s on host %s: %g GB, queues %s", name, host, memory_gb, ", ".join(queues))
     try:
         # RQ's loop ends on errors it does not handle (Redis gone while a job
         # ran, for one); the worker itself goes on: wait for Redis, start again.
         while not stopped():
             stopped = signals_stop_worker()  # RQ's handlers replaced ours inside work()
             wait_for_redis(redis, stopped)
-            run_reconciler(redis, logging.getLogger("farm.worker"))
+            run_reconciler(redis)
             worker = worker_class()(
                 queues,
                 connection=redis,
@@ -317,7 +317,8 @@ def run_worker(name: str, memory_gb: float, redis_url: str, burst: bool = False)
                 work_horse_killed_handler=on_horse_killed,
             )
             try:
-                worker.work(burst=burst, logging_level="INFO", with_scheduler=False)
+                worker.work(burst=burst, logging_level="INFO", with_scheduler=False,
+                            log_format=logs.FORMAT, date_format=logs.DATE_FORMAT)  # fmt: skip
             except Exception as exc:
                 if not _is_redis_down(exc):
                     raise

@@ -12,12 +12,14 @@ importing the farm costs about 3 s of CPU, every pass, on every Mac.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
-from typing import Any
 
 from jobs import settings
+
+log = logging.getLogger(__name__)
 
 
 class ReconcilerProcess:
@@ -31,13 +33,13 @@ class ReconcilerProcess:
         return [sys.executable, "-m", "jobs.reconcile", "--every", every,
                 "--parent", str(os.getpid())]  # fmt: skip
 
-    def ensure(self, logger: Any) -> None:
+    def ensure(self) -> None:
         """Start the child unless it runs; say so if it ended on its own."""
         if self.process is not None:
             code = self.process.poll()
             if code is None:
                 return
-            logger.warning("reconciler process ended (exit code %s); starting it again", code)
+            log.warning("reconciler process ended (exit code %s); starting it again", code)
         self.process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL)
 
     def stop(self) -> None:

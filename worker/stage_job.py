@@ -23,6 +23,7 @@ since by then another worker has been given the stage.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import select
 import signal
@@ -35,11 +36,13 @@ from typing import Any
 
 from rq import get_current_job
 
-from jobs import host_identity, lifecycle, settings
+from jobs import host_identity, lifecycle, logs, settings
 from jobs.db import Run, Stage, forget_engines_after_fork, session_scope
 from jobs.diagnostics import record_config_diagnostics, record_run_diagnostics
 from jobs.queue import push_all
 from jobs.states import FINISHED, StageStatus
+
+log = logging.getLogger(__name__)
 
 LOG_TAIL_CHARS = 4000
 # Exit codes the child uses to say why a stage stopped (see worker/child.py).
@@ -204,7 +207,8 @@ class StageChild:
                     cancelled = stage is not None and stage.status == StageStatus.CANCELLED
                 last_beat = time.monotonic()
             except Exception as exc:  # DB unreachable: keep working until we'd be lost
-                print(f"stage {stage_id}: heartbeat failed: {exc!r}", file=sys.stderr, flush=True)
+                with logs.about_stage(stage_id, attempt):
+                    log.warning("heartbeat failed: %r", exc)
                 if time.monotonic() - last_beat > settings.lost_after_s():
                     self.kill()
                     return ChildEnd(None, "no database")
@@ -306,4 +310,4 @@ def after_stage(stage_id: int) -> None:
             if status in FINISHED:
                 record_config_diagnostics(session, fingerprint)
     except Exception as exc:  # a diagnostics bug must never fail a finished stage
-        print(f"diagnostics for run {run_id} failed: {exc!r}", file=sys.stderr)
+        log.warning("diagnostics for run %s failed: %r", run_id, exc)

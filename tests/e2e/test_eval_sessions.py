@@ -142,6 +142,12 @@ def test_a_run_loads_each_of_its_weights_once(
     loads = re.findall(r"^loaded (\S+) in", eval_logs(farm_home, stages), re.MULTILINE)
     fused = farm_home / "artifacts" / f"run-{stages[0].run_id}" / "fused"
     assert sorted(loads) == sorted([str(tiny_model), str(fused)])
+    # Every stage's log, sessions' included, opens with the child's line naming
+    # that stage and attempt, in the format the worker and the horse log in too.
+    for stage in stages:
+        text = (farm_home / "logs" / f"stage-{stage.id}.log").read_text()
+        header = rf"^\d\d:\d\d:\d\d INFO worker\.child \[stage {stage.id}, attempt 1\]: "
+        assert re.search(header + f"{stage.kind} {stage.variant} of run", text, re.M), text[:300]
     # What evaluating the run cost, in `farm status` and its JSON.
     from typer.testing import CliRunner
 

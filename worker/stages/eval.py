@@ -9,7 +9,7 @@ prefix every prompt shares (system prompt, tool schema) is prefilled once.
 
 from __future__ import annotations
 
-import sys
+import logging
 import tempfile
 import time
 from collections import Counter
@@ -32,6 +32,8 @@ from worker.context import (
     update_stage,
 )
 from worker.weights import Weights
+
+log = logging.getLogger(__name__)
 
 # A suite's shared prefix (system prompt, tool schema) is prefilled once and
 # its KV cache reused by every prompt only when it is at least this long:
@@ -237,11 +239,7 @@ def score_generated(item: Generated, suite: EvalSuite) -> Score:
         # The scorer is bounded and total on any text; should it still fail on a
         # response, that response scores as `degenerate` (0) and the stage goes on.
         reason = f"{type(exc).__name__}: {exc}"[:200]
-        print(
-            f"prompt {item.prompt.id}: scoring failed ({reason}); scored as degenerate",
-            file=sys.stderr,
-            flush=True,
-        )
+        log.warning("prompt %s: scoring failed (%s); scored as degenerate", item.prompt.id, reason)
         return Score("degenerate", LABEL_SCORES["degenerate"])
 
 
