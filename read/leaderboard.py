@@ -141,23 +141,10 @@ def leaderboard_page(
     return LeaderboardPage(int(page[0].total), [details[k] for k in keys if k in details])
 
 
-def leaderboard(
-    session: Session,
-    *,
-    base_model: str | None = None,
-    dataset: str | None = None,
-    suite: str | None = None,
-    variant: str | None = None,
-    sort: str = "mean",
-    descending: bool = True,
-    limit: int = 100,
-    offset: int = 0,
-) -> list[LeaderboardRow]:
-    """The ranked rows of one page, for `farm leaderboard` and the demo."""
-    return leaderboard_page(
-        session, base_model=base_model, dataset=dataset, suite=suite, variant=variant,
-        sort=sort, descending=descending, limit=limit, offset=offset,
-    ).rows  # fmt: skip
+def leaderboard(session: Session, limit: int = 100, **query: Any) -> list[LeaderboardRow]:
+    """The ranked rows of one page (`leaderboard_page`'s filters and order), for
+    `farm leaderboard` and the demo."""
+    return leaderboard_page(session, limit=limit, **query).rows
 
 
 def _full_rows(
