@@ -21,7 +21,6 @@ Everything runs in a temporary FARM_HOME on the tiny local model unless `--model
 from __future__ import annotations
 
 import json
-import os
 import re
 import statistics
 import subprocess
@@ -39,9 +38,9 @@ from rich.console import Console
 from rich.table import Table
 from sqlmodel import select
 
-from jobs import db
 from jobs.states import StageStatus
 from tools.bench.distributed import distributed_rows
+from tools.bench.environment import private_farm_environment
 from tools.bench.reconcile import reconcile_rows
 from tools.local.services import free_port
 from tools.local.stack import DATA_DIR
@@ -486,12 +485,7 @@ def run_benchmarks(
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="farm-bench-") as tmp:
         workdir = Path(tmp)
-        saved = {k: os.environ.get(k) for k in ("FARM_HOME", "DATABASE_URL", "REDIS_URL")}
-        os.environ["FARM_HOME"] = str(workdir / "home")
-        os.environ["DATABASE_URL"] = f"sqlite:///{workdir / 'home' / 'farm.db'}"
-        os.environ.pop("REDIS_URL", None)
-        db.dispose_engines()
-        try:
+        with private_farm_environment(workdir / "home"):
             tiny = None
             if only in (None, "overhead", "dispatch", "distributed") or model is None:
                 tiny = make_tiny_model(workdir / "tiny")
@@ -525,13 +519,6 @@ def run_benchmarks(
 
                 with console.status("one training on 1, 2 and 3 ranks of the ring backend"):
                     results["distributed"] = bench_distributed(tiny)
-        finally:
-            db.dispose_engines()
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
     print_results(results, console)
     return results
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from jobs import db
 from jobs.queue import STAGE_FUNCTION, tier_queue_name
 from jobs.rq_job import FarmJob
 from jobs.states import StageStatus
+from tools.bench.environment import private_farm_environment
 
 DEFAULT_STAGES = 10_000
 _PUSH_BATCH = 2_000
@@ -181,7 +181,6 @@ def _private_farm() -> Iterator[Redis]:
 
     from tools.local.services import free_port, redis_server_binary
 
-    saved = {k: os.environ.get(k) for k in ("FARM_HOME", "DATABASE_URL", "REDIS_URL")}
     with tempfile.TemporaryDirectory(prefix="farm-bench-reconcile-") as tmp:
         port = free_port()
         server = subprocess.Popen(
@@ -189,25 +188,17 @@ def _private_farm() -> Iterator[Redis]:
              "--save", "", "--appendonly", "no", "--dir", tmp],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
+        home, url = Path(tmp) / "home", f"redis://127.0.0.1:{port}/0"
         try:
-            os.environ["FARM_HOME"] = str(Path(tmp) / "home")
-            os.environ["DATABASE_URL"] = f"sqlite:///{Path(tmp) / 'home' / 'farm.db'}"
-            os.environ["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
-            Path(tmp, "home").mkdir()
-            db.dispose_engines()
-            db.migrate()
-            redis = Redis.from_url(os.environ["REDIS_URL"])
-            _wait_for(redis)
-            yield redis
+            home.mkdir()
+            with private_farm_environment(home, url):
+                db.migrate()
+                redis = Redis.from_url(url)
+                _wait_for(redis)
+                yield redis
         finally:
             server.terminate()
             server.wait(timeout=15)
-            db.dispose_engines()
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
 
 
 def _wait_for(redis: Redis) -> None:
