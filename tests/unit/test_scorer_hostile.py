@@ -394,7 +394,7 @@ def test_eval_scores_a_hostile_response_instead_of_failing() -> None:
 
 
 def test_eval_scores_a_response_the_scorer_fails_on_as_degenerate(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     import worker.stages.eval
     from jobs.suite import load_suite
@@ -407,5 +407,6 @@ def test_eval_scores_a_response_the_scorer_fails_on_as_degenerate(
     prompt = suite.prompts[0]
     item = worker.stages.eval.Generated(prompt, "anything", 3, False)
     assert worker.stages.eval.score_generated(item, suite) == Score("degenerate", 0.0)
-    logged = capsys.readouterr().err
-    assert f"prompt {prompt.id}: scoring failed (RecursionError" in logged
+    [record] = [r for r in caplog.records if r.name == "worker.stages.eval"]
+    assert record.levelname == "WARNING"
+    assert f"prompt {prompt.id}: scoring failed (RecursionError" in record.getMessage()
