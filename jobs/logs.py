@@ -35,11 +35,6 @@ def about_stage(stage_id: int, attempt: int) -> Iterator[None]:
         _stage.reset(token)
 
 
-def stage_label() -> str:
-    """ " [stage N, attempt K]" while about a stage, else ""."""
-    return _stage.get()
-
-
 class _StageField(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.stage = _stage.get()

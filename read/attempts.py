@@ -16,6 +16,7 @@ from sqlmodel import Session, col, select
 
 from jobs.db import StageAttempt
 from jobs.states import AttemptOutcome, StageStatus
+from read.stages import stage_label
 
 # A reason is shown on one line; longer ones (log tails) are cut here.
 MAX_REASON_CHARS = 240
@@ -58,10 +59,6 @@ class StageLike(Protocol):
     resumed_from: int | None
     progress: int | None
     total: int | None
-
-
-def stage_label(kind: str, variant: str) -> str:
-    return kind if kind in ("train", "fuse") else f"{kind} {variant}"
 
 
 def one_line(reason: str | None, outcome: str = "") -> str:

@@ -23,7 +23,7 @@ from read.attempts import (
     progress_note,
     run_story,
 )
-from read.stages import elapsed_s
+from read.stages import elapsed_s, stage_label
 
 
 @dataclass
@@ -210,7 +210,7 @@ def throughput_series(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def stage_timeline(session: Session, run_id: int) -> list[dict[str, Any]]:
     stages = session.exec(select(Stage).where(Stage.run_id == run_id).order_by(Stage.id)).all()
-    label = {s.id: _stage_label(s.kind, s.variant) for s in stages}
+    label = {s.id: stage_label(s.kind, s.variant) for s in stages}
     tries = attempts_by_stage(session, [s.id or 0 for s in stages])
     out = []
     for s in stages:
@@ -255,10 +255,6 @@ def attempt_story(session: Session, run_id: int) -> str:
     stages = session.exec(select(Stage).where(Stage.run_id == run_id).order_by(Stage.id)).all()
     tries = attempts_by_stage(session, [s.id or 0 for s in stages])
     return run_story((s, tries[s.id or 0]) for s in stages)
-
-
-def _stage_label(kind: str, variant: str) -> str:
-    return kind if kind in ("train", "fuse") else f"{kind} {variant}"
 
 
 def artifacts(session: Session, run_id: int) -> list[dict[str, Any]]:

@@ -38,6 +38,11 @@ def stage_seconds(started: datetime | None, finished: datetime | None) -> float 
     return elapsed_s(started, finished) if finished is not None else None
 
 
+def stage_label(kind: str, variant: str) -> str:
+    """How pages name a stage: "train", "fuse", or the kind and its variant ("eval q4")."""
+    return kind if kind in ("train", "fuse") else f"{kind} {variant}"
+
+
 def format_duration(seconds: float | None) -> str:
     if seconds is None:
         return "–"
@@ -77,7 +82,7 @@ class StageView:
 
     @property
     def label(self) -> str:
-        return self.kind if self.kind in ("train", "fuse") else f"{self.kind} {self.variant}"
+        return stage_label(self.kind, self.variant)
 
     @property
     def elapsed_s(self) -> float | None:
