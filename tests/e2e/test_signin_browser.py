@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -424,6 +425,12 @@ def anonymous_session(web: Web) -> Iterator[tuple[str, str]]:
 
 
 def upload(web: Web, session_id: str, xsrf: str, size: int) -> int:
+    """PUT a spec of `size` bytes to Streamlit's upload route; the status it answers.
+
+    The body is sent only once the server asks for it (`Expect: 100-continue`):
+    Streamlit refuses an oversized upload by its Content-Length before reading
+    it, and a body sent anyway would meet a closed connection, whose reset can
+    swallow the 413 before the client reads it."""
     boundary = uuid.uuid4().hex
     body = (
         (
@@ -433,21 +440,31 @@ def upload(web: Web, session_id: str, xsrf: str, size: int) -> int:
         + b"#" * size
         + f"\r\n--{boundary}--\r\n".encode()
     )
-    request = urllib.request.Request(
-        f"{web.url}/_stcore/upload_file/{session_id}/{uuid.uuid4().hex}",
-        data=body,
-        method="PUT",
-        headers={
-            "Content-Type": f"multipart/form-data; boundary={boundary}",
-            "X-Xsrftoken": xsrf,
-            "Cookie": f"_streamlit_xsrf={xsrf}",
-        },
+    address = urllib.parse.urlsplit(web.url)
+    head = (
+        f"PUT /_stcore/upload_file/{session_id}/{uuid.uuid4().hex} HTTP/1.1\r\n"
+        f"Host: {address.netloc}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        f"X-Xsrftoken: {xsrf}\r\nCookie: _streamlit_xsrf={xsrf}\r\n"
+        "Expect: 100-continue\r\nConnection: close\r\n\r\n"
     )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as error:
-        return int(error.code)
+    with socket.create_connection((address.hostname, address.port), timeout=30) as sock:
+        reader = sock.makefile("rb")
+        sock.sendall(head.encode())
+        status = response_status(reader)
+        if status == 100:
+            sock.sendall(body)
+            status = response_status(reader)
+        return status
+
+
+def response_status(reader: Any) -> int:
+    """The status of the next response's head, its header lines read past."""
+    status = int(reader.readline().split()[1])
+    while reader.readline() not in (b"\r\n", b"\n", b""):
+        pass
+    return status
 
 
 def test_the_lock_out_survives_a_ui_restart(tmp_path: Path) -> None:
