@@ -314,7 +314,8 @@ def open_sign_in(page: Any, url: str) -> None:
     interfaces (the partition tests' veth cables); Chromium then aborts the
     requests in flight to any non-loopback address (net::ERR_NETWORK_CHANGED),
     and a page that lost one of its scripts stays blank, as it would for a
-    person on a LAN whose Wi-Fi changed, who reloads it."""
+    person on a LAN whose Wi-Fi changed, who reloads it. The page's own request
+    may be the one aborted: then `goto` raises, and the page is loaded again."""
     aborted: list[str] = []
 
     def note(request: Any) -> None:
@@ -325,13 +326,19 @@ def open_sign_in(page: Any, url: str) -> None:
     field = page.get_by_label("Password", exact=True)
     for _ in range(5):
         aborted.clear()
-        page.goto(url)
+        try:
+            page.goto(url)
+        except Exception as exc:  # playwright's Error; the page itself was aborted
+            if "ERR_NETWORK_CHANGED" not in str(exc):
+                raise
+            aborted.append(url)
         deadline = time.monotonic() + LOAD_MS / 1000
         while time.monotonic() < deadline and not aborted and not field.count():
             page.wait_for_timeout(200)
         if field.count():
             break
         print(f"reloading {url}: the network changed under {len(aborted)} requests")
+        page.wait_for_timeout(1000)  # interfaces change in bursts: let this one pass
     page.remove_listener("requestfailed", note)
 
 

@@ -93,12 +93,13 @@ class Network:
 
     def _link(self, peer: str, netns: str | None, number: int) -> None:
         link = Link(number, netns, f"{self.tag}-p{number}", f"{self.tag}-c{number}")
-        # Created in the root namespace, then each end moved where it belongs.
-        sh("ip", "link", "add", link.device, "type", "veth", "peer", "name", link.coord_device)
+        # Each end is created in its own namespace: a worker's cable never shows
+        # in the root namespace, where a browser on another pytest worker would
+        # see every interface change as its network changing.
+        own = ["netns", netns] if netns else []
+        sh("ip", "link", "add", link.device, *own, "type", "veth",
+           "peer", "name", link.coord_device, "netns", self.coord)  # fmt: skip
         self.links[peer] = link
-        sh("ip", "link", "set", link.coord_device, "netns", self.coord)
-        if netns:
-            sh("ip", "link", "set", link.device, "netns", netns)
         sh("ip", "addr", "add", f"{coord_address(number)}/24", "dev", link.coord_device,
            netns=self.coord)  # fmt: skip
         sh("ip", "link", "set", link.coord_device, "up", netns=self.coord)
