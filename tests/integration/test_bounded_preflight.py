@@ -187,3 +187,23 @@ def test_a_nul_byte_in_a_path_is_a_problem_of_its_field(
     [line] = done.stderr.splitlines()
     assert line.startswith(f"{spec}:") and f": {field}: contains a NUL byte (\\0)" in line, line
     assert "a path cannot hold one" in line and "Traceback" not in done.stderr
+
+
+def environment_value(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+def test_a_bounded_check_runs_with_the_callers_environment_and_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checks fork from a server started at the first check; each must still see
+    the settings and folder of the call that asked for it, not the server's."""
+    from jobs.checks.bounded import call_with_time_limit
+
+    monkeypatch.delenv("FARM_PROBE_SETTING", raising=False)
+    assert call_with_time_limit(environment_value, ("FARM_PROBE_SETTING",), 60).value is None
+    monkeypatch.setenv("FARM_PROBE_SETTING", "changed since the first check")
+    monkeypatch.chdir(tmp_path)
+    seen = call_with_time_limit(environment_value, ("FARM_PROBE_SETTING",), 60)
+    assert seen.value == "changed since the first check", seen
+    assert call_with_time_limit(os.getcwd, (), 60).value == str(tmp_path)
