@@ -66,9 +66,10 @@ ITERS = 60
 TRAIN = {"iters": ITERS, "save_every": SAVE_EVERY, "steps_per_report": 1,
          "steps_per_eval": 1000, "val_batches": 1}  # fmt: skip
 ONLY_ADAPTER = {"quantize": [], "fuse": None, "eval": {"variants": ["adapter"]}}
-# w1 stays cut at least this long: its Redis calls hang on the dead link until
-# the worker's 15 s socket timeout, and its log should show that and the way back.
-HOLD_CUT_S = 20
+# w1 stays cut at least this long: long enough for its RQ loop to give up on the
+# dead link (Redis calls hang until the 15 s socket timeout, then the loop waits
+# for Redis and starts again), so its log shows the errors and the way back.
+HOLD_CUT_S = 40
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -14,9 +15,18 @@ from jobs import db
 from jobs.db import EvalResult, Experiment, Metric, Run, Stage, session_scope
 from jobs.ranking import count_rows
 from read.leaderboard import leaderboard
+from tests.conftest import empty_schema
 
 
 def test_migrations_match_the_models(database: str) -> None:
+    """Every migration replayed on an empty database gives the models' schema,
+    the one a new database is created with."""
+    if database.startswith("sqlite"):
+        Path(database.removeprefix("sqlite:///")).unlink()
+        db.dispose_engines()
+    else:
+        empty_schema(database)
+    db.migrate(database, replay=True)
     engine = db.get_engine(database)
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
