@@ -51,3 +51,6 @@ def configure(level: int = logging.INFO) -> None:
     handler.addFilter(_StageField())
     root.addHandler(handler)
     root.setLevel(level)
+    # Alembic tells of every plug-in it sets up on each start; only its warnings
+    # say anything a worker's reader needs.
+    logging.getLogger("alembic").setLevel(max(level, logging.WARNING))

@@ -18,6 +18,7 @@ import subprocess
 import sys
 
 from jobs import settings
+from jobs.processes import stop_process
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +45,6 @@ class ReconcilerProcess:
 
     def stop(self) -> None:
         """At the worker's end (the child also ends by itself when it sees its parent gone)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process)
         self.process = None

@@ -21,6 +21,7 @@ with logs.about_stage(7, 2):
     thread.start()
     thread.join()
 logging.getLogger("rq.worker").info("Listening on farm:tier:16")
+logging.getLogger("alembic.runtime.plugins").info("setup plugin alembic.autogenerate.types")
 """
 
 
@@ -38,3 +39,4 @@ def test_lines_name_their_module_and_the_stage_they_are_about() -> None:
     # A thread starts without the stage: it sets its own, as the heartbeat does.
     assert re.fullmatch(rf"{time} INFO worker\.stage_job: another thread", lines[2])
     assert re.fullmatch(rf"{time} INFO rq\.worker: Listening on farm:tier:16", lines[3])
+    # (Alembic's account of its plug-ins, at every start, is not among them.)

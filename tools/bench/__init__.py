@@ -38,6 +38,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlmodel import select
 
+from jobs.processes import stop_process
 from jobs.states import StageStatus
 from tools.bench.distributed import distributed_rows
 from tools.bench.environment import private_farm_environment
@@ -273,16 +274,6 @@ def http_path(port: int, texts: list[str], suite: Any, max_tokens: int) -> PathR
     return run
 
 
-def stop_server(server: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL: a server busy answering may not stop on the first."""
-    server.terminate()
-    try:
-        server.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
-
-
 def _start_server(model: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     server = subprocess.Popen(
@@ -384,7 +375,7 @@ def bench_eval(
             for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
                 results[name].append(paths[name](prompts, max_tokens))
     finally:
-        stop_server(server)
+        stop_process(server)  # a server busy answering may not stop on SIGTERM
 
     summary = {name: _summary(runs) for name, runs in results.items()}
     batched, answers = summary["batched"]["wall_s"], results["batched"][0].texts

@@ -25,6 +25,8 @@ from pathlib import Path
 
 from redis import Redis
 
+from jobs.processes import stop_process
+
 
 @dataclass
 class EmbeddedRedis:
@@ -32,13 +34,7 @@ class EmbeddedRedis:
     process: subprocess.Popen[bytes]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 def bundled_server() -> str | None:
