@@ -309,6 +309,13 @@ class SigninState(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
 
 
+@event.listens_for(SigninState.__table__, "after_create")
+def _the_one_signin_row(table: Any, connection: Any, **_: Any) -> None:
+    """The row every UI process updates is made with its table (as migration 0013
+    makes it), so no two UI processes race to insert it."""
+    connection.execute(table.insert().values(id=1, version=0, state={}, updated_at=utcnow()))
+
+
 class Notification(SQLModel, table=True):
     """One message to send (`jobs.notify`): the outbox row of an event, unique by
     key, so a restart never sends it twice; delivered_at once a receiver took it."""

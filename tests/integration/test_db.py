@@ -12,15 +12,22 @@ from alembic.migration import MigrationContext
 from sqlmodel import SQLModel, select
 
 from jobs import db
-from jobs.db import EvalResult, Experiment, Metric, Run, Stage, session_scope
+from jobs.db import EvalResult, Experiment, Metric, Run, SigninState, Stage, session_scope
 from jobs.ranking import count_rows
 from read.leaderboard import leaderboard
 from tests.conftest import empty_schema
 
 
+def seeded_rows() -> list[tuple[int | None, int]]:
+    """The rows a database is made with: the sign-in throttle's one row."""
+    with session_scope() as session:
+        return [(row.id, row.version) for row in session.exec(select(SigninState))]
+
+
 def test_migrations_match_the_models(database: str) -> None:
-    """Every migration replayed on an empty database gives the models' schema,
-    the one a new database is created with."""
+    """Every migration replayed on an empty database gives the models' schema and
+    the rows a new database is created with."""
+    made_at_once = seeded_rows()
     if database.startswith("sqlite"):
         Path(database.removeprefix("sqlite:///")).unlink()
         db.dispose_engines()
@@ -31,6 +38,7 @@ def test_migrations_match_the_models(database: str) -> None:
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
     assert diff == []
+    assert seeded_rows() == made_at_once == [(1, 0)]
     tables = set(SQLModel.metadata.tables)
     assert {
         "experiment",
