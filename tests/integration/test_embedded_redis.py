@@ -14,7 +14,9 @@ from urllib.parse import urlsplit
 import psutil
 import pytest
 from redis import Redis
+from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, ResponseError
+from redis.retry import Retry
 from rq import Queue, Worker
 from rq.job import JobStatus
 from rq.serializers import JSONSerializer
@@ -50,10 +52,12 @@ def embedded(tmp_path: Path, server: str | None) -> Iterator[EmbeddedRedis]:
 def test_it_requires_its_password(embedded: EmbeddedRedis) -> None:
     parts = urlsplit(embedded.url)
     assert parts.password and len(parts.password) >= 32
-    anonymous = Redis(host="127.0.0.1", port=parts.port, protocol=2)
+    # No retries: redis-py retries a refused password with backoff, seconds each time.
+    once = Retry(NoBackoff(), 0)
+    anonymous = Redis(host="127.0.0.1", port=parts.port, protocol=2, retry=once)
     with pytest.raises((AuthenticationError, ResponseError), match="NOAUTH|[Aa]uthentication"):
         anonymous.set("job", "injected")
-    wrong = Redis(host="127.0.0.1", port=parts.port, password="guess")
+    wrong = Redis(host="127.0.0.1", port=parts.port, password="guess", retry=once)
     with pytest.raises((AuthenticationError, ResponseError)):
         wrong.ping()
     assert Redis.from_url(embedded.url).ping()
