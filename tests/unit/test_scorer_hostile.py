@@ -90,7 +90,7 @@ def timed(text: str) -> tuple[float, str]:
         gc.enable()
 
 
-def best_times(texts: list[str], repeats: int = 5) -> tuple[list[float], set[str]]:
+def best_times(texts: list[str], repeats: int = 3) -> tuple[list[float], set[str]]:
     """Fastest of a few runs per text, the texts taken in turn so that a busy
     moment on the shared machine slows all sizes alike; and the labels given."""
     best = [float("inf")] * len(texts)
