@@ -197,7 +197,7 @@ def test_bench_pages_seeds_both_backends_and_times_the_pages(
 ) -> None:
     monkeypatch.setenv("FARM_HOME", str(tmp_path / "home"))
     admin = postgres_url.rsplit("/", 1)[0] + "/postgres"
-    results = bench_pages(300, workdir=tmp_path, postgres_admin_url=admin)
+    results = bench_pages(300, workdir=tmp_path, postgres_admin_url=admin, repeat=1)
     for backend in ("sqlite", "postgresql"):
         assert results[f"{backend}_stages"] > 300 * 6
         assert results[f"{backend}_eval_rows"] == (300 - 40) * 27

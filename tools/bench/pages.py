@@ -427,7 +427,7 @@ def render_times(url: str, repeat: int = 3) -> dict[str, float]:
     return out
 
 
-def bench_backend(url: str, n_runs: int, label: str) -> dict[str, Any]:
+def bench_backend(url: str, n_runs: int, label: str, repeat: int = 3) -> dict[str, Any]:
     out: dict[str, Any] = {}
     db.dispose_engines()
     db.migrate(url)
@@ -439,7 +439,7 @@ def bench_backend(url: str, n_runs: int, label: str) -> dict[str, Any]:
         # `_s` keys are the pages' targets (< 1 s); a non-default order is reported beside.
         suffix = "_queries_seconds" if name in NOT_DEFAULT else "_queries_s"
         out[f"{label}_{name}{suffix}"] = best_of(fn)
-    for name, seconds in render_times(url).items():
+    for name, seconds in render_times(url, repeat).items():
         out[f"{label}_{name}_page_s"] = seconds
     db.dispose_engines()
     return out
@@ -450,16 +450,18 @@ def bench_pages(
     backends: tuple[str, ...] = ("sqlite", "postgresql"),
     workdir: Path | None = None,
     postgres_admin_url: str = POSTGRES_ADMIN_URL,
+    repeat: int = 3,
 ) -> dict[str, Any]:
-    """Seed `n_runs` runs into fresh databases and time the pages on each backend."""
+    """Seed `n_runs` runs into fresh databases and time the pages on each backend
+    (each page's best of `repeat` warm renders)."""
     results: dict[str, Any] = {"runs": n_runs}
     with tempfile.TemporaryDirectory(prefix="farm-bench-pages-", dir=workdir) as tmp:
         if "sqlite" in backends:
             url = f"sqlite:///{Path(tmp) / 'pages.db'}"
-            results.update(bench_backend(url, n_runs, "sqlite"))
+            results.update(bench_backend(url, n_runs, "sqlite", repeat))
         if "postgresql" in backends:
             with postgres_database(postgres_admin_url) as url:
-                results.update(bench_backend(url, n_runs, "postgresql"))
+                results.update(bench_backend(url, n_runs, "postgresql", repeat))
     slowest = [v for k, v in results.items() if k.endswith("_page_s")]
     results["slowest_page_s"] = max(slowest) if slowest else None
     results["median_page_s"] = statistics.median(slowest) if slowest else None
