@@ -33,13 +33,12 @@ import pytest
 from websockets.sync.client import connect
 
 from tests.support import PROJECT_ROOT
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, healthy
 from tests.support.processes import wait_until
 from tools.local.services import free_port
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 PASSWORD = "right-horse-battery"
 DB_SECRET = "Db-Secret-not-for-browsers"
 LOCK_AFTER = 4
@@ -65,14 +64,6 @@ def lan_address() -> str | None:
             if address.family == socket.AF_INET and not address.address.startswith("127."):
                 return address.address
     return None
-
-
-def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-            return response.read().strip() == b"ok"
-    except OSError:
-        return False
 
 
 @contextmanager
