@@ -2,7 +2,7 @@
 
 A chat template is a program (Jinja): one with nested loops over the messages can
 render a conversation for hours, and a thread cannot be stopped. The tokenizer
-checks (`jobs.checks.model.model_findings`) therefore run in a spawned process
+checks (`jobs.checks.model.model_findings`) therefore run in a child process
 (never forked from the caller: on macOS the farm must not fork after
 CoreFoundation is loaded); the caller waits on a pipe, which holds no lock, so a
 web server's other sessions keep running, and at the limit the child is killed
