@@ -29,6 +29,7 @@ from rq.serializers import JSONSerializer
 from sqlalchemy import insert, text
 
 from jobs import db
+from jobs.processes import stop_process
 from jobs.queue import STAGE_FUNCTION, tier_queue_name
 from jobs.rq_job import FarmJob
 from jobs.states import StageStatus
@@ -197,8 +198,7 @@ def _private_farm() -> Iterator[Redis]:
                 _wait_for(redis)
                 yield redis
         finally:
-            server.terminate()
-            server.wait(timeout=15)
+            stop_process(server)
 
 
 def _wait_for(redis: Redis) -> None:

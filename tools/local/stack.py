@@ -17,11 +17,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
 from redis import Redis
 
 from jobs import settings
 from jobs.db import migrate
+from jobs.processes import stop_process_tree
 from jobs.reconcile import reconcile
 from tools.local.services import EmbeddedRedis, start_embedded_redis
 
@@ -116,36 +116,6 @@ def start_web(stack: Stack, port: int, address: str = "127.0.0.1") -> subprocess
     return process
 
 
-def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    """SIGTERM (RQ's warm shutdown, Streamlit's exit), then SIGKILL for anything
-    left — including descendants in other process groups, such as a worker's
-    work horse and the stage process under it."""
-    if process.poll() is not None:
-        return
-    try:
-        descendants = psutil.Process(process.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        descendants = []
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        process.wait()
-    _, alive = psutil.wait_procs(descendants, timeout=timeout)
-    for leftover in alive:
-        try:
-            leftover.kill()
-        except psutil.NoSuchProcess:
-            pass
-
-
 @contextmanager
 def farm_stack(
     workers: int = 1, web_port: int | None = None, web_address: str = "127.0.0.1"
@@ -174,7 +144,7 @@ def farm_stack(
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for process in stack.processes:
-            stop_process(process)
+            stop_process_tree(process)
         if embedded is not None:
             embedded.stop()
 
