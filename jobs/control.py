@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from redis import Redis
 from sqlmodel import Session, select
 
-from jobs import lifecycle
+from jobs import lifecycle, replan
 from jobs.db import Run, Stage
 from jobs.lifecycle import descendants, update_run_status
 from jobs.queue import push_all, stop_job
@@ -116,7 +116,7 @@ def _retry(
         run.host = None  # any worker may train it again
     session.add(run)
     roots = [s for s in reset.values() if s.depends_on not in reset]
-    tickets = [lifecycle.queue_stage(session, root) for root in roots]
+    tickets = [t for root in roots for t in lifecycle.queue_with_ranks(session, root)]
     update_run_status(session, run.id or 0)
     session.commit()
     push_all(redis, tickets)
@@ -134,5 +134,5 @@ def _first_unfinished_ancestor(stage: Stage, by_id: dict[int | None, Stage]) -> 
 
 
 def _forget_attempt(session: Session, reset: dict[int, Stage], redis: Redis) -> None:
-    for job_id in lifecycle.forget_results(session, list(reset.values())):
+    for job_id in replan.forget_results(session, list(reset.values())):
         stop_job(redis, job_id)

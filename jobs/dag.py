@@ -3,9 +3,14 @@
 ```
 train ──► eval(adapter)
   │  └──► eval(ckpt-k)  for each saved checkpoint
+  ├──► rank(k)          with train.workers: N > 1, k = 1..N-1 (`jobs.gang`)
   └──► fuse ──► eval(fused)
              └──► quantize(v) ──► eval(v)   for each quantize variant v (q4, mxfp4, mixed_3_6…)
 ```
+
+A rank stage is not run after train but beside it: the train stage is rank 0
+of the gang and each rank stage one more worker. They hang below train so that
+a failed, cancelled, retried or re-planned train takes its ranks with it.
 """
 
 from __future__ import annotations
@@ -68,7 +73,16 @@ def plan_run(spec: ExperimentSpec) -> list[PlannedStage]:
     The diagram in the module docstring; with `eval.checkpoints` also a `best`
     eval, and with `fuse.from: best` the fuse (and all below it) waits for it."""
     variants = set(spec.eval.variants)
-    stages = [PlannedStage("train", "train", "adapter")]
+    world = spec.train.workers
+    stages = [
+        PlannedStage("train", "train", "adapter", params={"world": world} if world > 1 else {})
+    ]
+    for rank in range(1, world):
+        stages.append(
+            PlannedStage(
+                f"rank:{rank}", "rank", f"rank-{rank}", "train", {"rank": rank, "world": world}
+            )  # fmt: skip
+        )
     if "base" in variants:
         stages.append(PlannedStage("eval:base", "eval", "base", "train"))
     if "adapter" in variants:

@@ -220,6 +220,10 @@ class StageAttempt(SQLModel, table=True):
     resumed_from: int | None = None
     started_at: datetime = Field(default_factory=utcnow)
     ended_at: datetime | None = None
+    # A rank of a gang (`jobs.gang`): where this attempt's rank listens for the
+    # ring (ip:port) and the sha256 of the dataset as its worker reads it.
+    ring_address: str | None = None
+    dataset_sha256: str | None = None
 
 
 class WorkerRow(SQLModel, table=True):

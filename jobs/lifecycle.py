@@ -26,16 +26,13 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, update
+from sqlalchemy import update
 from sqlmodel import Session, col, select
 
-from jobs import settings
-from jobs.dag import HOLD, is_checkpoint_variant, weights_of
+from jobs import gang, settings
+from jobs.dag import HOLD, is_checkpoint_variant
 from jobs.db import (
-    Artifact,
-    EvalResult,
     Experiment,
-    Metric,
     Run,
     Stage,
     StageAttempt,
@@ -47,19 +44,12 @@ from jobs.experiment_spec import Resources
 from jobs.queue import (
     DOWNSTREAM_TIMEOUT_S,
     Ticket,
+    gang_queue_name,
     pinned_queue_name,
     stage_job_id,
     tier_queue_name,
 )
 from jobs.states import ACTIVE, FINISHED, AttemptOutcome, StageStatus, WorkerStatus
-
-# Per-attempt summary fields a stage starts over without (retry, re-plan).
-_SUMMARY_FIELDS = (
-    "worker", "queue", "rq_job_id", "enqueued_at", "started_at", "finished_at", "error",
-    "progress", "total", "adherence", "n_prompts", "label_counts", "passed_prompts",
-    "hit_max_share", "latency_s", "tokens_per_sec", "peak_memory_gb", "size_bytes", "val_loss",
-    "heartbeat_at", "resumed_from", "early_stop",
-)  # fmt: skip
 
 
 class StaleAttempt(RuntimeError):
@@ -82,7 +72,8 @@ def _resources(session: Session, run: Run) -> Resources:
 
 
 def _timeout_s(stage: Stage, resources: Resources) -> int:
-    return int(resources.timeout_hours * 3600) if stage.kind == "train" else DOWNSTREAM_TIMEOUT_S
+    training = stage.kind in ("train", "rank")
+    return int(resources.timeout_hours * 3600) if training else DOWNSTREAM_TIMEOUT_S
 
 
 # --- queueing ----------------------------------------------------------------------
@@ -99,9 +90,24 @@ def route(session: Session, stage: Stage) -> str:
     assert run is not None
     memory = _resources(session, run).min_memory_gb
     host = run.host or _trainer(session, run)
+    if gang.is_gang_stage(stage):
+        # Rank 0 resuming from checkpoints on its Mac's own disk goes to that
+        # Mac; every other rank, and any first attempt, to the gang queue.
+        pinned = pinned_queue_name(host, memory) if host else ""
+        if stage.kind == "train" and stage.attempt and pinned.startswith("farm:host:"):
+            return pinned
+        return gang_queue_name(memory)
     if stage.kind == "train" and (stage.attempt == 0 or not host):
         return tier_queue_name(memory)
     return pinned_queue_name(host, memory)
+
+
+def first_queue(session: Session, train: Stage) -> str:
+    """Where a train stage starts over on any worker (re-planned, retried by hand)."""
+    run = session.get(Run, train.run_id)
+    assert run is not None
+    memory = _resources(session, run).min_memory_gb
+    return gang_queue_name(memory) if gang.is_gang_stage(train) else tier_queue_name(memory)
 
 
 def _trainer(session: Session, run: Run) -> str | None:
@@ -138,13 +144,38 @@ def ticket_for(session: Session, stage: Stage) -> Ticket:
 
 
 def queue_train_stages(session: Session, runs: Iterable[Run]) -> list[Ticket]:
-    """Submission: every run's train stage goes to its memory tier."""
+    """Submission: every run's train stage goes to its memory tier (a gang's
+    train and ranks to the gang queue of that tier)."""
     tickets = []
     for run in runs:
         train = session.exec(
             select(Stage).where(Stage.run_id == run.id, Stage.kind == "train")
         ).one()
-        tickets.append(queue_stage(session, train))
+        tickets += queue_with_ranks(session, train)
+    return tickets
+
+
+def queue_with_ranks(session: Session, stage: Stage, queue_name: str | None = None) -> list[Ticket]:
+    """Queue a stage; a gang's train stage with all its ranks, which form again."""
+    ticket = queue_stage(session, stage, queue_name)
+    if stage.kind != "train" or not gang.is_gang_stage(stage):
+        return [ticket]
+    return [ticket, *_requeue_gang(session, stage, "rank 0 starts again")]
+
+
+def _requeue_gang(session: Session, stage: Stage, reason: str) -> list[Ticket]:
+    """Every other rank of `stage`'s gang queued again with it: a running one's
+    attempt ends as released (not counted as a retry), and a finished one runs
+    again, since a gang forms only with all its ranks."""
+    tickets = []
+    for mate in gang.gang_of(session, stage.run_id):
+        if mate.id == stage.id or mate.status == StageStatus.QUEUED:
+            continue
+        if mate.status == StageStatus.RUNNING:
+            end_attempt(session, mate.id or 0, mate.attempt, AttemptOutcome.RELEASED, reason)
+            if mate.worker:
+                set_worker_stage(session, mate.worker, None)
+        tickets.append(queue_stage(session, mate))
     return tickets
 
 
@@ -152,7 +183,11 @@ def queue_runnable_children(session: Session, parent: Stage) -> list[Ticket]:
     """Queue the waiting children of a finished stage (held ones wait for the
     best checkpoint: `release_after_checkpoints`)."""
     children = session.exec(
-        select(Stage).where(Stage.depends_on == parent.id, Stage.status == StageStatus.WAITING)
+        select(Stage).where(
+            Stage.depends_on == parent.id,
+            Stage.status == StageStatus.WAITING,
+            Stage.kind != "rank",  # ranks run beside train, not after it
+        )
     ).all()
     return [queue_stage(session, c) for c in children if not c.params.get(HOLD)]
 
@@ -255,7 +290,7 @@ def set_worker_stage(session: Session, worker: str, stage_id: int | None) -> Non
         session.add(row)
 
 
-def _end_attempt(
+def end_attempt(
     session: Session, stage_id: int, attempt: int, outcome: AttemptOutcome, reason: str | None
 ) -> None:
     row = session.exec(
@@ -285,52 +320,6 @@ def record_resume(session: Session, stage_id: int, attempt: int, iteration: int)
         session.add(row)
 
 
-# --- eval sessions: one child, one load per weights ---------------------------------
-
-
-def next_in_session(session: Session, run_id: int, queue: str, last_variant: str) -> int | None:
-    """The queued eval stage of a run that a session which just evaluated
-    `last_variant` should take next: one on the weights it holds first (the
-    plain base before any adapter, so the layers need no unwrapping), then the
-    others, oldest first. Only stages on the session's own queue: the others
-    belong to other workers."""
-    queued = session.exec(
-        select(Stage).where(
-            Stage.run_id == run_id,
-            Stage.kind == "eval",
-            Stage.status == StageStatus.QUEUED,
-            Stage.queue == queue,
-        )
-    ).all()
-    if not queued:
-        return None
-    held = weights_of(last_variant)
-    best = min(
-        queued,
-        key=lambda s: (weights_of(s.variant) != held, s.variant != "base", s.id or 0),
-    )
-    return best.id
-
-
-def held_for_session(session: Session, stage_id: int, worker: str) -> bool:
-    """Another worker runs an eval of this stage's run on the same weights and
-    queue: its session takes this stage next, with the model it has loaded.
-    (Should that session end first, the reconciler pushes the stage again.)"""
-    stage = session.get(Stage, stage_id)
-    if stage is None or stage.kind != "eval" or stage.status != StageStatus.QUEUED:
-        return False
-    running = session.exec(
-        select(Stage).where(
-            Stage.run_id == stage.run_id,
-            Stage.kind == "eval",
-            Stage.status == StageStatus.RUNNING,
-            Stage.queue == stage.queue,
-            Stage.worker != worker,
-        )
-    ).all()
-    return any(weights_of(s.variant) == weights_of(stage.variant) for s in running)
-
-
 # --- ending an attempt -------------------------------------------------------------
 
 
@@ -340,7 +329,7 @@ def _owned(session: Session, stage_id: int, attempt: int) -> Stage | None:
         return None
     session.refresh(stage)
     if stage.attempt != attempt or stage.status != StageStatus.RUNNING:
-        _end_attempt(session, stage_id, attempt, AttemptOutcome.STALE, "a newer attempt took over")
+        end_attempt(session, stage_id, attempt, AttemptOutcome.STALE, "a newer attempt took over")
         return None
     return stage
 
@@ -352,7 +341,7 @@ def finish(session: Session, stage_id: int, attempt: int) -> list[Ticket]:
         return []
     stage.status, stage.finished_at = StageStatus.DONE, server_now(session)
     session.add(stage)
-    _end_attempt(session, stage_id, attempt, AttemptOutcome.DONE, None)
+    end_attempt(session, stage_id, attempt, AttemptOutcome.DONE, None)
     _count_job(session, stage.worker)
     tickets = queue_runnable_children(session, stage)
     if stage.kind == "eval" and is_checkpoint_variant(stage.variant):
@@ -378,6 +367,9 @@ def fail(
 def lose(session: Session, stage: Stage, reason: str) -> list[Ticket]:
     """The stage's worker stopped beating: a new attempt, elsewhere if need be.
     The worker's row keeps its `lost` status; it only stops naming the stage."""
+    session.refresh(stage)
+    if stage.status != StageStatus.RUNNING:
+        return []  # a gang mate's loss earlier in this pass queued it already
     row = session.exec(select(WorkerRow).where(WorkerRow.name == (stage.worker or ""))).first()
     if row is not None and row.current_stage_id == stage.id:
         row.current_stage_id = None
@@ -388,17 +380,35 @@ def lose(session: Session, stage: Stage, reason: str) -> list[Ticket]:
 def _end_running(
     session: Session, stage: Stage, outcome: AttemptOutcome, reason: str
 ) -> list[Ticket]:
-    _end_attempt(session, stage.id or 0, stage.attempt, outcome, reason)
+    end_attempt(session, stage.id or 0, stage.attempt, outcome, reason)
+    if stage.kind == "rank" and gang.train_finished(session, stage.run_id):
+        # Rank 0 is done (or failed): nothing is left for this rank to join.
+        skip(session, stage, f"skipped: rank 0 ended ({reason})")
+        update_run_status(session, stage.run_id)
+        return []
     run = session.get(Run, stage.run_id)
     assert run is not None
     allowed = _resources(session, run).retries
     used = _retries_used(session, stage.id or 0)
     if outcome != AttemptOutcome.FAILED and used <= allowed:
-        ticket = queue_stage(session, stage)
+        tickets = [queue_stage(session, stage)]
         stage.error = f"attempt {stage.attempt} {outcome.value}: {reason}; retrying"
         session.add(stage)
+        if gang.is_gang_stage(stage):
+            # Any rank ending ends the gang's attempt: all form again together.
+            why = f"rank {gang.rank_of(stage)} {outcome.value}: {reason}"
+            tickets += _requeue_gang(session, stage, why)
         update_run_status(session, stage.run_id)
-        return [ticket]
+        return tickets
+    if stage.kind == "rank":
+        # A rank that fails for good fails the gang: rank 0 with it, which
+        # skips every stage below it, the other ranks included.
+        train = gang.gang_of(session, stage.run_id)[0]
+        end_attempt(session, train.id or 0, train.attempt, AttemptOutcome.FAILED, reason)
+        train.status, train.finished_at = StageStatus.FAILED, server_now(session)
+        train.error = f"rank {gang.rank_of(stage)} failed: {reason}"
+        session.add(train)
+        skip_descendants(session, train, f"skipped: rank {gang.rank_of(stage)} failed")
     if outcome != AttemptOutcome.FAILED:
         reason = f"{reason} (gave up after {used} retries)"
     stage.status, stage.finished_at, stage.error = StageStatus.FAILED, server_now(session), reason
@@ -485,7 +495,7 @@ def cancel(
         if stage.status in FINISHED:
             continue
         if stage.status == StageStatus.RUNNING:
-            _end_attempt(session, stage.id or 0, stage.attempt, AttemptOutcome.CANCELLED, reason)
+            end_attempt(session, stage.id or 0, stage.attempt, AttemptOutcome.CANCELLED, reason)
             if stage.worker:
                 set_worker_stage(session, stage.worker, None)
         stage.status, stage.finished_at, stage.error = StageStatus.CANCELLED, now, reason
@@ -497,70 +507,20 @@ def cancel(
     return jobs
 
 
-# --- re-planning a run whose artifacts are gone ----------------------------------------
-
-
-def forget_results(session: Session, stages: Sequence[Stage]) -> list[str]:
-    """Send stages back to `waiting` without the results of their earlier
-    attempts (metrics, eval rows, artifacts, summaries). Their attempt numbers
-    stay, so a late write from an old attempt is still refused. Returns the RQ
-    job ids that no longer mean anything."""
-    ids = [s.id for s in stages]
-    for table in (EvalResult, Metric, Artifact):
-        session.execute(delete(table).where(col(table.stage_id).in_(ids)))
-    jobs = []
-    for stage in stages:
-        if stage.rq_job_id:
-            jobs.append(stage.rq_job_id)
-        for name in _SUMMARY_FIELDS:
-            setattr(stage, name, None)
-        stage.status = StageStatus.WAITING
-        session.add(stage)
-    session.flush()
-    return jobs
-
-
-def replan_run(session: Session, run: Run, reason: str) -> list[Ticket]:
-    """The worker holding a run's artifacts has been gone too long and nobody
-    else can see them: forget what depended on its disk and train again on any
-    worker."""
-    stages = session.exec(select(Stage).where(Stage.run_id == run.id)).all()
-    train = next(s for s in stages if s.kind == "train")
-    reset = [train, *descendants(stages, train.id or -1)]
-    for stage in reset:
-        if stage.status == StageStatus.RUNNING:
-            _end_attempt(session, stage.id or 0, stage.attempt, AttemptOutcome.REPLANNED, reason)
-        elif stage.attempt:
-            _mark_replanned(session, stage, reason)
-    forget_results(session, reset)
-    train.error = f"re-planned: {reason}"
-    run.host, run.finished_at = None, None
-    session.add(run)
-    ticket = queue_stage(session, train, tier_queue_name(_resources(session, run).min_memory_gb))
-    update_run_status(session, run.id or 0)
+def release(session: Session, stage_id: int, attempt: int, reason: str) -> list[Ticket]:
+    """A claimed rank whose gang did not form in time lets its worker go: the
+    attempt ends as released (not a retry) and the rank is queued again."""
+    stage = _owned(session, stage_id, attempt)
+    if stage is None:
+        return []
+    end_attempt(session, stage_id, attempt, AttemptOutcome.RELEASED, reason)
+    if stage.worker:
+        set_worker_stage(session, stage.worker, None)
+    ticket = queue_stage(session, stage)
+    stage.error = reason
+    session.add(stage)
+    update_run_status(session, stage.run_id)
     return [ticket]
-
-
-def _mark_replanned(session: Session, stage: Stage, reason: str) -> None:
-    """A `replanned` row after a finished stage's last attempt: its retry count
-    starts over, and the run page can say why it runs again."""
-    last = session.exec(
-        select(StageAttempt)
-        .where(StageAttempt.stage_id == stage.id)
-        .order_by(col(StageAttempt.attempt).desc())
-    ).first()
-    if last is not None and last.outcome != AttemptOutcome.REPLANNED:
-        session.add(
-            StageAttempt(
-                stage_id=stage.id or 0,
-                attempt=stage.attempt,
-                worker=last.worker,
-                host=last.host,
-                outcome=AttemptOutcome.REPLANNED,
-                reason=reason,
-                ended_at=server_now(session),
-            )
-        )
 
 
 # --- runs ------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ MAX_CHECKPOINTS = 10_000  # saved adapter checkpoints per run (iters // save_eve
 MIN_TIMEOUT_HOURS = 1 / 60  # a minute
 MAX_TIMEOUT_HOURS = 720  # 30 days
 MAX_MEMORY_GB = 1024
+MAX_GANG_WORKERS = 16  # Macs training one run together (train.workers)
 MAX_NAME_CHARS = 200
 MAX_SPEC_BYTES = 1_000_000  # 1 MB, checked before any parsing
 # An eval suite is a few hundred prompts; a YAML parse holds several times the file

@@ -3,6 +3,9 @@
 Routing rules:
 - `train` goes to a memory-tier queue (`farm:mem:<gb>`). A worker with M GB
   listens only to tiers ≤ M, so a job never lands on a worker too small for it.
+- A gang (`train.workers: N > 1`, `jobs.gang`) goes to a gang queue per tier
+  (`farm:gang:mem:<gb>`), which workers take before the tier queues: an idle
+  worker completes a forming gang before it starts single-worker work.
 - Stages after `train` need its artifacts: they go to the queue of the worker
   of the Mac that trained (`farm:host:<host id>`, `jobs.host_identity`), which
   every worker process on that Mac listens to, or back to the tier queue when
@@ -66,6 +69,11 @@ def tier_queue_name(min_memory_gb: float) -> str:
     return f"farm:mem:{tier_for(min_memory_gb)}"
 
 
+def gang_queue_name(min_memory_gb: float) -> str:
+    """The queue of every rank of the gangs of one memory tier."""
+    return f"farm:gang:mem:{tier_for(min_memory_gb)}"
+
+
 def host_queue_name(host_id: str, min_memory_gb: float = 0) -> str:
     """The queue of one Mac's disk (`jobs.host_identity`) at one memory tier:
     every worker process on that Mac that can hold the tier listens to it,
@@ -80,10 +88,15 @@ def host_queue_names(host_id: str) -> list[str]:
 
 def queues_for_worker(host_id: str, memory_gb: float) -> list[str]:
     """Its Mac's queues first (finish started runs before starting new ones),
-    then the tier queues; each the biggest tier this worker can hold down to
-    the smallest."""
+    then the gangs' (complete a forming gang before starting single-worker
+    work), then the tier queues; each the biggest tier this worker can hold
+    down to the smallest."""
     tiers = [t for t in reversed(MEMORY_TIERS_GB) if t <= memory_gb]
-    return [f"farm:host:{host_id}:mem:{t}" for t in tiers] + [f"farm:mem:{t}" for t in tiers]
+    return (
+        [f"farm:host:{host_id}:mem:{t}" for t in tiers]
+        + [f"farm:gang:mem:{t}" for t in tiers]
+        + [f"farm:mem:{t}" for t in tiers]
+    )
 
 
 def pinned_queue_name(host_id: str | None, min_memory_gb: float) -> str:

@@ -33,7 +33,7 @@ from redis.exceptions import LockError, RedisError
 from redis.lock import Lock
 from sqlmodel import Session, col, select
 
-from jobs import lifecycle, logs, settings
+from jobs import lifecycle, logs, replan, settings
 from jobs.dag import HOLD
 from jobs.db import (
     Experiment,
@@ -249,7 +249,7 @@ def replan_stranded_runs(session: Session, repairs: Repairs) -> list[Ticket]:
             "another worker (set FARM_SHARED_ARTIFACTS to a folder all workers see to "
             "resume instead)"
         )
-        tickets += lifecycle.replan_run(session, run, reason)
+        tickets += replan.replan_run(session, run, reason)
         repairs.replanned_runs.append(run_id)
     return tickets
 

@@ -107,6 +107,19 @@ def reconcile_every_s() -> float:
     return _seconds("FARM_RECONCILE_EVERY_S", 30.0)
 
 
+def gang_form_s() -> float:
+    """FARM_GANG_FORM_S (default 120): how long a claimed rank of a gang waits for
+    the others before it lets its worker go and the rank is queued again."""
+    return _seconds("FARM_GANG_FORM_S", 120.0)
+
+
+def advertise_address() -> str | None:
+    """FARM_ADVERTISE_ADDRESS (`farm worker --advertise-address`): the address
+    the other ranks of a gang reach this worker at; by default the address of
+    the interface that reaches Redis (`worker.gang.reachable_address`)."""
+    return os.environ.get("FARM_ADVERTISE_ADDRESS") or None
+
+
 def check_template_s() -> float:
     """FARM_CHECK_TEMPLATE_S (default 60): how long the tokenizer checks (load the
     tokenizer, render sampled examples with its chat template) may take before

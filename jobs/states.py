@@ -38,6 +38,10 @@ class AttemptOutcome(StrEnum):
     STALE = "stale"  # a newer attempt took over; this one's writes are refused
     CANCELLED = "cancelled"
     REPLANNED = "replanned"  # its worker was gone too long; the run trains again
+    # A rank of a gang let go without fault of its own: its gang did not form in
+    # time, or another rank ended the gang's attempt. Queued again, not counted
+    # as a retry.
+    RELEASED = "released"
 
 
 class WorkerStatus(StrEnum):

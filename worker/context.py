@@ -39,7 +39,9 @@ class StageContext:
 
     @property
     def adapter_dir(self) -> Path:
-        return self.run_dir / "adapter"
+        # Another rank of a gang trains beside rank 0 and keeps nothing: its
+        # own folder, so ranks on one disk never write the same files.
+        return self.run_dir / (self.variant if self.kind == "rank" else "adapter")
 
     @property
     def fused_dir(self) -> Path:

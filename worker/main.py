@@ -278,9 +278,17 @@ def wait_for_redis(redis: Redis, stopping: Any) -> None:
             delay = min(delay * 2, 30.0)
 
 
-def run_worker(name: str, memory_gb: float, redis_url: str, burst: bool = False) -> None:
+def run_worker(
+    name: str,
+    memory_gb: float,
+    redis_url: str,
+    burst: bool = False,
+    advertise_address: str | None = None,
+) -> None:
     logs.configure()
     os.environ["FARM_WORKER_NAME"] = name
+    if advertise_address:  # the horse seats its gang ranks there (`worker.gang`)
+        os.environ["FARM_ADVERTISE_ADDRESS"] = advertise_address
     os.environ["REDIS_URL"] = redis_url  # the spawned horse reads it from here
     migrate()
     host = host_identity.host_id()

@@ -12,7 +12,7 @@ model it has loaded (adapters swap in; `worker/weights.py`). So a run's base,
 adapter, checkpoint and best evals load the base weights once, not once each.
 Each stage is still claimed, beaten, finished or failed on its own; a stage
 whose ticket reaches another worker while a session runs its run's weights is
-left to that session (`lifecycle.held_for_session`).
+left to that session (`jobs.eval_sessions.held_for_session`).
 
 While the child works, the horse beats the current stage's heartbeat in the
 DB. A beat that finds the stage cancelled or taken over by a newer attempt
@@ -36,11 +36,14 @@ from typing import Any
 
 from rq import get_current_job
 
-from jobs import host_identity, lifecycle, logs, settings
+from jobs import eval_sessions, gang, host_identity, lifecycle, logs, settings
 from jobs.db import Run, Stage, forget_engines_after_fork, session_scope
 from jobs.diagnostics import record_config_diagnostics, record_run_diagnostics
 from jobs.queue import push_all
 from jobs.states import FINISHED, StageStatus
+from worker import gang as gang_worker
+from worker.gang import GangRefused
+from worker.ring import rank_environment
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +67,33 @@ def run_stage(stage_id: int) -> dict[str, Any]:
     redis = job.connection if job else None
     worker = settings.worker_name() or (job.worker_name if job else "") or "?"
     with session_scope() as session:
-        if lifecycle.held_for_session(session, stage_id, worker):
+        if eval_sessions.held_for_session(session, stage_id, worker):
             return {"stage_id": stage_id, "claimed": False, "held_for_session": True}
+        waiting = gang_waits(session, stage_id)
+        if waiting:
+            # The ticket is dropped; the reconciler pushes it again later.
+            return {"stage_id": stage_id, "claimed": False, "waiting": waiting}
         attempt = lifecycle.claim(session, stage_id, worker, host_identity.host_id())
+        in_gang = attempt is not None and gang.is_gang_stage(session.get(Stage, stage_id))
     if attempt is None:
         # Cancelled, skipped, or claimed through another ticket: a stage never runs twice.
         return {"stage_id": stage_id, "claimed": False}
 
+    env: dict[str, str] = {}
+    if in_gang:
+        try:
+            start = gang_worker.form(stage_id, attempt, redis)
+        except GangRefused as exc:
+            with session_scope() as session:
+                tickets = lifecycle.fail(session, stage_id, attempt, str(exc), retry=False)
+            push_all(redis, tickets)
+            return {"stage_id": stage_id, "attempt": attempt, "refused": str(exc)}
+        if start is None:
+            return {"stage_id": stage_id, "attempt": attempt, "released": True}
+        env = rank_environment(start.rank, start.world, start.hostfile)
+
     budget_s = (job.timeout or 0) / 2 if job and job.timeout else float("inf")
-    child = StageChild.start(stage_id, attempt)
+    child = StageChild.start(stage_id, attempt, env)
     ran: list[int] = []
     current: tuple[int, int] | None = (stage_id, attempt)
     started = time.monotonic()
@@ -80,7 +101,7 @@ def run_stage(stage_id: int) -> dict[str, Any]:
         while current is not None:
             end = child.wait_for(*current)
             with session_scope() as session:
-                tickets = record_end(session, *current, end, stage_log(current[0]))
+                tickets = record_end(session, *current, end, stage_log(current[0]), in_gang)
             push_all(redis, tickets)
             after_stage(current[0])
             ran.append(current[0])
@@ -107,6 +128,19 @@ def run_stage(stage_id: int) -> dict[str, Any]:
     return {"stage_id": stage_id, "attempt": attempt, "stages": ran}
 
 
+def gang_waits(session: Any, stage_id: int) -> str | None:
+    """Why a queued gang stage is not claimed now (shown on the run page and
+    in `farm status`), or None."""
+    stage = session.get(Stage, stage_id)
+    if stage is None or stage.status != StageStatus.QUEUED or not gang.is_gang_stage(stage):
+        return None
+    why = gang.claim_refusal(session, stage)
+    if why is not None:
+        stage.error = why
+        session.add(stage)
+    return why
+
+
 def claim_next(current_stage: int, worker: str) -> tuple[int, int] | None:
     """Claim the next eval stage for this session, or None when it should end."""
     with session_scope() as session:
@@ -116,7 +150,7 @@ def claim_next(current_stage: int, worker: str) -> tuple[int, int] | None:
         run_id, queue, variant = stage.run_id, stage.queue, stage.variant
     while True:
         with session_scope() as session:
-            next_id = lifecycle.next_in_session(session, run_id, queue, variant)
+            next_id = eval_sessions.next_in_session(session, run_id, queue, variant)
             if next_id is None:
                 return None
             attempt = lifecycle.claim(session, next_id, worker, host_identity.host_id())
@@ -126,9 +160,11 @@ def claim_next(current_stage: int, worker: str) -> tuple[int, int] | None:
 
 
 def record_end(
-    session: Any, stage_id: int, attempt: int, end: ChildEnd, log_path: Path
+    session: Any, stage_id: int, attempt: int, end: ChildEnd, log_path: Path, in_gang: bool = False
 ) -> list[Any]:
-    """Turn how the child ended a stage into a lifecycle transition."""
+    """Turn how the child ended a stage into a lifecycle transition. A rank of a
+    gang that raised is retried: a collective that lost its peer raises too,
+    and the gang forms again (within `resources.retries`)."""
     if end.returncode == 0:
         return lifecycle.finish(session, stage_id, attempt)
     if end.why in ("stale", "cancelled") or end.returncode == EXIT_STALE:
@@ -142,7 +178,7 @@ def record_end(
     error = describe_exit(end.returncode) + "\n" + tail
     # Killed by a signal (out of memory, a kill): retry. A Python error: it
     # would fail the same way again, so fail for good.
-    return lifecycle.fail(session, stage_id, attempt, error, retry=end.returncode < 0)
+    return lifecycle.fail(session, stage_id, attempt, error, retry=end.returncode < 0 or in_gang)
 
 
 def stage_log(stage_id: int) -> Path:
@@ -161,7 +197,7 @@ class StageChild:
         self.buffer = b""
 
     @classmethod
-    def start(cls, stage_id: int, attempt: int) -> StageChild:
+    def start(cls, stage_id: int, attempt: int, env: dict[str, str] | None = None) -> StageChild:
         log_path = stage_log(stage_id)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         read_end, write_end = os.pipe()
@@ -172,7 +208,7 @@ class StageChild:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.PIPE,
-                env=child_environment(),
+                env={**child_environment(), **(env or {})},
                 pass_fds=(write_end,),
             )
         os.close(write_end)  # the child holds it: end of file on the pipe means it exited

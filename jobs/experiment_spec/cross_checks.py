@@ -253,8 +253,37 @@ def _probe_problems(train: Mapping[str, Any]) -> list[tuple[Loc, str]]:
     return []
 
 
+def _gang_problems(train: Mapping[str, Any]) -> list[tuple[Loc, str]]:
+    # Each rank takes batch_size / workers examples of every batch (mlx-lm's
+    # iterate_batches refuses a batch that does not divide), and the probe's
+    # early stop would end rank 0 alone, leaving the others in a collective.
+    workers, batch = train.get("workers", 1), train.get("batch_size", 4)
+    if not (is_int(workers) and workers > 1):
+        return []
+    out: list[tuple[Loc, str]] = []
+    if is_int(batch) and batch >= 1 and batch % workers:
+        fit = batch - batch % workers or workers
+        out.append(
+            (
+                ("train", "workers"),
+                f"batch_size {batch} does not divide among {workers} workers: each takes "
+                f"batch_size / workers examples of every batch — use a batch_size that is "
+                f"a multiple of {workers} (e.g. {fit}) or fewer workers",
+            )
+        )
+    if isinstance(train.get("adherence_probe"), Mapping):
+        out.append(
+            (
+                ("train", "workers"),
+                f"the adherence probe runs on one Mac and cannot stop {workers} workers "
+                "together — remove train.adherence_probe or set workers: 1",
+            )
+        )
+    return out
+
+
 def _train_cross_problems(train: Mapping[str, Any]) -> list[tuple[Loc, str]]:
-    out = _checkpoint_problems(train) + _probe_problems(train)
+    out = _checkpoint_problems(train) + _probe_problems(train) + _gang_problems(train)
     sched = train.get("lr_schedule")
     if isinstance(sched, Mapping):
         name, args = sched.get("name"), sched.get("arguments")

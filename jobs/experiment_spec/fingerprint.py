@@ -69,6 +69,7 @@ def fingerprint_payload(spec: ExperimentSpec) -> dict[str, Any]:
 
     train = spec.train.model_dump(mode="json")
     train.pop("report_to", None)  # where the curves are also sent, not how the run trains
+    train.pop("workers", None)  # how many Macs share the same global batch
     train["lora"]["keys"] = sorted(train["lora"]["keys"]) if train["lora"]["keys"] else None
     if spec.train.lr_schedule is not None:
         train["learning_rate"] = None  # mlx-lm ignores it next to a schedule

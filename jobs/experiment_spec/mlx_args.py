@@ -16,8 +16,9 @@ from jobs.experiment_spec.model import TrainSpec
 # TrainSpec fields whose mlx-lm argument has another name or shape.
 _RESHAPED = frozenset({"lora", "optimizer_config", "lr_schedule", "report_to"})
 # TrainSpec fields the farm acts on itself, which mlx-lm has no argument for
-# (the probe runs in the train stage's own checkpoint hook).
-FARM_ONLY = frozenset({"adherence_probe"})
+# (the probe runs in the train stage's own checkpoint hook; the workers are
+# the ranks the farm starts).
+FARM_ONLY = frozenset({"adherence_probe", "workers"})
 
 
 def lora_config(train: TrainSpec) -> dict[str, Any]:

@@ -119,6 +119,11 @@ class TrainSpec(BaseModel):
     report_to: list[Literal["wandb", "swanlab"]] = Field(
         default_factory=list, exclude_if=lambda value: not value
     )
+    # Macs training this run together, data-parallel on MLX's ring backend
+    # (`jobs.gang`): each takes batch_size / workers examples of every batch.
+    # How many Macs train, not how the run trains: not in the config
+    # fingerprint, and left out of dumps at 1 so older specs are unchanged.
+    workers: int = Field(1, ge=1, le=limits.MAX_GANG_WORKERS, exclude_if=lambda value: value == 1)
 
 
 class FuseSpec(BaseModel):

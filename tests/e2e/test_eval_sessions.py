@@ -21,7 +21,7 @@ from mlx.utils import tree_flatten
 from redis import Redis
 from sqlmodel import select
 
-from jobs import lifecycle
+from jobs import eval_sessions, lifecycle
 from jobs.db import EvalResult, Stage, session_scope
 from jobs.experiment_spec import parse_spec
 from jobs.host_identity import host_id
@@ -254,27 +254,27 @@ def test_a_session_takes_the_weights_it_holds_first_and_others_leave_them_to_it(
         assert set(queued) == {"base", "adapter", "ckpt-0000003", "ckpt-0000006"}
         queue = queued["base"].queue or ""
         # Whatever it evaluated last, a session on the base weights takes the plain base first.
-        assert lifecycle.next_in_session(session, train.run_id, queue, "ckpt-0000006") == (
+        assert eval_sessions.next_in_session(session, train.run_id, queue, "ckpt-0000006") == (
             queued["base"].id
         )
         # Another queue is another worker's: nothing for this session there.
-        assert lifecycle.next_in_session(session, train.run_id, "farm:host:b", "base") is None
+        assert eval_sessions.next_in_session(session, train.run_id, "farm:host:b", "base") is None
     with session_scope() as session:
         assert lifecycle.claim(session, queued["base"].id or 0, "a") == 1
     with session_scope() as session:
-        assert lifecycle.next_in_session(session, train.run_id, queue, "base") == (
+        assert eval_sessions.next_in_session(session, train.run_id, queue, "base") == (
             queued["adapter"].id
         )
         # Worker b, holding the adapter's ticket, leaves it to a's session;
         # a itself (the session's own claim) does not.
-        assert lifecycle.held_for_session(session, queued["adapter"].id or 0, "b")
-        assert not lifecycle.held_for_session(session, queued["adapter"].id or 0, "a")
+        assert eval_sessions.held_for_session(session, queued["adapter"].id or 0, "b")
+        assert not eval_sessions.held_for_session(session, queued["adapter"].id or 0, "a")
         # A fused eval is other weights: held for nobody, and after the base
         # weights for a session on them.
         fused = by_key[("eval", "fused")]
         lifecycle.queue_stage(session, fused, queue)
-        assert not lifecycle.held_for_session(session, fused.id or 0, "b")
-        assert lifecycle.next_in_session(session, train.run_id, queue, "adapter") == (
+        assert not eval_sessions.held_for_session(session, fused.id or 0, "b")
+        assert eval_sessions.next_in_session(session, train.run_id, queue, "adapter") == (
             queued["adapter"].id
         )
-        assert lifecycle.next_in_session(session, train.run_id, queue, "fused") == fused.id
+        assert eval_sessions.next_in_session(session, train.run_id, queue, "fused") == fused.id

@@ -11,7 +11,7 @@ from pathlib import Path
 from sqlmodel import select
 from typer.testing import CliRunner
 
-from jobs import lifecycle, reconcile
+from jobs import lifecycle, reconcile, replan
 from jobs.db import Run, Stage, WorkerRow, session_scope, utcnow
 from jobs.experiment_spec import parse_spec
 from jobs.submit import create_rows
@@ -265,7 +265,7 @@ def test_run_page_of_a_re_planned_run(farm_home: Path) -> None:
     with session_scope() as session:  # mac-a, holding the adapter, never came back
         run = session.get(Run, run_id)
         assert run is not None
-        lifecycle.replan_run(session, run, REPLANNED)
+        replan.replan_run(session, run, REPLANNED)
     at = open_page("views/run.py", run=str(run_id))
     (story,) = [shown(i.value) for i in at.info if "re-planned" in shown(i.value)]
     assert story.startswith("In this run, train was re-planned at ")

@@ -9,6 +9,7 @@ import pytest
 from jobs.queue import (
     MEMORY_TIERS_GB,
     Ticket,
+    gang_queue_name,
     host_queue_name,
     pinned_queue_name,
     push_all,
@@ -33,16 +34,23 @@ def test_a_memory_need_goes_to_the_smallest_tier_that_holds_it(need_gb: float, t
     assert tier_queue_name(need_gb) == f"farm:mem:{tier}"
 
 
-def test_a_worker_listens_to_its_macs_queue_first_then_its_tiers_largest_first() -> None:
+def test_a_worker_listens_to_its_macs_queue_first_then_gangs_then_its_tiers_largest_first() -> None:
     assert queues_for_worker("studio-1", 20) == [
         "farm:host:studio-1:mem:16",
         "farm:host:studio-1:mem:8",
         "farm:host:studio-1:mem:0",
+        "farm:gang:mem:16",
+        "farm:gang:mem:8",
+        "farm:gang:mem:0",
         "farm:mem:16",
         "farm:mem:8",
         "farm:mem:0",
     ]
-    assert queues_for_worker("tiny", 4) == ["farm:host:tiny:mem:0", "farm:mem:0"]
+    assert queues_for_worker("tiny", 4) == [
+        "farm:host:tiny:mem:0",
+        "farm:gang:mem:0",
+        "farm:mem:0",
+    ]
 
 
 @pytest.mark.parametrize("memory_gb", [0, 4, 8, 20, 64, 100, 1000])
@@ -52,6 +60,8 @@ def test_a_job_never_lands_on_a_worker_too_small_for_it(memory_gb: float, need_g
     assert (tier_queue_name(need_gb) in listens) == (tier_for(need_gb) <= memory_gb)
     # Pinned to its Mac too: another worker on the same Mac with less memory never takes it.
     assert (host_queue_name("w", need_gb) in listens) == (tier_for(need_gb) <= memory_gb)
+    # A rank of a gang neither.
+    assert (gang_queue_name(need_gb) in listens) == (tier_for(need_gb) <= memory_gb)
 
 
 def test_every_tier_queue_is_one_some_worker_listens_to() -> None:

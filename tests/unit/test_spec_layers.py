@@ -73,7 +73,7 @@ def _set_every_field(train: TrainSpec) -> TrainSpec:
             "lora": LoraParams(rank=4, scale=10.0, dropout=0.05, keys=["self_attn.q_proj"]),
             "lr_schedule": LrSchedule(name="cosine_decay", arguments=[2e-4, 7], warmup=1),
             "adherence_probe": AdherenceProbe(prompts=4, stop_when_locked=0.9),
-            "report_to": ["wandb", "swanlab"],
+            "report_to": ["wandb", "swanlab"], "workers": 3,
         }
     )  # fmt: skip
 

@@ -447,16 +447,36 @@ def worker(
         ),
     ] = None,
     burst: Annotated[bool, typer.Option(help="Exit when the queues are empty")] = False,
+    advertise_address: Annotated[
+        str | None,
+        typer.Option(
+            "--advertise-address",
+            help="IP address the other workers of a gang (train.workers > 1) reach this one "
+            "at (default: the address of the interface that reaches Redis)",
+        ),
+    ] = None,
 ) -> None:
     """Run a worker: pulls stages from Redis (REDIS_URL) and runs them with mlx-lm."""
+    import ipaddress
+
     from worker.main import default_memory_gb, run_worker
 
     url = settings.redis_url()
     if url is None:
         err.print("[red]REDIS_URL is not set[/]: a worker needs the coordinator's Redis")
         raise typer.Exit(1)
+    if advertise_address is not None:
+        try:
+            ipaddress.ip_address(advertise_address)
+        except ValueError:
+            err.print(
+                f"[red]--advertise-address {advertise_address!r} is not an IP address[/]: "
+                "MLX's ring connects ranks by address, not by host name"
+            )
+            raise typer.Exit(2) from None
     name = name or f"{os.uname().nodename.split('.')[0]}-{os.getpid()}"
-    run_worker(name, memory_gb or default_memory_gb(), url, burst=burst)
+    run_worker(name, memory_gb or default_memory_gb(), url, burst=burst,
+               advertise_address=advertise_address)  # fmt: skip
 
 
 @app.command()

@@ -17,6 +17,9 @@ from typing import Any
 # eval stage also the session's loaded weights (worker/weights.py).
 STAGES: dict[str, tuple[str, str]] = {
     "train": ("worker.stages.train", "run_train"),
+    # Another worker's rank of a gang's training: the same function, in the
+    # world its MLX_RANK and MLX_HOSTFILE describe (`worker.gang`).
+    "rank": ("worker.stages.train", "run_train"),
     "fuse": ("worker.stages.fuse", "run_fuse"),
     "quantize": ("worker.stages.quantize", "run_quantize"),
     "eval": ("worker.stages.eval", "run_eval"),

@@ -11,13 +11,19 @@ optimizer, batch iterator and callback around it, so that
   only N+1..iters, numbered as an uninterrupted run, on the same batches;
 - with `train.adherence_probe`, each checkpoint is probed with the model in
   memory (`worker.probe`) and training may end early at one, the format locked
-  or collapsed: the adapter is that checkpoint's and the run goes on from it.
+  or collapsed: the adapter is that checkpoint's and the run goes on from it;
+- with `train.workers: N`, this runs on N workers at once, one rank each
+  (`worker.gang`), and mlx-lm averages their gradients over MLX's ring. Rank 0
+  (the train stage) writes metrics, checkpoints and the adapter; every other
+  rank only its progress and its share of the tokens/s. A resumed gang takes
+  rank 0's checkpoint: the others receive its weights and optimizer state.
 """
 
 from __future__ import annotations
 
 import time
 import types
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +32,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from mlx.utils import tree_flatten
+from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm.cli_ui import make_console, print_lora_run_header
 from mlx_lm.lora import CONFIG_DEFAULTS
 from mlx_lm.tuner import trainer
@@ -129,6 +135,46 @@ def prepare_model(args: types.SimpleNamespace, model: nn.Module) -> optim.Optimi
     return OPTIMIZERS[name](learning_rate=lr, **args.optimizer_config.get(name, {}))
 
 
+class RankProgress(TrainingCallback):
+    """What a rank other than 0 writes: its progress and its share of the gang's
+    tokens/s (mlx-lm reports the tokens of all ranks together)."""
+
+    def __init__(self, ctx: StageContext, total: int, start: int, world: int) -> None:
+        self.ctx, self.total, self.start, self.world = ctx, total, start, world
+        self.trained_tokens = 0  # counted by rank 0
+
+    def on_train_loss_report(self, info: dict[str, Any]) -> None:
+        iteration = self.start + int(info["iteration"])
+        share = float(info["tokens_per_second"]) / self.world
+        update_stage(self.ctx, progress=iteration, total=self.total, tokens_per_sec=share)
+
+
+def from_rank0(model: nn.Module, optimizer: optim.Optimizer, group: mx.distributed.Group) -> None:
+    """Give every rank rank 0's weights and optimizer state (it alone resumed
+    from its checkpoint): a sum in which the other ranks add zeros."""
+    rank = group.rank()
+    if rank != 0:
+        optimizer.init(model.trainable_parameters())
+    for name, tree in (("weights", model.trainable_parameters()), ("optimizer", optimizer.state)):
+        flat = dict(tree_flatten(tree))
+        # The same entries on every rank, or the sums below would pair wrong ones.
+        keys = zlib.crc32("\n".join(sorted(flat)).encode()) & 0x7FFFFF
+        total = mx.distributed.all_sum(mx.array(keys, dtype=mx.int32), group=group, stream=mx.cpu)
+        if int(total.item()) != keys * group.size():
+            raise RuntimeError(f"the ranks' {name} have different entries; cannot resume together")
+        shared = {
+            key: mx.distributed.all_sum(
+                value if rank == 0 else mx.zeros_like(value), group=group, stream=mx.cpu
+            )
+            for key, value in sorted(flat.items())
+        }
+        if name == "weights":
+            model.load_weights(list(shared.items()), strict=False)
+        else:
+            optimizer.state = tree_unflatten(list(shared.items()))
+    mx.eval(model.trainable_parameters(), optimizer.state)
+
+
 class ProgressToDatabase(TrainingCallback):
     """Writes each of mlx-lm's train reports and each validation as a Metric row.
 
@@ -214,13 +260,15 @@ class Between:
         model: nn.Module,
         optimizer: optim.Optimizer,
         valid_set: CacheDataset,
-        progress: ProgressToDatabase,
+        progress: ProgressToDatabase | RankProgress,
         probe: Probe | None = None,
         reporter: TrainingCallback | None = None,
+        saves: bool = True,
     ) -> None:
         self.ctx, self.args, self.model, self.optimizer = ctx, args, model, optimizer
         self.valid_set, self.progress, self.probe = valid_set, progress, probe
         self.reporter = reporter or progress  # the trackers' callbacks, then the DB
+        self.saves = saves  # rank 0 of a gang (or the only rank) keeps checkpoints
         self.stopped: StopDecision | None = None  # the probe ended training here
 
     def after(self, iteration: int) -> None:
@@ -229,6 +277,8 @@ class Between:
         tic = time.perf_counter()
         with stage_write(self.ctx):
             pass  # a superseded attempt stops here, before touching its successor's files
+        if not self.saves:
+            return
         # Amid gradient accumulation the pending gradient is not saved: such a
         # checkpoint can be evaluated but not resumed from.
         whole = iteration % self.args.grad_accumulation_steps == 0
@@ -340,20 +390,28 @@ class ResumableBatches:
 
 
 def run_train(ctx: StageContext) -> None:
+    group = mx.distributed.init()  # one rank alone, or the gang MLX_HOSTFILE describes
+    lead = group.rank() == 0  # rank 0 writes the run's results
     # A Hugging Face model not on the submitting machine is checked here,
     # before any training time is spent (tokenizer, chat template, eos).
-    check_before_training(ctx)
+    if lead:
+        check_before_training(ctx)
     spec = ctx.spec
     args = training_args(spec.train, spec.base_model, spec.dataset, ctx.adapter_dir, ctx.seed)
     np.random.seed(args.seed)  # mlx-lm's run() seeds numpy (validation batches) the same way
-    start = newest_complete_checkpoint(ctx.adapter_dir, args.iters) or 0
-    forget_after(ctx, start)
+    start = newest_complete_checkpoint(ctx.adapter_dir, args.iters) or 0 if lead else 0
+    if group.size() > 1:  # the gang resumes where rank 0's checkpoints are
+        start = int(mx.distributed.all_sum(mx.array(start), group=group, stream=mx.cpu).item())
+    if lead:
+        forget_after(ctx, start)
     update_stage(ctx, progress=start, total=args.iters)
-    if start:
+    if start and lead:
         with stage_write(ctx) as session:  # "resumed from iteration N (attempt k)"
             lifecycle.record_resume(session, ctx.stage_id, ctx.attempt, start)
 
-    print(f"loading {args.model}")
+    print(
+        f"loading {args.model}" + (f" (rank {group.rank()} of {group.size()})" * (group.size() > 1))
+    )
     model, tokenizer = load(args.model)
     train_set, valid_set, _ = load_dataset(args, tokenizer)
     optimizer = prepare_model(args, model)
@@ -362,18 +420,26 @@ def run_train(ctx: StageContext) -> None:
     tokens = 0
     if start:
         tic = time.perf_counter()
-        marker = load_checkpoint(ctx.adapter_dir, start, model, optimizer)
-        tokens = int(marker.get("trained_tokens") or 0)
+        if lead:
+            marker = load_checkpoint(ctx.adapter_dir, start, model, optimizer)
+            tokens = int(marker.get("trained_tokens") or 0)
+        if group.size() > 1:
+            from_rank0(model, optimizer, group)
         loaded = time.perf_counter() - tic
         print(f"resumed from iteration {start} (loaded in {loaded:.2f} s)")
         # mlx-lm's console below counts this attempt's iterations from 1.
         print(f"mlx-lm's iterations 1..{args.iters - start} are {start + 1}..{args.iters}")
-    progress = ProgressToDatabase(ctx, args.iters, start, tokens)
-    reporter = tracker_callbacks(ctx.spec.train.report_to, ctx, args, progress)
-    probe = make_probe(ctx, tokenizer, start)
+    if lead:
+        progress: ProgressToDatabase | RankProgress = ProgressToDatabase(ctx, args.iters, start,
+                                                                         tokens)  # fmt: skip
+        reporter = tracker_callbacks(ctx.spec.train.report_to, ctx, args, progress)
+        probe = make_probe(ctx, tokenizer, start)
+        record_checkpoints(ctx, args.iters)  # any a killed attempt saved but did not record
+    else:
+        progress = reporter = RankProgress(ctx, args.iters, start, group.size())
+        probe = None  # refused at submit for a gang (`train.workers`)
     between = Between(ctx, args, model, optimizer, CacheDataset(valid_set), progress, probe,
-                      reporter)  # fmt: skip
-    record_checkpoints(ctx, args.iters)  # any a killed attempt saved but did not record
+                      reporter, saves=lead)  # fmt: skip
     between.resume(start)
 
     tic = time.perf_counter()
@@ -384,6 +450,10 @@ def run_train(ctx: StageContext) -> None:
         mx.save_safetensors(str(ctx.adapter_dir / "adapters.safetensors"), weights)
     elapsed = time.perf_counter() - tic
     end = between.stopped.iteration if between.stopped else args.iters
+    if not lead:
+        update_stage(ctx, progress=end)
+        print(f"rank {group.rank()} of {group.size()} done; rank 0 saved the adapter")
+        return
 
     adapter_file = ctx.adapter_dir / "adapters.safetensors"
     artifact: Artifact = record_artifact(ctx, "adapter", ctx.adapter_dir, "adapter")
