@@ -162,7 +162,7 @@ def claim_refusal(session: Session, stage: Stage) -> str | None:
             col(Stage.run_id) < stage.run_id,
         )
     ).all()
-    for run_id, params in sorted(forming):
+    for run_id, params in sorted(forming, key=lambda row: row[0]):
         older_world = int((params or {}).get("world", 1))
         if older_world <= 1 or older_world > live:
             continue  # not a gang, or one that cannot form now: it holds nobody

@@ -396,7 +396,7 @@ def _end_running(
         session.add(stage)
         if gang.is_gang_stage(stage):
             # Any rank ending ends the gang's attempt: all form again together.
-            why = f"rank {gang.rank_of(stage)} {outcome.value}: {reason}"
+            why = f"rank {gang.rank_of(stage)} {outcome.value}: {reason.splitlines()[0]}"
             tickets += _requeue_gang(session, stage, why)
         update_run_status(session, stage.run_id)
         return tickets

@@ -12,6 +12,7 @@ from sqlmodel import Session, select
 
 from jobs.db import Diagnostic, Experiment, Run, Stage
 from read.attempts import attempt_dicts, attempt_lines, attempts_by_stage, has_history
+from read.gangs import GangView, gang_view
 from read.stages import StageView, stage_seconds
 
 
@@ -26,6 +27,7 @@ class RunView:
     # What evaluating the run cost: every finished eval stage, and each variant's.
     eval_seconds: float = 0.0
     eval_seconds_by_variant: dict[str, float] = field(default_factory=dict)
+    gang: GangView | None = None  # its ranks, when several workers train it
 
 
 def eval_seconds(stages: list[StageView]) -> tuple[float, dict[str, float]]:
@@ -136,6 +138,7 @@ def experiment_view(session: Session, experiment_id: int) -> ExperimentView | No
                 )
         run_view.eval_seconds, run_view.eval_seconds_by_variant = eval_seconds(run_view.stages)
         run_view.diagnostics = [_diag(d) for d in diagnostics if d.run_id == run.id]
+        run_view.gang = gang_view(session, run.id or 0)
         view.runs.append(run_view)
     view.diagnostics = [_diag(d) for d in diagnostics if d.run_id is None]
     return view

@@ -225,6 +225,10 @@ _FIELDS: tuple[FormField, ...] = (
               "Resources"),
     FormField("resources.timeout_hours", "Timeout (hours)", "float", FROM_SPEC,
               "A training stage running longer is stopped.", "Resources"),
+    FormField("train.workers", "Workers per run", "int", FROM_SPEC,
+              "Workers that train each run together, data-parallel on MLX's ring backend; "
+              "each takes batch size / workers rows of every batch and needs the min memory. "
+              "1 trains on one worker.", "Resources"),
     # Several values in one text field make a grid (web.sweep_inputs).
     *(FormField(key, label, kind, default, text, probe_inputs.SECTION)  # type: ignore[arg-type]
       for key, label, kind, default, text in probe_inputs.INPUTS),

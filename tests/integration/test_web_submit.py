@@ -197,3 +197,29 @@ def test_the_form_submits_the_adherence_probe(app_env: Path, redis_url: str) -> 
         experiment = session.exec(select(Experiment)).one()
     probe = parse_spec(experiment.spec_yaml, base_dir=PROJECT_ROOT).train.adherence_probe
     assert probe is not None and (probe.prompts, probe.stop_when_locked) == (3, 0.9)
+
+
+def test_a_batch_that_does_not_divide_among_the_workers_is_refused_alike_by_form_and_cli(
+    app_env: Path, redis_url: str, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from tests.support.spec_files import write_spec
+    from tools.cli import app
+
+    why = (
+        "batch_size 4 does not divide among 3 workers: each takes batch_size / workers "
+        "examples of every batch — use a batch_size that is a multiple of 3 (e.g. 3) or "
+        "fewer workers"
+    )
+    values = forms.default_form(str(app_env))
+    values.update({"train.num_layers": -1, "train.batch_size": 4, "train.workers": 3})
+    assert forms.FIELDS_BY_KEY["train.workers"].section == "Resources"
+    assert form_bounds.validate_form(values, run_preflight=False).messages("train.workers") == [why]
+
+    spec = write_spec(tmp_path / "gang.yaml", app_env, train={"batch_size": 4, "workers": 3})
+    refused = CliRunner().invoke(app, ["submit", str(spec)])
+    assert refused.exit_code == 2
+    line = next(n for n, text in enumerate(spec.read_text().splitlines(), 1) if "workers" in text)
+    assert f"{spec}:{line}: train.workers: {why}" in " ".join(refused.output.split())
+    assert nothing_written(redis_url)

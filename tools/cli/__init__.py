@@ -193,6 +193,8 @@ def status(
     for run in view.runs:
         evals = f" · eval {run.eval_seconds:.1f} s" if run.eval_seconds_by_variant else ""
         console.print(f"run {run.id} seed {run.seed}: {run.status} on {run.host or '-'}{evals}")
+        for told in run.gang.lines() if run.gang else []:  # several workers train it
+            console.print("  " + told, markup=False, soft_wrap=True)
         for s in run.stages:
             progress = f"{s.progress or 0}/{s.total}" if s.total else ""
             took = f"{s.seconds:.1f} s" if s.seconds is not None else ""

@@ -10,6 +10,7 @@ import streamlit as st
 
 from jobs import control
 from read import run_detail
+from read.gangs import gang_view
 from ship.publish import publications
 from web import ui
 from web.export_panel import export_panel
@@ -213,6 +214,31 @@ def training() -> None:
 
 
 training()
+
+
+@st.fragment(run_every=LIVE_EVERY if header.status in ("queued", "running") else None)
+def gang() -> None:
+    """The ranks of a run several workers train together (`train.workers`)."""
+    with ui.db() as session:
+        view = gang_view(session, header.id)
+    if view is None:
+        return
+    st.markdown(f"**Trained by a gang of {view.world} workers**")
+    if view.waiting:
+        st.warning(ui.plain(view.waiting), icon=":material/group_add:")
+    st.dataframe(
+        pd.DataFrame([vars(r) for r in view.ranks]),
+        hide_index=True,
+        column_config={
+            "address": st.column_config.TextColumn("ring address", help="where its rank listens"),
+            "tokens_per_sec": st.column_config.NumberColumn(
+                "tokens/s", format="%.0f", help="rank 0: the whole gang's; others: their share"
+            ),
+        },
+    )
+
+
+gang()
 
 # --- stages ---------------------------------------------------------------------------
 st.header("Stages")
