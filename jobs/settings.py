@@ -113,6 +113,13 @@ def gang_form_s() -> float:
     return _seconds("FARM_GANG_FORM_S", 120.0)
 
 
+def gang_stall_s() -> float:
+    """FARM_GANG_STALL_S (default 600): a gang whose training has not advanced
+    for this long while every rank beats is wedged in a collective (a peer
+    frozen, a ring that deadlocked): its attempt ends and the gang forms again."""
+    return _seconds("FARM_GANG_STALL_S", 600.0)
+
+
 def advertise_address() -> str | None:
     """FARM_ADVERTISE_ADDRESS (`farm worker --advertise-address`): the address
     the other ranks of a gang reach this worker at; by default the address of

@@ -57,7 +57,7 @@ EXIT_DISK_FULL = 74  # out of disk space: failed, not retried here
 @dataclass(frozen=True)
 class ChildEnd:
     returncode: int | None  # None: the horse stopped the child itself
-    why: str = ""  # "stale" | "cancelled" | "no database" when the horse stopped it
+    why: str = ""  # "stale" | "cancelled" | "no database" | "stalled" when the horse stopped it
     child_alive: bool = False  # reported by a session child that can take another stage
 
 
@@ -99,7 +99,7 @@ def run_stage(stage_id: int) -> dict[str, Any]:
     started = time.monotonic()
     try:
         while current is not None:
-            end = child.wait_for(*current)
+            end = child.wait_for(*current, stall_s=settings.gang_stall_s() if in_gang else None)
             with session_scope() as session:
                 tickets = record_end(session, *current, end, stage_log(current[0]), in_gang)
             push_all(redis, tickets)
@@ -171,6 +171,12 @@ def record_end(
         return []  # the DB already says what happened; this attempt has nothing to add
     if end.why == "no database":
         return []  # another worker has the stage by now; the reconciler saw to it
+    if end.why == "stalled":
+        stalled = (
+            f"no training progress for {settings.gang_stall_s():g} s (FARM_GANG_STALL_S) while "
+            "the gang's ranks beat: a collective is wedged; the gang forms again"
+        )
+        return lifecycle.fail(session, stage_id, attempt, stalled, retry=True)
     tail = log_tail(log_path)
     if end.returncode == EXIT_DISK_FULL:
         return lifecycle.fail(session, stage_id, attempt, disk_full_line(tail), retry=False)
@@ -221,12 +227,14 @@ class StageChild:
         self.process.stdin.write(line.encode() + b"\n")
         self.process.stdin.flush()
 
-    def wait_for(self, stage_id: int, attempt: int) -> ChildEnd:
+    def wait_for(self, stage_id: int, attempt: int, stall_s: float | None = None) -> ChildEnd:
         """Wait for the child to end this stage, beating its heartbeat; stop the
         child when the beat says it no longer owns the stage or the DB has been
-        unreachable too long."""
+        unreachable too long, or (a rank of a gang, `stall_s`) when its progress
+        has not moved for that long: a collective is wedged."""
         every = settings.heartbeat_every_s()
         last_beat = time.monotonic()
+        progress, moved_at = -1, time.monotonic()
         while True:
             report = self._read_report(timeout=every)
             if report is not None:
@@ -241,7 +249,10 @@ class StageChild:
                     alive = lifecycle.heartbeat(session, stage_id, attempt)
                     stage = session.get(Stage, stage_id)
                     cancelled = stage is not None and stage.status == StageStatus.CANCELLED
+                    now_at = (stage.progress or 0) if stage is not None else 0
                 last_beat = time.monotonic()
+                if now_at != progress:
+                    progress, moved_at = now_at, last_beat
             except Exception as exc:  # DB unreachable: keep working until we'd be lost
                 with logs.about_stage(stage_id, attempt):
                     log.warning("heartbeat failed: %r", exc)
@@ -252,6 +263,9 @@ class StageChild:
             if not alive:
                 self.kill()
                 return ChildEnd(None, "cancelled" if cancelled else "stale")
+            if stall_s is not None and last_beat - moved_at > stall_s:
+                self.kill()
+                return ChildEnd(None, "stalled")
 
     def _read_report(self, timeout: float) -> tuple[int, int] | None:
         """The next `STAGE CODE` line, or None after `timeout` or at end of file."""

@@ -16,7 +16,7 @@ from sqlmodel import col, select
 from typer.testing import CliRunner
 
 from jobs.db import Metric, Stage, StageAttempt, WorkerRow, as_utc, session_scope
-from tests.support.farm import attempts_of, stages_of, submit
+from tests.support.farm import attempts_of, stage_children, stages_of, submit
 from tests.support.faults import kill_tree, record_timing
 from tests.support.processes import Workers, wait_until
 from tests.support.spec_files import write_spec
@@ -265,3 +265,46 @@ def test_two_gangs_and_a_stream_of_single_runs_on_three_workers_all_finish_witho
     record_timing("two gangs and four single runs on three workers", finish_s=round(took, 1),
                   gang_formed_in_s=formed_in,
                   longest_idle_while_a_gang_formed_s=round(longest_idle, 1))  # fmt: skip
+
+
+# --- a wedged collective ----------------------------------------------------------------------
+
+
+def test_a_frozen_rank_wedges_the_collective_and_the_stall_ends_the_gangs_attempt(
+    fast_gangs: None,
+    workers: Workers,
+    tiny_model: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SIGSTOP of rank 1's MLX process: every horse still beats, but rank 0 waits
+    in the ring's all_sum for ever. No progress for FARM_GANG_STALL_S ends the
+    gang's attempt; the gang forms again and resumes from the checkpoint."""
+    monkeypatch.setenv("FARM_GANG_STALL_S", "6")
+    train_spec = {**GANG_TRAIN, "iters": 40, "save_every": 10}
+    experiment_id = submit(
+        write_spec(tmp_path / "gang.yaml", tiny_model, train=train_spec, **ONLY_ADAPTER)
+    )
+    workers.start("mac-a")
+    workers.start("mac-b")
+    train = stage_of(experiment_id, "train")
+    wait_until(lambda: max(train_losses(train.id or 0), default=0) >= 15, timeout=240,
+               what="iteration 15")  # fmt: skip
+    rank = stage_of(experiment_id, "rank")
+    (frozen,) = stage_children(rank.id or 0)
+    frozen.suspend()  # SIGSTOP: alive, beating through its horse, never answering the ring
+    stopped_at = time.monotonic()
+    wait_until(lambda: attempts_of(train.id or 0)[0].outcome != "running", timeout=60,
+               what="the stall to be seen")  # fmt: skip
+    detected = time.monotonic() - stopped_at
+    wait_until(lambda: all(s.status == "done" for s in stages_of(experiment_id)), timeout=300,
+               what="the run to finish")  # fmt: skip
+    finished = time.monotonic() - stopped_at
+
+    ended = [attempts_of(train.id or 0)[0], attempts_of(rank.id or 0)[0]]
+    reasons = " ".join(a.reason or "" for a in ended)
+    assert "a collective is wedged" in reasons, ended
+    assert not frozen.is_running()  # its horse killed the frozen process
+    assert attempts_of(train.id or 0)[-1].resumed_from == 10
+    record_timing("gang rank frozen (SIGSTOP)", detect_s=round(detected, 1),
+                  finish_s=round(finished, 1), resumed_from=10)  # fmt: skip

@@ -22,14 +22,11 @@ first eight unaimed cuts made while writing this test landed there).
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import psycopg
 import pytest
 from redis import Redis
 from sqlmodel import col, select
@@ -43,13 +40,16 @@ from jobs.reconcile import LOCK_NAME
 from tests.support.farm import attempts_of
 from tests.support.faults import kill_tree, record_timing
 from tests.support.netns import (
-    CoordPostgres,
-    CoordRedis,
-    NetnsWorkers,
-    Network,
     one_lan_at_a_time,
     peer_address,
-    private_tempdir,
+)
+from tests.support.netns_farm import (
+    LOST_AFTER_S,
+    RECONCILE_EVERY_S,
+    STRANDED_AFTER_S,
+    Farm,
+    build_farm,
+    run_teardown,
 )
 from tests.support.processes import wait_until
 from tests.support.spec_files import write_spec
@@ -58,9 +58,6 @@ from tools.cli import app
 pytestmark = pytest.mark.netns
 
 runner = CliRunner()
-LOST_AFTER_S = 6
-RECONCILE_EVERY_S = 2
-STRANDED_AFTER_S = 15
 SAVE_EVERY = 10
 ITERS = 60
 TRAIN = {"iters": ITERS, "save_every": SAVE_EVERY, "steps_per_report": 1,
@@ -72,102 +69,6 @@ ONLY_ADAPTER = {"quantize": [], "fuse": None, "eval": {"variants": ["adapter"]}}
 HOLD_CUT_S = 40
 
 
-@dataclass
-class Farm:
-    """The coordinator, the cables and the workers of one test."""
-
-    network: Network
-    redis: CoordRedis
-    postgres: CoordPostgres
-    workers: NetnsWorkers
-    shared: Path | None
-    settings: dict[str, str] = field(default_factory=dict)
-    _monitor: psycopg.Connection | None = None
-
-    def sql(self, query: str) -> list[tuple]:
-        """A query on the coordinator's DB over the test host's own link (one
-        kept connection: the cut instant is looked for every few milliseconds)."""
-        if self._monitor is None:
-            self._monitor = psycopg.connect(self.postgres.url(0), autocommit=True)
-        return self._monitor.execute(query).fetchall()
-
-    def close(self) -> None:
-        if self._monitor is not None:
-            self._monitor.close()
-
-    def start_worker(self, name: str, host: str | None = None) -> None:
-        link = self.network.links[host or name].number
-        env = {
-            "REDIS_URL": self.redis.url(link),
-            "DATABASE_URL": self.postgres.url(link),
-            **self.settings,
-        }
-        if self.shared is not None:
-            env["FARM_SHARED_ARTIFACTS"] = str(self.shared)
-        self.workers.start(name, env, host)
-
-
-def build_farm(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared: bool, teardown: list
-) -> Farm:
-    """Namespaces, servers and this process's settings; each piece is put on
-    `teardown` as soon as it exists, so a failure half-way still cleans up."""
-    network = Network(["w1", "w2"])
-    teardown.append(network.destroy)
-    network.build()
-    redis_dir, pg_dir = private_tempdir("lorafarm-redis-"), private_tempdir("lorafarm-pg-")
-    teardown.append(lambda: remove_dirs(redis_dir, pg_dir))
-    redis, postgres = CoordRedis(network, redis_dir), CoordPostgres(network, pg_dir)
-    teardown.append(redis.stop)
-    redis.start()
-    teardown.append(postgres.stop)
-    postgres.start()
-    workers = NetnsWorkers(network, tmp_path)
-    teardown.append(workers.stop_all)
-    settings = {
-        "FARM_LOST_AFTER_S": str(LOST_AFTER_S),
-        "FARM_RECONCILE_EVERY_S": str(RECONCILE_EVERY_S),
-    }
-    if not shared:
-        settings["FARM_STRANDED_AFTER_S"] = str(STRANDED_AFTER_S)
-    folder = tmp_path / "shared-artifacts" if shared else None
-    # The test process is a third host: it submits and reads over its own link.
-    for name, value in {
-        **settings,
-        "REDIS_URL": redis.url(0),
-        "DATABASE_URL": postgres.url(0),
-        "FARM_HOME": str(tmp_path / "submitter-home"),
-    }.items():
-        monkeypatch.setenv(name, value)
-    if folder is not None:
-        monkeypatch.setenv("FARM_SHARED_ARTIFACTS", str(folder))
-    else:
-        monkeypatch.delenv("FARM_SHARED_ARTIFACTS", raising=False)
-    teardown.append(db.dispose_engines)
-    db.dispose_engines()
-    db.migrate()
-    farm = Farm(network, redis, postgres, workers, folder, settings)
-    teardown.append(farm.close)
-    return farm
-
-
-def remove_dirs(*folders: Path) -> None:
-    for folder in folders:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _teardown(steps: list) -> None:
-    """Undo in reverse order; one failing step must not leave the rest behind."""
-    errors = []
-    for step in reversed(steps):
-        try:
-            step()
-        except Exception as exc:  # keep tearing down, report at the end
-            errors.append(exc)
-    if errors:
-        raise errors[0]
-
-
 @pytest.fixture
 def shared_farm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Farm]:
     steps: list = []
@@ -175,7 +76,7 @@ def shared_farm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Far
         try:
             yield build_farm(tmp_path, monkeypatch, shared=True, teardown=steps)
         finally:
-            _teardown(steps)
+            run_teardown(steps)
 
 
 @pytest.fixture
@@ -185,7 +86,7 @@ def own_disk_farm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[F
         try:
             yield build_farm(tmp_path, monkeypatch, shared=False, teardown=steps)
         finally:
-            _teardown(steps)
+            run_teardown(steps)
 
 
 # --- reading the coordinator's DB -----------------------------------------------------

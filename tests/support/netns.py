@@ -106,6 +106,14 @@ class Network:
         sh("ip", "addr", "add", f"{peer_address(number)}/24", "dev", link.device, netns=netns)
         sh("ip", "link", "set", link.device, "up", netns=netns)
 
+    def route_between_hosts(self) -> None:
+        """Let the worker hosts reach each other through coord, a router as a
+        LAN's switch is: the ranks of a gang connect to each other directly."""
+        sh("sysctl", "-qw", "net.ipv4.ip_forward=1", netns=self.coord)
+        for name in self.worker_names:
+            link = self.links[name]
+            sh("ip", "route", "add", SUBNET, "via", coord_address(link.number), netns=link.netns)
+
     def coord_addresses(self) -> list[str]:
         return [coord_address(link.number) for link in self.links.values()]
 
