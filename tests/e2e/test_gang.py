@@ -20,6 +20,7 @@ from tests.support.farm import attempts_of, stage_children, stages_of, submit
 from tests.support.faults import kill_tree, record_timing
 from tests.support.processes import Workers, wait_until
 from tests.support.spec_files import write_spec
+from tests.support.web import RUN, open_page, texts
 from tools.cli import app
 
 runner = CliRunner()
@@ -60,6 +61,16 @@ def stage_of(experiment_id: int, kind: str, variant: str | None = None) -> Stage
     )
 
 
+def recovery(experiment_id: int, train: Stage, fault_at: float) -> tuple[float, float]:
+    """Seconds from a fault to rank 0's attempt ending, and to the run finishing."""
+    wait_until(lambda: attempts_of(train.id or 0)[0].outcome != "running", timeout=60,
+               what="rank 0's attempt to end")  # fmt: skip
+    detected = time.monotonic() - fault_at
+    wait_until(lambda: all(s.status == "done" for s in stages_of(experiment_id)), timeout=300,
+               what="the run to finish")  # fmt: skip
+    return detected, time.monotonic() - fault_at
+
+
 def test_a_two_rank_run_trains_fuses_and_evaluates_on_the_one_rank_loss_curve(
     fast_gangs: None, workers: Workers, tiny_model: Path, tmp_path: Path
 ) -> None:
@@ -96,6 +107,12 @@ def test_a_two_rank_run_trains_fuses_and_evaluates_on_the_one_rank_loss_curve(
     # Rank 0 wrote the run's metrics; rank 1 only its progress and its share of tokens/s.
     assert train_losses(rank.id or 0) == {}
     assert rank.progress == 8 and (rank.tokens_per_sec or 0) > 0
+    # The run page lists the ranks: their workers, ring addresses and tokens/s.
+    table = open_page(RUN, run=str(train.run_id)).dataframe
+    ranks = next(t.value for t in table if "address" in t.value.columns)
+    assert list(ranks["rank"]) == [0, 1] and set(ranks["worker"]) == {"mac-a", "mac-b"}
+    assert list(ranks["address"]) == [seat.ring_address for seat in seats]
+    assert (ranks["tokens_per_sec"] > 0).all()
     # Everything after train follows rank 0's Mac, where the adapter is.
     fuse, fused_eval = stage_of(gang_id, "fuse"), stage_of(gang_id, "eval", "fused")
     assert fused_eval.adherence is not None and fused_eval.n_prompts
@@ -125,12 +142,7 @@ def test_a_killed_rank_ends_the_gangs_attempt_and_the_gang_resumes_from_rank_0s_
     fault_at = time.monotonic()
     kill_tree(pids[rank.worker or ""])  # the worker, its horse and its rank's MLX child
     reached = max(train_losses(train.id or 0))
-    wait_until(lambda: attempts_of(train.id or 0)[0].outcome != "running", timeout=60,
-               what="rank 0's attempt to end")  # fmt: skip
-    detected = time.monotonic() - fault_at
-    wait_until(lambda: all(s.status == "done" for s in stages_of(experiment_id)), timeout=300,
-               what="the run to finish")  # fmt: skip
-    finished = time.monotonic() - fault_at
+    detected, finished = recovery(experiment_id, train, fault_at)
 
     first, second = attempts_of(train.id or 0)[:2]
     assert first.outcome in ("died", "released"), first  # its peer's loss ended it
@@ -180,6 +192,9 @@ def test_a_gang_too_big_for_the_farm_waits_with_its_reason_holds_nobody_and_can_
     assert {s.status for s in stages_of(too_big)} == {"queued", "waiting"}
     assert all(attempts_of(s.id or 0) == [] for s in stages_of(too_big))
 
+    page = open_page(RUN, run=str(stage_of(too_big, "train").run_id))
+    assert "Trained by a gang of 3 workers" in texts(page)
+    assert reason in texts(page)
     shown = runner.invoke(app, ["status", str(too_big)])
     assert shown.exit_code == 0, shown.output
     assert f"gang of 3 workers: {reason}" in " ".join(shown.output.split())
@@ -293,13 +308,7 @@ def test_a_frozen_rank_wedges_the_collective_and_the_stall_ends_the_gangs_attemp
     rank = stage_of(experiment_id, "rank")
     (frozen,) = stage_children(rank.id or 0)
     frozen.suspend()  # SIGSTOP: alive, beating through its horse, never answering the ring
-    stopped_at = time.monotonic()
-    wait_until(lambda: attempts_of(train.id or 0)[0].outcome != "running", timeout=60,
-               what="the stall to be seen")  # fmt: skip
-    detected = time.monotonic() - stopped_at
-    wait_until(lambda: all(s.status == "done" for s in stages_of(experiment_id)), timeout=300,
-               what="the run to finish")  # fmt: skip
-    finished = time.monotonic() - stopped_at
+    detected, finished = recovery(experiment_id, train, time.monotonic())
 
     ended = [attempts_of(train.id or 0)[0], attempts_of(rank.id or 0)[0]]
     reasons = " ".join(a.reason or "" for a in ended)
