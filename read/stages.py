@@ -39,7 +39,10 @@ def stage_seconds(started: datetime | None, finished: datetime | None) -> float 
 
 
 def stage_label(kind: str, variant: str) -> str:
-    """How pages name a stage: "train", "fuse", or the kind and its variant ("eval q4")."""
+    """How pages name a stage: "train", "fuse", a gang's "rank 1", or the kind and
+    its variant ("eval q4")."""
+    if kind == "rank":
+        return variant.replace("-", " ")
     return kind if kind in ("train", "fuse") else f"{kind} {variant}"
 
 

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.netns
 
 HOSTS = ("w1", "w2", "w3")
 SAVE_EVERY = 10
-TRAIN = {"iters": 60, "save_every": SAVE_EVERY, "batch_size": 4, "workers": 2,
+TRAIN = {"iters": 30, "save_every": SAVE_EVERY, "batch_size": 4, "workers": 2,
          "steps_per_report": 1, "steps_per_eval": 1000, "val_batches": 1}  # fmt: skip
 ONLY_ADAPTER = {"quantize": [], "fuse": None, "eval": {"variants": ["adapter"]}}
 ONLY_FUSED = {"quantize": [], "fuse": {"dequantize": True}, "eval": {"variants": ["fused"]}}

@@ -2,7 +2,8 @@
 namespaces, cut off from the coordinator (Redis + PostgreSQL) by pulling
 their veth cable, while another worker carries on.
 
-Topology (all 10.231.x.y, built and torn down per test by `tests.support.netns`):
+Topology (10.231.x.y on the first pytest worker, 10.232.x.y on the second…;
+built and torn down per test by `tests.support.netns`):
 
     test process (root ns) 10.231.0.2 ── 10.231.0.1 ┐
     w1 namespace           10.231.1.2 ── 10.231.1.1 ├ coord namespace: redis-server

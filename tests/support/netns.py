@@ -6,13 +6,15 @@ packets have nowhere to go, exactly as when a Mac's Wi-Fi drops. The
 filesystem stays shared (namespaces split only the network), which plays a
 folder every worker mounts over SMB/NFS.
 
-Only 10.231.x.y addresses and names with this test's own tag are used; the
+Only 10.23N.x.y addresses (N: the pytest worker, `LAN_OCTET`) and names
+with this test's own tag are used; the
 host's own Redis and PostgreSQL are never touched. Everything is torn down by
 `Network.destroy` and the servers' `stop`, which tolerate half-built states.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -35,7 +37,10 @@ from tools.local.services import redis_server_binary
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 REDIS_PORT = 6390  # inside coord's own namespace: no clash with any host port
 POSTGRES_PORT = 5433
-SUBNET = "10.231.0.0/16"
+# Each pytest worker (`-n`) has a LAN of its own, so their network tests run
+# side by side instead of waiting for each other: gw0 10.231, gw1 10.232, …
+LAN_OCTET = 231 + int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+SUBNET = f"10.{LAN_OCTET}.0.0/16"
 
 
 def sh(*argv: str, netns: str | None = None, check: bool = True) -> str:
@@ -49,11 +54,11 @@ def sh(*argv: str, netns: str | None = None, check: bool = True) -> str:
 
 def coord_address(link: int) -> str:
     """Coordinator's address on link `link` (0: the test host, n: worker n)."""
-    return f"10.231.{link}.1"
+    return f"10.{LAN_OCTET}.{link}.1"
 
 
 def peer_address(link: int) -> str:
-    return f"10.231.{link}.2"
+    return f"10.{LAN_OCTET}.{link}.2"
 
 
 @dataclass(frozen=True)
@@ -145,11 +150,11 @@ def _reconciler(process: psutil.Process) -> bool:
 
 @contextmanager
 def one_lan_at_a_time() -> Iterator[None]:
-    """Hold the machine's one test LAN: every network uses the 10.231.0.0/16
-    addresses, so tests on parallel pytest workers (`-n`) take turns here."""
+    """Hold this pytest worker's test LAN (`SUBNET`): two test sessions on one
+    machine (two checkouts, say) take turns here."""
     import fcntl
 
-    with open(Path(tempfile.gettempdir()) / "lorafarm-test-lan.lock", "w") as lock:
+    with open(Path(tempfile.gettempdir()) / f"lorafarm-test-lan-{LAN_OCTET}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         yield
 
@@ -327,13 +332,20 @@ class NetnsWorkers:
                 _signal(process, signal.SIGCONT)
 
     def stop_all(self) -> None:
+        """SIGKILL every worker's tree at once, then wait for them together."""
+        tree: list[psutil.Process] = []
         for process in self.processes.values():
-            if process.poll() is None:
-                kill_tree(process.pid)
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                root = psutil.Process(process.pid)
+                tree += [root, *root.children(recursive=True)]
+        for proc in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        for process in self.processes.values():
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)  # anything that left the tree
-            except ProcessLookupError:
-                pass
+        psutil.wait_procs(tree, timeout=10)
+        for process in self.processes.values():
             process.wait(timeout=10)
         self.processes.clear()
 
