@@ -15,6 +15,16 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _MARKDOWN = re.compile(r"([\\`*_{}\[\]()<>#|~$:])")
 
 
+# ANSI colour and cursor sequences (ESC [ … letter), as mlx-lm's console writes
+# them into a stage's log.
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def without_ansi(text: str) -> str:
+    """`text` without its terminal colour codes: a log's tail as an error message."""
+    return _ANSI.sub("", text)
+
+
 def printable(text: str) -> str:
     """`text` without control characters (each shown as U+FFFD), for a terminal."""
     return _CONTROL.sub("\ufffd", text)

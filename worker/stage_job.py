@@ -39,6 +39,7 @@ from rq import get_current_job
 from jobs import eval_sessions, gang, host_identity, lifecycle, logs, settings
 from jobs.db import Run, Stage, forget_engines_after_fork, session_scope
 from jobs.diagnostics import record_config_diagnostics, record_run_diagnostics
+from jobs.plaintext import without_ansi
 from jobs.queue import push_all
 from jobs.states import FINISHED, StageStatus
 from worker import gang as gang_worker
@@ -333,7 +334,7 @@ def log_tail(log_path: Path) -> str:
             data = handle.read()
     except FileNotFoundError:
         return ""
-    return data.decode("utf-8", errors="replace")
+    return without_ansi(data.decode("utf-8", errors="replace"))
 
 
 def disk_full_line(tail: str) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from jobs.plaintext import markdown_literal, printable
+from jobs.plaintext import markdown_literal, printable, without_ansi
 
 
 def test_printable_drops_terminal_controls_but_keeps_lines() -> None:
@@ -22,3 +22,12 @@ def test_markdown_literal_leaves_no_image_link_html_or_colour() -> None:
     assert shown.replace("\\", "").replace("\u2060", "") == typed
     # bare addresses are not linked either: a word joiner breaks the scheme and "@"
     assert markdown_literal("see www.a.io or me@a.io") == "see www\u2060.a.io or me@\u2060a.io"
+
+
+def test_a_stage_logs_colour_codes_do_not_reach_its_error_message() -> None:
+    # mlx-lm's console header, as it lands in a stage's log
+    line = "\x1b[34m│\x1b[0m    \x1b[39mbatch · iters\x1b[0m   \x1b[1m4 · 60\x1b[0m\n"
+    assert without_ansi(line) == "│    batch · iters   4 · 60\n"
+    assert without_ansi("RuntimeError: [ring] connection to a peer was lost") == (
+        "RuntimeError: [ring] connection to a peer was lost"
+    )
