@@ -155,17 +155,22 @@ def claim_refusal(session: Session, stage: Stage) -> str | None:
             f"waiting for {world} workers with ≥ {tier_for(memory)} GB to train together: "
             f"{live} {'is' if live == 1 else 'are'} live"
         )
+    # Older runs with a rank stage (only gangs have one) of which a rank is queued:
+    # two indexed lookups, however many single-worker runs wait beside them.
+    gangs = select(Stage.run_id).where(Stage.kind == "rank", col(Stage.run_id) < stage.run_id)
     forming = session.exec(
-        select(Stage.run_id, Stage.params).where(
+        select(Stage.run_id)
+        .where(
             Stage.status == StageStatus.QUEUED,
             col(Stage.kind).in_(["train", "rank"]),
-            col(Stage.run_id) < stage.run_id,
+            col(Stage.run_id).in_(gangs),
         )
+        .distinct()
     ).all()
-    for run_id, params in sorted(forming, key=lambda row: row[0]):
-        older_world = int((params or {}).get("world", 1))
-        if older_world <= 1 or older_world > live:
-            continue  # not a gang, or one that cannot form now: it holds nobody
+    for run_id in sorted(forming):
+        older_world = world_of(gang_of(session, run_id)[0])
+        if older_world > live:
+            continue  # a gang that cannot form now holds nobody
         if tier_for(_memory_gb(session, run_id)) == tier_for(memory):
             return f"waiting behind the gang of run {run_id}, which forms first"
     return None
