@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from tests.support.processes import wait_until
-from tools.bench.distributed import TOLERANCE, bench_distributed, run_world
+from tools.bench.distributed import TOLERANCE, bench_distributed, namespace_address, run_world
 
 
 def test_two_ranks_train_the_one_rank_loss_curve(tiny_model: Path) -> None:
@@ -63,3 +64,27 @@ def test_a_rank_killed_mid_training_stops_the_other_within_seconds(tiny_model: P
     assert not thread.is_alive() and stopped_s < 10, stopped_s
     assert not survivor.is_running() or survivor.status() == psutil.STATUS_ZOMBIE
     assert "rank 1 of 2 exited -9" in str(outcome.get("error")), outcome
+
+
+@pytest.mark.netns
+def test_two_ranks_in_network_namespaces_talk_over_the_lan_and_train_the_one_rank_curve(
+    tiny_model: Path,
+) -> None:
+    """`--netns`: each rank in its own namespace, the ring over veth links routed
+    through a third namespace, as Macs on a LAN."""
+    from tests.support.netns import Network, one_lan_at_a_time, peer_address
+
+    with one_lan_at_a_time():
+        network = Network(["r1", "r2"])
+        try:
+            network.build()
+            network.route_between_hosts()
+            names = (network.netns_of("r1"), network.netns_of("r2"))
+            assert [namespace_address(ns) for ns in names] == [peer_address(1), peer_address(2)]
+            result = bench_distributed(tiny_model, (1, 2), iters=5, batch_size=4, netns=names)
+        finally:
+            network.destroy()
+    assert result["links"] == "netns"
+    two = result["worlds"]["2"]
+    assert (two["world_seen"], two["ranks_seen"]) == (2, [0, 1])
+    assert two["max_loss_diff"] <= TOLERANCE and two["same_curve"]

@@ -15,7 +15,12 @@ On a machine with fewer cores than ranks × MLX's threads (CI: 2 cores), the
 ranks share the cores, so the ratio shows the cost of the collectives, not the
 speed-up a second Mac gives.
 
-`python -m tools.bench.distributed [--ranks 1 2 3] [--iters N] [--model DIR]`.
+On Linux, `--netns NS1 NS2 …` starts rank k inside network namespace NSk
+(`ip netns exec`), listening on that namespace's own address: the ranks then
+talk over veth links and a router, as Macs on a LAN do, rather than over
+loopback. The namespaces are the caller's to make (root, iproute2).
+
+`python -m tools.bench.distributed [--ranks 1 2 3] [--iters N] [--model DIR] [--netns NS …]`.
 """
 
 from __future__ import annotations
@@ -101,21 +106,37 @@ def train_rank(model_dir: str, iters: int, batch_size: int, seed: int) -> dict[s
 # --- the bench ---------------------------------------------------------------------------
 
 
+def namespace_address(netns: str) -> str:
+    """The first global IPv4 address inside network namespace `netns`."""
+    out = subprocess.run(["ip", "-n", netns, "-4", "-o", "addr", "show", "scope", "global"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    for line in out.splitlines():
+        return line.split()[3].split("/")[0]
+    raise ValueError(f"network namespace {netns} has no IPv4 address")
+
+
 def run_world(model_dir: Path, world: int, iters: int, batch_size: int, seed: int,
-              timeout_s: float = 600) -> dict[str, Any]:  # fmt: skip
-    """Start `world` rank processes on loopback and collect their results. A rank
-    that fails stops the others at once: none is left waiting in a collective."""
+              timeout_s: float = 600, netns: tuple[str, ...] = ()) -> dict[str, Any]:  # fmt: skip
+    """Start `world` rank processes (on loopback, or rank k inside `netns[k]`) and
+    collect their results. A rank that fails stops the others at once: none is
+    left waiting in a collective."""
+    if netns and len(netns) < world:
+        raise ValueError(f"{world} ranks need {world} network namespaces, got {len(netns)}")
     with tempfile.TemporaryDirectory(prefix="farm-ring-") as tmp:
         hostfile = None
         if world > 1:
-            ports = [free_port() for _ in range(world)]
-            hostfile = write_hostfile(Path(tmp) / "hosts.json", [("127.0.0.1", p) for p in ports])
+            if netns:  # each namespace has ports of its own: any fixed one is free there
+                addresses = [(namespace_address(ns), 39000 + k) for k, ns in enumerate(netns)]
+            else:
+                addresses = [("127.0.0.1", free_port()) for _ in range(world)]
+            hostfile = write_hostfile(Path(tmp) / "hosts.json", addresses[:world])
         job = json.dumps({"model": str(model_dir), "iters": iters, "batch_size": batch_size,
                           "seed": seed})  # fmt: skip
         logs = [Path(tmp) / f"rank-{rank}.log" for rank in range(world)]
         ranks = [
             subprocess.Popen(
-                [sys.executable, "-m", "tools.bench.distributed", "--rank-child", job],
+                (["ip", "netns", "exec", netns[rank]] if netns else [])
+                + [sys.executable, "-m", "tools.bench.distributed", "--rank-child", job],
                 env={**os.environ, **rank_environment(rank, world, hostfile)},
                 stdout=log.open("w"),  # noqa: SIM115 - the rank owns it
                 stderr=subprocess.STDOUT,
@@ -150,14 +171,17 @@ def run_world(model_dir: Path, world: int, iters: int, batch_size: int, seed: in
 
 
 def bench_distributed(model_dir: Path, worlds: tuple[int, ...] = (1, 2, 3), iters: int = 12,
-                      batch_size: int = 6, seed: int = 7) -> dict[str, Any]:  # fmt: skip
+                      batch_size: int = 6, seed: int = 7,
+                      netns: tuple[str, ...] = ()) -> dict[str, Any]:  # fmt: skip
     """Each world size's tokens/s, ratio to one rank and loss difference from it."""
     if 1 not in worlds:
         worlds = (1, *worlds)
-    runs = {n: run_world(model_dir, n, iters, batch_size, seed) for n in sorted(set(worlds))}
+    runs = {n: run_world(model_dir, n, iters, batch_size, seed, netns=netns)
+            for n in sorted(set(worlds))}  # fmt: skip
     one = runs[1]
     out: dict[str, Any] = {"iters": iters, "batch_size": batch_size, "cores": os.cpu_count(),
-                           "tolerance": TOLERANCE, "worlds": {}}  # fmt: skip
+                           "tolerance": TOLERANCE, "links": "netns" if netns else "loopback",
+                           "worlds": {}}  # fmt: skip
     for n, run in runs.items():
         diff = max(abs(a - b) for a, b in zip(run["losses"], one["losses"], strict=True))
         out["worlds"][str(n)] = {
@@ -176,7 +200,8 @@ def distributed_rows(d: dict[str, Any]) -> list[tuple[str, str, str]]:
     rows = []
     for n, w in d.get("worlds", {}).items():
         rows.append((
-            f"distributed: {n} rank(s), batch {d['batch_size']}, {d['cores']} cores",
+            f"distributed: {n} rank(s) over {d.get('links', 'loopback')}, "
+            f"batch {d['batch_size']}, {d['cores']} cores",
             f"{w['tokens_per_sec']:.0f} tok/s = {w['ratio']:.2f}× one rank; loss curve "
             f"{'same' if w['same_curve'] else 'DIFFERENT'} (max diff {w['max_loss_diff']:.1e})",
             "same curve",
@@ -194,6 +219,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--iters", type=int, default=12)
     parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--netns", nargs="+", default=[],
+                        help="network namespaces, one per rank (Linux, root)")  # fmt: skip
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
@@ -201,7 +228,7 @@ def main(argv: list[str]) -> None:
             from tools.local.tiny_model import make_tiny_model
 
             model = make_tiny_model(Path(tmp) / "tiny")
-        result = bench_distributed(model, tuple(args.ranks), args.iters)
+        result = bench_distributed(model, tuple(args.ranks), args.iters, netns=tuple(args.netns))
     for row in distributed_rows(result):
         print(" · ".join(row[:2]))
     print(json.dumps(result))
