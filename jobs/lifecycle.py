@@ -93,9 +93,9 @@ def route(session: Session, stage: Stage) -> str:
     if gang.is_gang_stage(stage):
         # Rank 0 resuming from checkpoints on its Mac's own disk goes to that
         # Mac; every other rank, and any first attempt, to the gang queue.
-        pinned = pinned_queue_name(host, memory) if host else ""
-        if stage.kind == "train" and stage.attempt and pinned.startswith("farm:host:"):
-            return pinned
+        on_own_disk = bool(host) and settings.shared_artifacts() is None
+        if stage.kind == "train" and stage.attempt and on_own_disk:
+            return pinned_queue_name(host, memory)
         return gang_queue_name(memory)
     if stage.kind == "train" and (stage.attempt == 0 or not host):
         return tier_queue_name(memory)

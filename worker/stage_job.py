@@ -14,6 +14,12 @@ Each stage is still claimed, beaten, finished or failed on its own; a stage
 whose ticket reaches another worker while a session runs its run's weights is
 left to that session (`jobs.eval_sessions.held_for_session`).
 
+A rank of a gang (`train.workers: N`, `jobs.gang`) is claimed only when the
+gang may form; the horse then takes its seat and waits for the other ranks
+(`worker.gang`), and starts its child with `MLX_RANK` and `MLX_HOSTFILE`. A
+rank that raised is retried, since a collective that lost its peer raises,
+and one whose training stops moving while it beats is stopped as wedged.
+
 While the child works, the horse beats the current stage's heartbeat in the
 DB. A beat that finds the stage cancelled or taken over by a newer attempt
 stops the child; so does losing the DB for longer than FARM_LOST_AFTER_S,
