@@ -42,15 +42,20 @@ def claim(stage_id: int, worker: str) -> int:
     return attempt
 
 
+def seat(stage_id: int, worker: str, address: str, dataset_sha256: str) -> None:
+    """Another worker claims the stage and takes its seat, as its horse would."""
+    claim(stage_id, worker)
+    with session_scope() as session:
+        stage = session.get(Stage, stage_id)
+        assert stage is not None
+        gang.take_seat(session, stage, address, dataset_sha256)
+
+
 def test_a_rank_whose_dataset_differs_from_rank_0s_refuses_the_gang_naming_the_workers(
     farm_home: Path, tiny_model: Path, tmp_path: Path
 ) -> None:
     train, rank = gang_run(tmp_path, tiny_model)
-    claim(train, "mac-a")
-    with session_scope() as session:
-        stage = session.get(Stage, train)
-        assert stage is not None
-        gang.take_seat(session, stage, "127.0.0.1:5001", "0" * 64)  # mac-a's own copy
+    seat(train, "mac-a", "127.0.0.1:5001", "0" * 64)  # mac-a's own copy
     attempt = claim(rank, "mac-b")
     with pytest.raises(GangRefused) as refused:
         gang_worker.form(rank, attempt, None)
@@ -90,12 +95,8 @@ def test_a_formed_gang_gets_one_hostfile_in_rank_order(
     farm_home: Path, tiny_model: Path, tmp_path: Path
 ) -> None:
     train, rank = gang_run(tmp_path, tiny_model)
-    claim(rank, "mac-b")
-    with session_scope() as session:
-        stage = session.get(Stage, rank)
-        assert stage is not None
-        gang.take_seat(session, stage, "10.0.0.2:6002", gang_worker.dataset_sha256(
-            str(parse_spec((tmp_path / "gang.yaml").read_text()).dataset)))  # fmt: skip
+    dataset = str(parse_spec((tmp_path / "gang.yaml").read_text()).dataset)
+    seat(rank, "mac-b", "10.0.0.2:6002", gang_worker.dataset_sha256(dataset))
     attempt = claim(train, "mac-a")
     start = gang_worker.form(train, attempt, None)
     assert start is not None and (start.rank, start.world) == (0, 2)
