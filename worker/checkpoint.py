@@ -117,6 +117,26 @@ def random_states() -> dict[str, Any]:
     }
 
 
+def random_words(states: dict[str, Any]) -> np.ndarray:
+    """`random_states()` as one uint32 vector of fixed length, to send to the
+    other ranks of a gang: the mx key, numpy's 624 words, its position, its
+    cached-gaussian flag and the cached value's two words."""
+    hi, lo = states["mx_key"]
+    _, keys, pos, has_gauss, cached = states["numpy"]
+    cached_words = np.array([cached], dtype=np.float64).view(np.uint32)
+    return np.array([hi, lo, *keys, pos, has_gauss, *cached_words], dtype=np.uint32)
+
+
+def states_from_words(words: np.ndarray) -> dict[str, Any]:
+    """`random_words` read back."""
+    words = np.asarray(words, dtype=np.uint32)
+    cached = float(words[-2:].view(np.float64)[0])
+    return {
+        "mx_key": [int(words[0]), int(words[1])],
+        "numpy": ["MT19937", words[2:-4].tolist(), int(words[-4]), int(words[-3]), cached],
+    }
+
+
 def restore_random_states(states: dict[str, Any]) -> None:
     # mx.random.state has no setter; seeding with the 64-bit (hi, lo) key sets
     # exactly that key.

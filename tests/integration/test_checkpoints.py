@@ -177,3 +177,34 @@ def test_unfinished_checkpoint_evals_are_not_candidates(farm_home: Path) -> None
     with session_scope() as session:
         assert best_checkpoint(session, run_id) == 100
         assert not checkpoint_evals_finished(session, run_id)
+
+
+def test_random_states_travel_to_another_rank_as_one_vector_of_words() -> None:
+    """What a resumed gang's rank 0 sends the others: restored from the words,
+    a rank draws the dropout keys and validation order rank 0 draws."""
+    import mlx.core as mx
+    import numpy as np
+
+    from worker.checkpoint import (
+        random_states,
+        random_words,
+        restore_random_states,
+        states_from_words,
+    )
+
+    mx.random.seed(123)
+    np.random.seed(7)
+    np.random.permutation(10)
+    np.random.normal()  # leaves a cached gaussian: its value must travel too
+    states = random_states()
+    words = random_words(states)
+    assert words.dtype == np.uint32 and words.shape == (2 + 624 + 4,)
+    assert states_from_words(words) == states
+    expected = (np.random.permutation(50).tolist(), np.random.normal(),
+                np.array(mx.random.uniform(shape=(4,))).tolist())  # fmt: skip
+
+    mx.random.seed(999)
+    np.random.seed(999)  # another rank, elsewhere in its streams
+    restore_random_states(states_from_words(words))
+    assert (np.random.permutation(50).tolist(), np.random.normal(),
+            np.array(mx.random.uniform(shape=(4,))).tolist()) == expected  # fmt: skip

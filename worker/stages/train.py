@@ -52,9 +52,13 @@ from worker.checkpoint import (
     adapters_file,
     load_checkpoint,
     newest_complete_checkpoint,
+    random_states,
+    random_words,
     remove_stray_temporaries,
+    restore_random_states,
     save_checkpoint,
     saved_checkpoints,
+    states_from_words,
 )
 from worker.context import (
     StageContext,
@@ -150,8 +154,8 @@ class RankProgress(TrainingCallback):
 
 
 def from_rank0(model: nn.Module, optimizer: optim.Optimizer, group: mx.distributed.Group) -> None:
-    """Give every rank rank 0's weights and optimizer state (it alone resumed
-    from its checkpoint): a sum in which the other ranks add zeros."""
+    """Give every rank rank 0's weights, optimizer state and random states (it
+    alone resumed from its checkpoint): a sum in which the other ranks add zeros."""
     rank = group.rank()
     if rank != 0:
         optimizer.init(model.trainable_parameters())
@@ -173,6 +177,12 @@ def from_rank0(model: nn.Module, optimizer: optim.Optimizer, group: mx.distribut
         else:
             optimizer.state = tree_unflatten(list(shared.items()))
     mx.eval(model.trainable_parameters(), optimizer.state)
+    # And its random states: dropout, and the order of the validation batches.
+    words = random_words(random_states())
+    sent = mx.array(words if rank == 0 else np.zeros_like(words))
+    words = np.array(mx.distributed.all_sum(sent, group=group, stream=mx.cpu))
+    if rank != 0:
+        restore_random_states(states_from_words(words))
 
 
 class ProgressToDatabase(TrainingCallback):
