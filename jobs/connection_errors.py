@@ -7,7 +7,16 @@ shown should) and the driver's reason.
 
 from __future__ import annotations
 
+import re
+
 from jobs import settings
+
+# How OpenSSL (through libpq or Python's ssl) says a server's certificate is not
+# signed by the CA given: unknown issuer, or an issuer of the same name whose
+# signature does not check out.
+_UNTRUSTED = re.compile(
+    r"certificate verify failed|signature failure|unable to get local issuer|self.signed"
+)
 
 
 def describe(exc: BaseException) -> str | None:
@@ -28,4 +37,12 @@ def describe(exc: BaseException) -> str | None:
 
 def _line(what: str, url: str, reason: str) -> str:
     first = next((line.strip() for line in reason.splitlines() if line.strip()), "")
+    if _UNTRUSTED.search(reason):
+        # TLS with a pinned CA (`farm tls`): the server is not the coordinator
+        # this Mac was given the CA of.
+        first = (
+            "its TLS certificate does not chain to the CA this Mac trusts (ssl_ca_certs / "
+            "sslrootcert): not the coordinator you meant, or its CA changed; compare the CA's "
+            f"sha256 with the one `farm tls` printed on the coordinator ({first})"
+        )
     return settings.redact_text(f"{what} {settings.redacted_url(url)}: {first}")

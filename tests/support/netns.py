@@ -33,6 +33,7 @@ from redis import Redis
 
 from tests.support.faults import kill_tree
 from tools.local.services import redis_server_binary
+from tools.local.tls import TlsFiles
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 REDIS_PORT = 6390  # inside coord's own namespace: no clash with any host port
@@ -168,19 +169,30 @@ class CoordRedis:
     """redis-server inside coord, password and AOF on, config through stdin
     (the password never appears on a command line)."""
 
-    def __init__(self, network: Network, workdir: Path) -> None:
+    def __init__(self, network: Network, workdir: Path, tls: TlsFiles | None = None) -> None:
         self.network = network
         self.workdir = workdir
+        self.tls = tls  # TLS only, with the coordinator's certificate (`farm tls`)
         self.password = uuid.uuid4().hex
         self.process: subprocess.Popen[bytes] | None = None
 
-    def url(self, link: int) -> str:
-        return f"redis://:{self.password}@{coord_address(link)}:{REDIS_PORT}/0"
+    def url(self, link: int, ca: Path | None = None) -> str:
+        """The URL a host on `link` uses; with TLS, trusting `ca` (default: the farm's)."""
+        if self.tls is None:
+            return f"redis://:{self.password}@{coord_address(link)}:{REDIS_PORT}/0"
+        trusted = ca or self.tls.ca
+        return (f"rediss://:{self.password}@{coord_address(link)}:{REDIS_PORT}/0"
+                f"?ssl_cert_reqs=required&ssl_ca_certs={trusted}")  # fmt: skip
 
     def start(self) -> None:
+        ports = [f"port {REDIS_PORT}"]
+        if self.tls is not None:
+            ports = ["port 0", f"tls-port {REDIS_PORT}", f"tls-cert-file {self.tls.cert}",
+                     f"tls-key-file {self.tls.key}", f"tls-ca-cert-file {self.tls.ca}",
+                     "tls-auth-clients no"]  # fmt: skip
         config = [
             f"bind {' '.join(self.network.coord_addresses())}",
-            f"port {REDIS_PORT}",
+            *ports,
             f"dir {self.workdir}",
             "appendonly yes",
             'save ""',
@@ -213,15 +225,19 @@ class CoordPostgres:
     """A PostgreSQL cluster of the test's own, initdb'd in a temp dir and run
     inside coord as the postgres user; trust auth for the namespaces' subnet."""
 
-    def __init__(self, network: Network, workdir: Path) -> None:
+    def __init__(self, network: Network, workdir: Path, tls: TlsFiles | None = None) -> None:
         self.network = network
         self.workdir = workdir
+        self.tls = tls  # TLS only (hostssl), with the coordinator's certificate
         self.data = workdir / "data"
         self.bin = Path("/usr/lib/postgresql/15/bin")
         self.started = False
 
-    def url(self, link: int, database: str = "lorafarm") -> str:
-        return f"postgresql://postgres@{coord_address(link)}:{POSTGRES_PORT}/{database}"
+    def url(self, link: int, database: str = "lorafarm", ca: Path | None = None) -> str:
+        url = f"postgresql://postgres@{coord_address(link)}:{POSTGRES_PORT}/{database}"
+        if self.tls is None:
+            return url
+        return f"{url}?sslmode=verify-full&sslrootcert={ca or self.tls.ca}"
 
     def _as_postgres(self, *argv: str, netns: str | None = None) -> str:
         return sh("runuser", "-u", "postgres", "--", *argv, netns=netns)
@@ -236,8 +252,16 @@ class CoordPostgres:
                 f"listen_addresses = '{addresses}'\nport = {POSTGRES_PORT}\n"
                 f"unix_socket_directories = '{self.workdir}'\nfsync = off\n"
             )
+        if self.tls is not None:  # its own copies: the server reads them as postgres
+            for name, source in (("server.pem", self.tls.cert), ("server.key", self.tls.key)):
+                shutil.copy(source, self.workdir / name)
+                shutil.chown(self.workdir / name, "postgres", "postgres")
+            with open(self.data / "postgresql.conf", "a") as conf:
+                conf.write(f"ssl = on\nssl_cert_file = '{self.workdir / 'server.pem'}'\n"
+                           f"ssl_key_file = '{self.workdir / 'server.key'}'\n")  # fmt: skip
         with open(self.data / "pg_hba.conf", "a") as hba:
-            hba.write(f"host all all {SUBNET} trust\n")
+            kind = "hostssl" if self.tls is not None else "host"
+            hba.write(f"{kind} all all {SUBNET} trust\n")
         self._as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l",
                           str(self.workdir / "postgres.log"), "-w", "-t", "60", "start",
                           netns=self.network.coord)  # fmt: skip
@@ -381,3 +405,44 @@ def wait_for(probe, what: str, timeout: float = 30.0) -> None:  # type: ignore[n
             if time.monotonic() > deadline:
                 raise AssertionError(f"{what} did not come up: {exc!r}") from exc
             time.sleep(0.1)
+
+
+# What `capture` runs inside coord: every frame on one device, appended to a file.
+_SNIFFER = """
+import signal, socket, sys
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(3))
+sock.bind((sys.argv[1], 0))
+with open(sys.argv[2], "ab", buffering=0) as out:
+    print("listening", flush=True)
+    while True:
+        out.write(sock.recv(65535))
+"""
+
+
+@contextmanager
+def capture(network: Network, worker: str, path: Path) -> Iterator[Path]:
+    """Every frame that crosses `worker`'s cable, as the coordinator's side of
+    it sees them, written raw to `path` while the block runs (a packet
+    capture, as tcpdump would take, without tcpdump)."""
+    link = network.links[worker]
+    sniffer = subprocess.Popen(
+        ["ip", "netns", "exec", network.coord, sys.executable, "-c", _SNIFFER,
+         link.coord_device, str(path)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert sniffer.stdout is not None and sniffer.stdout.readline().strip() == "listening"
+    try:
+        yield path
+    finally:
+        sniffer.terminate()
+        sniffer.wait(timeout=10)
+
+
+def send_marker(network: Network, worker: str, marker: str) -> None:
+    """A UDP datagram in clear text from `worker` to the coordinator: what a
+    capture must see, so that not seeing a secret means something."""
+    target = (coord_address(network.links[worker].number), 9)
+    code = (f"import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto("
+            f"{marker.encode()!r}, {target!r})")  # fmt: skip
+    sh(sys.executable, "-c", code, netns=network.netns_of(worker))

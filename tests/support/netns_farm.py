@@ -13,6 +13,7 @@ import pytest
 
 from jobs import db
 from tests.support.netns import CoordPostgres, CoordRedis, NetnsWorkers, Network, private_tempdir
+from tools.local.tls import coordinator_tls
 
 LOST_AFTER_S = 6
 RECONCILE_EVERY_S = 2
@@ -61,11 +62,14 @@ def build_farm(
     teardown: list,
     hosts: tuple[str, ...] = ("w1", "w2"),
     routed: bool = False,
+    tls: bool = False,
 ) -> Farm:
     """Namespaces, servers and this process's settings; each piece is put on
     `teardown` as soon as it exists, so a failure half-way still cleans up.
     `routed`: the worker hosts reach each other through coord, as Macs on one
-    LAN do (a gang's ranks talk to each other, not only to the coordinator)."""
+    LAN do (a gang's ranks talk to each other, not only to the coordinator).
+    `tls`: Redis and PostgreSQL take TLS connections only, with a certificate
+    `farm tls` made for the coordinator's addresses."""
     network = Network(list(hosts))
     teardown.append(network.destroy)
     network.build()
@@ -73,7 +77,11 @@ def build_farm(
         network.route_between_hosts()
     redis_dir, pg_dir = private_tempdir("lorafarm-redis-"), private_tempdir("lorafarm-pg-")
     teardown.append(lambda: remove_dirs(redis_dir, pg_dir))
-    redis, postgres = CoordRedis(network, redis_dir), CoordPostgres(network, pg_dir)
+    certificates = None
+    if tls:
+        certificates = coordinator_tls(redis_dir / "tls", network.coord_addresses())
+    redis = CoordRedis(network, redis_dir, certificates)
+    postgres = CoordPostgres(network, pg_dir, certificates)
     teardown.append(redis.stop)
     redis.start()
     teardown.append(postgres.stop)

@@ -19,7 +19,7 @@ from rich.text import Text
 from jobs import settings
 from jobs.plaintext import printable
 from jobs.problems import InputError
-from tools.cli import decide, ship
+from tools.cli import decide, lan, ship
 
 # The tokenizer checks import transformers, which announces at import time that
 # PyTorch is absent; MLX needs no PyTorch, so that notice is only noise here.
@@ -243,6 +243,7 @@ app.command()(decide.compare)
 app.add_typer(decide.seeds_app, name="seeds")
 app.command()(ship.export)
 app.command()(ship.publish)
+app.command()(lan.tls)
 
 
 @app.command()
@@ -485,12 +486,20 @@ def worker(
 def web(
     port: Annotated[int, typer.Option()] = 8501,
     address: Annotated[str, typer.Option(help="Address to bind")] = "127.0.0.1",
+    tls: Annotated[
+        bool, typer.Option("--tls", help="Serve https with FARM_HOME/tls (made by `farm tls`)")
+    ] = False,
 ) -> None:
     """Run the web UI alone (the LAN coordinator)."""
     from tools.local.stack import streamlit_argv
+    from tools.local.tls import TlsFiles
 
     warn_if_exposed(address)
-    argv = streamlit_argv(port, address)
+    files = TlsFiles(settings.farm_home() / "tls") if tls else None
+    if files is not None and not (files.cert.exists() and files.key.exists()):
+        err.print(f"[red]no certificate in {files.folder}[/]: run `farm tls --address ADDRESS`")
+        raise typer.Exit(1)
+    argv = streamlit_argv(port, address, files)
     # X-Forwarded-For only from FARM_TRUSTED_PROXIES (sign-in counts by address).
     os.environ["FORWARDED_ALLOW_IPS"] = settings.forwarded_allow_ips()
     os.execv(argv[0], argv)

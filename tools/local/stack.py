@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from redis import Redis
 
@@ -24,6 +25,9 @@ from jobs.db import migrate
 from jobs.processes import stop_process_tree
 from jobs.reconcile import reconcile
 from tools.local.services import EmbeddedRedis, start_embedded_redis
+
+if TYPE_CHECKING:  # cryptography is imported only when TLS is asked for
+    from tools.local.tls import TlsFiles
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DATA_DIR = PROJECT_ROOT / "data"
@@ -86,12 +90,14 @@ STREAMLIT_HARDENING = {
 }
 
 
-def streamlit_argv(port: int, address: str) -> list[str]:
+def streamlit_argv(port: int, address: str, tls: TlsFiles | None = None) -> list[str]:
     """The command that serves the web UI (for `farm up`, `farm demo` and `farm web`):
     the one place the Streamlit command line is built, so every way of starting
-    the UI gets the same hardening."""
+    the UI gets the same hardening. With `tls`, https only (`farm tls`)."""
     argv = [sys.executable, "-m", "streamlit", "run", str(WEB_APP)]
     argv += ["--server.port", str(port), "--server.address", address]
+    if tls is not None:
+        argv += [f"--server.sslCertFile={tls.cert}", f"--server.sslKeyFile={tls.key}"]
     for option, value in STREAMLIT_HARDENING.items():
         argv.append(f"--{option}={value}")
     return argv
