@@ -244,6 +244,7 @@ app.add_typer(decide.seeds_app, name="seeds")
 app.command()(ship.export)
 app.command()(ship.publish)
 app.command()(lan.tls)
+app.command()(lan.web)
 
 
 @app.command()
@@ -483,39 +484,6 @@ def worker(
 
 
 @app.command()
-def web(
-    port: Annotated[int, typer.Option()] = 8501,
-    address: Annotated[str, typer.Option(help="Address to bind")] = "127.0.0.1",
-    tls: Annotated[
-        bool, typer.Option("--tls", help="Serve https with FARM_HOME/tls (made by `farm tls`)")
-    ] = False,
-) -> None:
-    """Run the web UI alone (the LAN coordinator)."""
-    from tools.local.stack import streamlit_argv
-    from tools.local.tls import TlsFiles
-
-    warn_if_exposed(address)
-    files = TlsFiles(settings.farm_home() / "tls") if tls else None
-    if files is not None and not (files.cert.exists() and files.key.exists()):
-        err.print(f"[red]no certificate in {files.folder}[/]: run `farm tls --address ADDRESS`")
-        raise typer.Exit(1)
-    argv = streamlit_argv(port, address, files)
-    # X-Forwarded-For only from FARM_TRUSTED_PROXIES (sign-in counts by address).
-    os.environ["FORWARDED_ALLOW_IPS"] = settings.forwarded_allow_ips()
-    os.execv(argv[0], argv)
-
-
-def warn_if_exposed(address: str) -> None:
-    from jobs.access import is_loopback, password_configured
-
-    if not is_loopback(address) and not password_configured():
-        err.print(
-            f"[yellow]warning:[/] the UI binds to {address} without a password; "
-            "anyone on the network can submit and cancel. Set FARM_UI_PASSWORD."
-        )
-
-
-@app.command()
 def up(
     demo: Annotated[
         bool, typer.Option("--demo", help="Build the tiny model and submit the demo")
@@ -528,7 +496,7 @@ def up(
     from tools.local.demo import submit_demo
     from tools.local.stack import farm_stack
 
-    warn_if_exposed(address)
+    lan.warn_if_exposed(address)
     stop_on_sigterm()
     with farm_stack(workers=workers, web_port=port, web_address=address) as stack:
         os.environ["REDIS_URL"] = stack.redis_url

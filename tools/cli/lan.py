@@ -1,7 +1,9 @@
-"""`farm tls`: the coordinator's CA and certificate, and how each Mac trusts them."""
+"""The coordinator on a LAN: `farm tls` (its CA and certificate, and how each
+Mac trusts them) and `farm web` (the UI alone, over https with `--tls`)."""
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -10,6 +12,7 @@ from rich.console import Console
 from jobs import settings
 
 console = Console()
+err = Console(stderr=True)
 
 
 def tls(
@@ -38,3 +41,35 @@ def tls(
         "&sslrootcert=/path/to/ca.pem'",
         markup=False, soft_wrap=True,
     )  # fmt: skip
+
+
+def web(
+    port: Annotated[int, typer.Option()] = 8501,
+    address: Annotated[str, typer.Option(help="Address to bind")] = "127.0.0.1",
+    tls: Annotated[
+        bool, typer.Option("--tls", help="Serve https with FARM_HOME/tls (made by `farm tls`)")
+    ] = False,
+) -> None:
+    """Run the web UI alone (the LAN coordinator)."""
+    from tools.local.stack import streamlit_argv
+    from tools.local.tls import TlsFiles
+
+    warn_if_exposed(address)
+    files = TlsFiles(settings.farm_home() / "tls") if tls else None
+    if files is not None and not (files.cert.exists() and files.key.exists()):
+        err.print(f"[red]no certificate in {files.folder}[/]: run `farm tls --address ADDRESS`")
+        raise typer.Exit(1)
+    argv = streamlit_argv(port, address, files)
+    # X-Forwarded-For only from FARM_TRUSTED_PROXIES (sign-in counts by address).
+    os.environ["FORWARDED_ALLOW_IPS"] = settings.forwarded_allow_ips()
+    os.execv(argv[0], argv)
+
+
+def warn_if_exposed(address: str) -> None:
+    from jobs.access import is_loopback, password_configured
+
+    if not is_loopback(address) and not password_configured():
+        err.print(
+            f"[yellow]warning:[/] the UI binds to {address} without a password; "
+            "anyone on the network can submit and cancel. Set FARM_UI_PASSWORD."
+        )
