@@ -18,7 +18,7 @@ from sqlmodel import col, select
 from typer.testing import CliRunner
 
 from jobs.db import Metric, Stage, WorkerRow, as_utc, session_scope
-from tests.support.farm import attempts_of, stage_children, stages_of, submit
+from tests.support.farm import attempts_of, stage_children, stages_of, submit, train_losses
 from tests.support.faults import kill_tree, record_timing
 from tests.support.processes import Workers, wait_until
 from tests.support.spec_files import write_spec
@@ -40,14 +40,6 @@ def fast_gangs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FARM_LOST_AFTER_S", str(LOST_AFTER_S))
     monkeypatch.setenv("FARM_RECONCILE_EVERY_S", "2")
     monkeypatch.setenv("FARM_GANG_FORM_S", "20")
-
-
-def train_losses(stage_id: int) -> dict[int, float]:
-    with session_scope() as session:
-        rows = session.exec(
-            select(Metric).where(Metric.stage_id == stage_id, col(Metric.train_loss).is_not(None))
-        ).all()
-        return {m.iteration: float(m.train_loss or 0) for m in rows}
 
 
 def stage_of(experiment_id: int, kind: str, variant: str | None = None) -> Stage:
@@ -250,7 +242,7 @@ def test_a_frozen_rank_wedges_the_collective_and_the_stall_ends_the_gangs_attemp
     """SIGSTOP of rank 1's MLX process: every horse still beats, but rank 0 waits
     in the ring's all_sum for ever. No progress for FARM_GANG_STALL_S ends the
     gang's attempt; the gang forms again and resumes from the checkpoint."""
-    monkeypatch.setenv("FARM_GANG_STALL_S", "6")
+    monkeypatch.setenv("FARM_GANG_STALL_S", "5")
     train_spec = {**GANG_TRAIN, "iters": 30, "save_every": 10}
     experiment_id = submit(
         write_spec(tmp_path / "gang.yaml", tiny_model, train=train_spec, **ONLY_ADAPTER)

@@ -17,7 +17,7 @@ import pytest
 from sqlmodel import col, select
 
 from jobs.db import Metric, Run, Stage, session_scope
-from tests.support.farm import attempts_of, stages_of, submit
+from tests.support.farm import attempts_of, stages_of, submit, train_losses
 from tests.support.faults import record_timing
 from tests.support.netns import one_lan_at_a_time, peer_address
 from tests.support.netns_farm import LOST_AFTER_S, Farm, build_farm, run_teardown
@@ -56,14 +56,6 @@ def gang_stages(experiment_id: int) -> tuple[Stage, Stage]:
         stages = session.exec(select(Stage).where(col(Stage.run_id).in_(runs))).all()
     return (next(s for s in stages if s.kind == "train"),
             next(s for s in stages if s.kind == "rank"))  # fmt: skip
-
-
-def losses(stage_id: int) -> dict[int, float]:
-    with session_scope() as session:
-        rows = session.exec(
-            select(Metric).where(Metric.stage_id == stage_id, col(Metric.train_loss).is_not(None))
-        ).all()
-        return {m.iteration: float(m.train_loss or 0) for m in rows}
 
 
 def trained(stage_id: int, attempt: int | None = None) -> list[int]:
@@ -107,14 +99,14 @@ def test_a_two_rank_run_across_hosts_trains_fuses_and_evaluates_on_the_one_rank_
         assert (seat.ring_address or "").startswith(f"{peer_address(number)}:"), seat
     assert seats[0].dataset_sha256 == seats[1].dataset_sha256
 
-    gang_curve = losses(train.id or 0)
-    alone_curve = losses(stage_of(alone_id, "train").id or 0)
+    gang_curve = train_losses(train.id or 0)
+    alone_curve = train_losses(stage_of(alone_id, "train").id or 0)
     assert sorted(gang_curve) == sorted(alone_curve) == list(range(1, 9))
     worst = max(abs(gang_curve[i] - alone_curve[i]) / alone_curve[i] for i in gang_curve)
     assert worst <= LOSS_TOLERANCE, (gang_curve, alone_curve)
     assert gang_curve[8] < gang_curve[1]  # it trains
     # Rank 0 wrote the run's metrics; rank 1 only its progress and its share of tokens/s.
-    assert losses(rank.id or 0) == {}
+    assert train_losses(rank.id or 0) == {}
     assert rank.progress == 8 and (rank.tokens_per_sec or 0) > 0
     # Everything after train ran on rank 0's host, where the adapter is.
     fuse, fused_eval = stage_of(gang_id, "fuse"), stage_of(gang_id, "eval", "fused")

@@ -9,7 +9,7 @@ import psutil
 from sqlmodel import col, select
 from typer.testing import CliRunner
 
-from jobs.db import Run, Stage, StageAttempt, session_scope
+from jobs.db import Metric, Run, Stage, StageAttempt, session_scope
 from jobs.experiment_spec import parse_spec
 from jobs.states import FINISHED
 from jobs.submit import create_rows
@@ -47,6 +47,16 @@ def stage_children(stage_id: int) -> list[psutil.Process]:
         if "worker.child" in cmd and cmd[cmd.index("worker.child") + 1 :][:1] == [str(stage_id)]:
             found.append(proc)
     return found
+
+
+def train_losses(stage_id: int) -> dict[int, float]:
+    """A stage's training losses by iteration (a resumed attempt's rows replace those
+    its dead predecessor trained past the checkpoint)."""
+    with session_scope() as session:
+        rows = session.exec(
+            select(Metric).where(Metric.stage_id == stage_id, col(Metric.train_loss).is_not(None))
+        ).all()
+        return {m.iteration: float(m.train_loss or 0) for m in rows}
 
 
 def attempts_of(stage_id: int) -> list[StageAttempt]:
