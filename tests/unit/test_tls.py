@@ -40,3 +40,27 @@ def test_farm_tls_prints_the_fingerprint_and_the_urls_that_pin_the_ca(
     assert f"sha256 {fingerprint}" in text
     assert "rediss://:PASSWORD@192.168.1.10:6379/0?ssl_cert_reqs=required" in text
     assert "sslmode=verify-full&sslrootcert=" in text
+
+
+def test_farm_web_tls_without_a_certificate_says_how_to_make_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FARM_HOME", str(tmp_path))
+    refused = CliRunner().invoke(app, ["web", "--tls"])
+    assert refused.exit_code == 1
+    assert f"no certificate in {tmp_path / 'tls'}: run `farm tls --address ADDRESS`" in (
+        refused.output
+    )
+
+
+def test_a_worker_advertising_a_host_name_is_refused_before_it_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLX's ring connects ranks by IP address: a name would fail in a collective."""
+    monkeypatch.setenv("FARM_HOME", str(tmp_path))
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")  # never reached
+    refused = CliRunner().invoke(app, ["worker", "--advertise-address", "studio.local"])
+    assert refused.exit_code == 2
+    text = " ".join(refused.output.split())
+    assert "--advertise-address 'studio.local' is not an IP address" in text
+    assert not (tmp_path / "farm.db").exists()  # nothing started, nothing written

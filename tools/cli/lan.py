@@ -57,7 +57,10 @@ def web(
     warn_if_exposed(address)
     files = TlsFiles(settings.farm_home() / "tls") if tls else None
     if files is not None and not (files.cert.exists() and files.key.exists()):
-        err.print(f"[red]no certificate in {files.folder}[/]: run `farm tls --address ADDRESS`")
+        err.print(
+            f"[red]no certificate in {files.folder}[/]: run `farm tls --address ADDRESS`",
+            soft_wrap=True,
+        )
         raise typer.Exit(1)
     argv = streamlit_argv(port, address, files)
     # X-Forwarded-For only from FARM_TRUSTED_PROXIES (sign-in counts by address).
