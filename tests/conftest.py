@@ -125,3 +125,16 @@ def workers(farm_home: Path, redis_url: str) -> Iterator[Workers]:
     pool = Workers(farm_home)
     yield pool
     pool.stop_all()
+
+
+@pytest.fixture(autouse=True)
+def _steady_network_for_browser_tests(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A browser test runs while no network test plugs or unplugs a cable of
+    this machine's own namespace (Chromium would drop its pages' connections)."""
+    if request.node.get_closest_marker("browser") is None:
+        yield
+        return
+    from tests.support.netns import steady_root_network
+
+    with steady_root_network():
+        yield

@@ -87,7 +87,8 @@ class Network:
 
     def build(self) -> None:
         self._add_namespace(self.coord)
-        self._link("host", None, 0)
+        with root_network_change():  # the test host's own cable, in the root namespace
+            self._link("host", None, 0)
         for number, worker in enumerate(self.worker_names, start=1):
             self._add_namespace(self.netns_of(worker))
             self._link(worker, self.netns_of(worker), number)
@@ -135,7 +136,11 @@ class Network:
     def destroy(self) -> None:
         """Remove the veths and namespaces (deleting one end of a veth removes both)."""
         for link in self.links.values():
-            sh("ip", "link", "del", link.device, netns=link.netns, check=False)
+            if link.netns is None:
+                with root_network_change():
+                    sh("ip", "link", "del", link.device, check=False)
+            else:
+                sh("ip", "link", "del", link.device, netns=link.netns, check=False)
         for name in reversed(self.namespaces):
             sh("ip", "netns", "del", name, check=False)
         self.links.clear()
@@ -157,6 +162,33 @@ def one_lan_at_a_time() -> Iterator[None]:
 
     with open(Path(tempfile.gettempdir()) / f"lorafarm-test-lan-{LAN_OCTET}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
+_ROOT_NETWORK_LOCK = Path(tempfile.gettempdir()) / "lorafarm-root-network.lock"
+
+
+@contextmanager
+def root_network_change() -> Iterator[None]:
+    """Add or remove an interface of this machine's own (root) namespace, once no
+    browser test runs: Chromium aborts its pages' connections when the
+    machine's network changes (net::ERR_NETWORK_CHANGED), and a page whose
+    websocket dropped stays blank. Held for milliseconds."""
+    import fcntl
+
+    with open(_ROOT_NETWORK_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+@contextmanager
+def steady_root_network() -> Iterator[None]:
+    """For a browser test's whole run: no test adds or removes an interface of
+    the root namespace meanwhile (browser tests share it with each other)."""
+    import fcntl
+
+    with open(_ROOT_NETWORK_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)
         yield
 
 
