@@ -27,6 +27,7 @@ from sqlmodel import Session, col, select
 
 from jobs import settings
 from jobs.db import Experiment, Run, Stage, StageAttempt, WorkerRow, server_now
+from jobs.experiment_spec import Resources
 from jobs.queue import tier_for
 from jobs.states import FINISHED, StageStatus, WorkerStatus
 
@@ -83,48 +84,41 @@ def take_seat(session: Session, stage: Stage, address: str, dataset_sha256: str)
     session.add(row)
 
 
+def _taken_seats(session: Session, run_id: int) -> tuple[list[Seat], int]:
+    """The seats taken in the ranks' current attempts, rank 0 first, and the world."""
+    gang = gang_of(session, run_id)
+    taken = []
+    for stage in gang:
+        row = _attempt_row(session, stage) if stage.status == StageStatus.RUNNING else None
+        if row is not None and row.ring_address:
+            taken.append(Seat(rank_of(stage), stage.id or 0, stage.attempt, row.worker, row.host,
+                              row.ring_address, row.dataset_sha256 or ""))  # fmt: skip
+    return taken, world_of(gang[0]) if gang else 1
+
+
 def seats(session: Session, run_id: int) -> list[Seat] | None:
     """The formed gang of a run, rank 0 first; None while any rank is not
     running or has not taken its seat in its current attempt."""
-    found = []
-    for stage in gang_of(session, run_id):
-        if stage.status != StageStatus.RUNNING:
-            return None
-        row = _attempt_row(session, stage)
-        if row is None or not row.ring_address:
-            return None
-        found.append(
-            Seat(
-                rank_of(stage),
-                stage.id or 0,
-                stage.attempt,
-                row.worker,
-                row.host,
-                row.ring_address,
-                row.dataset_sha256 or "",
-            )  # fmt: skip
-        )
-    return found
+    taken, world = _taken_seats(session, run_id)
+    return taken if len(taken) == world else None
 
 
 def seated(session: Session, run_id: int) -> tuple[int, int]:
     """(ranks seated in their current attempt, world): how far a gang has formed."""
-    gang = gang_of(session, run_id)
-    count = 0
-    for stage in gang:
-        row = _attempt_row(session, stage) if stage.status == StageStatus.RUNNING else None
-        count += bool(row is not None and row.ring_address)
-    return count, world_of(gang[0]) if gang else 1
+    taken, world = _taken_seats(session, run_id)
+    return len(taken), world
 
 
 # --- who may claim -------------------------------------------------------------------------
 
 
 def _memory_gb(session: Session, run_id: int) -> float:
+    """Each rank's memory need, read as `jobs.lifecycle` reads it: the stored
+    spec's resources, their defaults from the spec model."""
     run = session.get(Run, run_id)
     experiment = session.get(Experiment, run.experiment_id) if run else None
-    resources = (experiment.spec.get("resources") or {}) if experiment else {}
-    return float(resources.get("min_memory_gb", 0.0))
+    stored = (experiment.spec.get("resources") or {}) if experiment else {}
+    return Resources.model_validate(stored).min_memory_gb
 
 
 def live_workers(session: Session, min_memory_gb: float) -> list[str]:
