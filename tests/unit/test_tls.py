@@ -64,3 +64,15 @@ def test_a_worker_advertising_a_host_name_is_refused_before_it_starts(
     text = " ".join(refused.output.split())
     assert "--advertise-address 'studio.local' is not an IP address" in text
     assert not (tmp_path / "farm.db").exists()  # nothing started, nothing written
+
+
+def test_a_fingerprint_is_printed_as_it_is_whatever_its_hex_pairs_spell(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ ":AB:" is an emoji code to the console: a fingerprint must never become one."""
+    from tools.local.tls import TlsFiles
+
+    monkeypatch.setenv("FARM_HOME", str(tmp_path))
+    monkeypatch.setattr(TlsFiles, "fingerprint", lambda self: "12:AB:CD:0A")
+    shown = CliRunner().invoke(app, ["tls", "--address", "192.168.1.10"])
+    assert "sha256  12:AB:CD:0A\n" in shown.output

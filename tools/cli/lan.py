@@ -11,7 +11,9 @@ from rich.console import Console
 
 from jobs import settings
 
-console = Console()
+# Paths and fingerprints print as they are: no markup, and no emoji, which would
+# turn a fingerprint's ":AB:" into a picture.
+console = Console(emoji=False, highlight=False)
 err = Console(stderr=True)
 
 
@@ -27,9 +29,10 @@ def tls(
 
     files = coordinator_tls(settings.farm_home() / "tls", address)
     host = address[0]
-    console.print(f"CA      {files.ca}  (copy it to every Mac)", soft_wrap=True)
-    console.print(f"sha256  {files.fingerprint()}", soft_wrap=True)
-    console.print(f"server  {files.cert}, {files.key}  (for {', '.join(address)})", soft_wrap=True)
+    console.print(f"CA      {files.ca}  (copy it to every Mac)", markup=False, soft_wrap=True)
+    console.print(f"sha256  {files.fingerprint()}", markup=False, soft_wrap=True)
+    console.print(f"server  {files.cert}, {files.key}  (for {', '.join(address)})",
+                  markup=False, soft_wrap=True)  # fmt: skip
     console.print("On each Mac, after checking the CA's sha256 against the line above:")
     console.print(
         f"  REDIS_URL='rediss://:PASSWORD@{host}:6379/0?ssl_cert_reqs=required"
