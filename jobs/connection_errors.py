@@ -19,6 +19,14 @@ _UNTRUSTED = re.compile(
 )
 
 
+# How Redis (ACL) and PostgreSQL say a user was turned away: deleted, disabled,
+# not allowed to log in, or a password that is not the one it was given.
+_REFUSED = re.compile(
+    r"WRONGPASS|invalid username-password pair|user is disabled|not permitted to log in"
+    r"|password authentication failed"
+)
+
+
 def describe(exc: BaseException) -> str | None:
     """One line for a database or Redis connection error; None for anything else."""
     from redis.exceptions import ConnectionError as RedisConnectionError
@@ -35,14 +43,30 @@ def describe(exc: BaseException) -> str | None:
     return None
 
 
-def _line(what: str, url: str, reason: str) -> str:
+def is_refused_credential(exc: BaseException) -> bool:
+    """Redis or PostgreSQL turned this Mac's user and password away."""
+    return bool(_REFUSED.search(str(exc)))
+
+
+def reason_line(reason: str) -> str:
+    """The driver's reason as one line, with what to do where the farm knows."""
     first = next((line.strip() for line in reason.splitlines() if line.strip()), "")
     if _UNTRUSTED.search(reason):
-        # TLS with a pinned CA (`farm tls`): the server is not the coordinator
-        # this Mac was given the CA of.
-        first = (
+        # TLS with a pinned CA (`farm tls`, a join token): the server is not
+        # the coordinator this Mac was given the CA of.
+        return (
             "its TLS certificate does not chain to the CA this Mac trusts (ssl_ca_certs / "
             "sslrootcert): not the coordinator you meant, or its CA changed; compare the CA's "
-            f"sha256 with the one `farm tls` printed on the coordinator ({first})"
+            f"sha256 with the one the coordinator printed ({first})"
         )
-    return settings.redact_text(f"{what} {settings.redacted_url(url)}: {first}")
+    if _REFUSED.search(reason):
+        return (
+            "this Mac's credential was refused: revoked on the coordinator (`farm workers "
+            "revoke`) or not the one it was given; join again with a new token from "
+            f"`farm workers add NAME` ({first})"
+        )
+    return first
+
+
+def _line(what: str, url: str, reason: str) -> str:
+    return settings.redact_text(f"{what} {settings.redacted_url(url)}: {reason_line(reason)}")

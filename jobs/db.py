@@ -320,6 +320,22 @@ def _the_one_signin_row(table: Any, connection: Any, **_: Any) -> None:
     connection.execute(table.insert().values(id=1, version=0, state={}, updated_at=utcnow()))
 
 
+class WorkerCredential(SQLModel, table=True):
+    """A Mac's own way into a LAN farm (`farm up --lan`, `farm workers add`): a
+    Redis ACL user and a PostgreSQL role of its own, so one Mac can be shut out
+    (`farm workers revoke`) without touching the others. Redis keeps nothing on
+    disk, so its ACL users are made again from these rows at each start; only
+    the password's sha256 is kept, which is what Redis's ACL takes."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True)
+    redis_user: str
+    redis_password_sha256: str
+    db_role: str | None = None  # None: the farm's database is not PostgreSQL
+    created_at: datetime = Field(default_factory=utcnow)
+    revoked_at: datetime | None = None
+
+
 class Notification(SQLModel, table=True):
     """One message to send (`jobs.notify`): the outbox row of an event, unique by
     key, so a restart never sends it twice; delivered_at once a receiver took it."""

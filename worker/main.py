@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from typing import Any
 
 import psutil
@@ -31,6 +32,7 @@ from sqlmodel import select
 
 from jobs import host_identity, lifecycle, logs, settings
 from jobs import queue as farm_queue
+from jobs.connection_errors import is_refused_credential
 from jobs.db import Stage, WorkerRow, migrate, server_now, session_scope, utcnow
 from jobs.queue import push_all
 from jobs.reconcile import reconcile
@@ -266,13 +268,16 @@ def run_reconciler(redis: Redis) -> None:
 
 
 def wait_for_redis(redis: Redis, stopping: Any) -> None:
-    """Back off until Redis answers again (1 s, doubling, at most 30 s)."""
+    """Back off until Redis answers again (1 s, doubling, at most 30 s). A
+    credential Redis turns away (`farm workers revoke`) is no blip: it raises."""
     delay = 1.0
     while not stopping():
         try:
             redis.ping()
             return
         except Exception as exc:
+            if is_refused_credential(exc):
+                raise
             log.warning("Redis unreachable (%s); retrying in %g s", exc, delay)
             time.sleep(delay)
             delay = min(delay * 2, 30.0)
@@ -286,6 +291,9 @@ def run_worker(
     advertise_address: str | None = None,
 ) -> None:
     logs.configure()
+    # A Mac that joined with a token may not list Redis's clients (it would see
+    # every other Mac's address); RQ then records its own address as unknown.
+    warnings.filterwarnings("ignore", message="CLIENT LIST command not supported")
     os.environ["FARM_WORKER_NAME"] = name
     if advertise_address:  # the horse seats its gang ranks there (`worker.gang`)
         os.environ["FARM_ADVERTISE_ADDRESS"] = advertise_address
@@ -338,7 +346,10 @@ def run_worker(
                 break
             time.sleep(1.0)
     finally:
-        beat(name, status=WorkerStatus.OFFLINE)
+        try:
+            beat(name, status=WorkerStatus.OFFLINE)
+        except Exception as exc:  # the DB away or this Mac shut out: say why we stop
+            log.warning("could not mark %s offline: %s", name, exc)
 
 
 def signals_stop_worker() -> Any:

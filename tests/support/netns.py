@@ -257,10 +257,19 @@ class CoordPostgres:
     """A PostgreSQL cluster of the test's own, initdb'd in a temp dir and run
     inside coord as the postgres user; trust auth for the namespaces' subnet."""
 
-    def __init__(self, network: Network, workdir: Path, tls: TlsFiles | None = None) -> None:
+    def __init__(
+        self,
+        network: Network,
+        workdir: Path,
+        tls: TlsFiles | None = None,
+        passwords: bool = False,
+    ) -> None:
         self.network = network
         self.workdir = workdir
         self.tls = tls  # TLS only (hostssl), with the coordinator's certificate
+        # `passwords`: only postgres is trusted (over coord's loopback too, for
+        # `farm up --lan`); every other role (a Mac's) logs in with its password.
+        self.passwords = passwords
         self.data = workdir / "data"
         self.bin = Path("/usr/lib/postgresql/15/bin")
         self.started = False
@@ -278,7 +287,7 @@ class CoordPostgres:
         shutil.chown(self.workdir, "postgres", "postgres")
         self._as_postgres(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres",
                           "--auth=trust", "--no-sync", "-E", "UTF8")  # fmt: skip
-        addresses = ",".join(self.network.coord_addresses())
+        addresses = ",".join(self.network.coord_addresses() + ["127.0.0.1"] * self.passwords)
         with open(self.data / "postgresql.conf", "a") as conf:
             conf.write(
                 f"listen_addresses = '{addresses}'\nport = {POSTGRES_PORT}\n"
@@ -293,7 +302,12 @@ class CoordPostgres:
                            f"ssl_key_file = '{self.workdir / 'server.key'}'\n")  # fmt: skip
         with open(self.data / "pg_hba.conf", "a") as hba:
             kind = "hostssl" if self.tls is not None else "host"
-            hba.write(f"{kind} all all {SUBNET} trust\n")
+            if self.passwords:
+                hba.write(f"host all postgres 127.0.0.1/32 trust\n"
+                          f"{kind} all postgres {SUBNET} trust\n"
+                          f"{kind} all all {SUBNET} scram-sha-256\n")  # fmt: skip
+            else:
+                hba.write(f"{kind} all all {SUBNET} trust\n")
         self._as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l",
                           str(self.workdir / "postgres.log"), "-w", "-t", "60", "start",
                           netns=self.network.coord)  # fmt: skip
@@ -329,12 +343,14 @@ class NetnsWorkers:
         return self.root / f"worker-{name}.log"
 
     def start(
-        self, name: str, env: dict[str, str], host: str | None = None
+        self, name: str, env: dict[str, str], host: str | None = None, extra: tuple[str, ...] = ()
     ) -> subprocess.Popen[bytes]:
         """Start worker `name` on its own host, or on `host` (another worker's
-        namespace and FARM_HOME: a second worker process on the same Mac)."""
+        namespace and FARM_HOME: a second worker process on the same Mac);
+        `extra`: more of `farm worker`'s options (`--join TOKEN`)."""
         host = host or name
-        argv = [sys.executable, "-m", "tools.cli", "worker", "--name", name, "--memory-gb", "16"]
+        argv = [sys.executable, "-m", "tools.cli", "worker", "--name", name, "--memory-gb", "16",
+                *extra]  # fmt: skip
         process = subprocess.Popen(
             ["ip", "netns", "exec", self.network.netns_of(host), *argv],
             env={**worker_base_env(), "FARM_HOME": str(self.home(host)), **env},

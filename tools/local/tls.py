@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import os
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,6 +23,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from jobs.private_files import private_folder, write_private
 
 CA_DAYS = 3650
 SERVER_DAYS = 825  # the longest macOS accepts for a server certificate
@@ -58,14 +59,6 @@ def ca_fingerprint(ca_pem: bytes) -> str:
     der = x509.load_pem_x509_certificate(ca_pem).public_bytes(serialization.Encoding.DER)
     digest = hashlib.sha256(der).hexdigest().upper()
     return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Create (or replace) `path` readable by its owner only, never wider for a moment."""
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -111,8 +104,8 @@ def make_ca(files: TlsFiles) -> None:
         )
         .sign(key, hashes.SHA256())
     )
-    _write_private(files.ca_key, _key_pem(key))
-    _write_private(files.ca, cert.public_bytes(serialization.Encoding.PEM))
+    write_private(files.ca_key, _key_pem(key))
+    write_private(files.ca, cert.public_bytes(serialization.Encoding.PEM))
 
 
 def make_server_cert(files: TlsFiles, addresses: list[str]) -> None:
@@ -141,16 +134,14 @@ def make_server_cert(files: TlsFiles, addresses: list[str]) -> None:
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
     )
-    _write_private(files.key, _key_pem(key))
-    _write_private(files.cert, cert.public_bytes(serialization.Encoding.PEM))
+    write_private(files.key, _key_pem(key))
+    write_private(files.cert, cert.public_bytes(serialization.Encoding.PEM))
 
 
 def coordinator_tls(folder: Path, addresses: list[str]) -> TlsFiles:
     """The CA (made once, kept) and a server certificate for `addresses` (made
     again each time, so a new address is one command away)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    folder.chmod(0o700)
-    files = TlsFiles(folder)
+    files = TlsFiles(private_folder(folder))
     if not (files.ca.exists() and files.ca_key.exists()):
         make_ca(files)
     make_server_cert(files, addresses)
