@@ -12,7 +12,7 @@ from rq.serializers import JSONSerializer
 from sqlmodel import Session, select
 
 from jobs import settings
-from jobs.db import Experiment, Run, Stage, WorkerRow, server_now
+from jobs.db import Experiment, Run, Stage, WorkerCredential, WorkerRow, server_now
 from jobs.rq_job import FarmJob
 from jobs.states import WorkerStatus
 from read.stages import aware, format_duration
@@ -36,6 +36,7 @@ def worker_rows(session: Session, now: datetime | None = None) -> list[dict[str,
                 stage.kind if stage.kind in ("train", "fuse") else f"{stage.kind} {stage.variant}"
             )
             current[stage.id] = (f"{what}{progress} · {name}, seed {seed}", stage.run_id)
+    tokens = {c.name: c for c in session.exec(select(WorkerCredential)).all()}
     rows = []
     for w in workers:
         beat = aware(w.last_heartbeat)
@@ -59,24 +60,43 @@ def worker_rows(session: Session, now: datetime | None = None) -> list[dict[str,
                 "jobs_done": w.jobs_done,
                 "started_at": w.started_at,
                 "queues": w.queues,
+                "access": access_of(tokens.get(w.name)),
             }
         )
     return rows
 
 
+def access_of(token: WorkerCredential | None) -> str:
+    """How a worker reaches the farm: its own join token (`farm up --lan`), that
+    token revoked (`farm workers revoke`), or URLs its user gave it."""
+    if token is None:
+        return "URLs"
+    return "revoked" if token.revoked_at is not None else "join token"
+
+
 def lost_note(rows: list[dict[str, Any]]) -> str:
     """A sentence on the workers that stopped beating, so a user sees them without
     reading the table: "mac-b (last heartbeat 10m 00s ago) is lost: …"."""
-    lost = [r for r in rows if r["status"] == WorkerStatus.LOST]
-    if not lost:
-        return ""
-    each = [f"{r['name']} (last heartbeat {format_duration(r['heartbeat_s'])} ago)" for r in lost]
-    one = len(lost) == 1
-    return (
-        f"{', '.join(each)} {'is' if one else 'are'} lost: crashed, asleep or off the network. "
-        f"Stages {'it was' if one else 'they were'} running get a new attempt on another "
-        f"worker; {'it rejoins' if one else 'each rejoins'} when it beats again."
-    )
+    lost = [r for r in rows if r["status"] == WorkerStatus.LOST and r["access"] != "revoked"]
+    revoked = [r["name"] for r in rows if r["access"] == "revoked"]
+    notes = []
+    if lost:
+        each = [f"{r['name']} (last heartbeat {format_duration(r['heartbeat_s'])} ago)"
+                for r in lost]  # fmt: skip
+        one = len(lost) == 1
+        notes.append(
+            f"{', '.join(each)} {'is' if one else 'are'} lost: crashed, asleep or off the network. "
+            f"Stages {'it was' if one else 'they were'} running get a new attempt on another "
+            f"worker; {'it rejoins' if one else 'each rejoins'} when it beats again."
+        )
+    if revoked:
+        one = len(revoked) == 1
+        notes.append(
+            f"{', '.join(revoked)} {'was' if one else 'were'} shut out (`farm workers revoke`): "
+            "Redis and the database refuse it, and the stages it ran get a new attempt on "
+            "another worker. `farm workers add NAME` gives it a new join token."
+        )
+    return " ".join(notes)
 
 
 def queue_depths(redis: Redis) -> list[dict[str, Any]]:
@@ -131,4 +151,5 @@ def worker_status(row: dict[str, Any]) -> dict[str, Any]:
         "memory_gb": row["memory_gb"],
         "total_memory_gb": row["total_memory_gb"],
         "jobs_done": row["jobs_done"],
+        "access": row["access"],
     }

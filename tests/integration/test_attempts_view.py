@@ -12,7 +12,7 @@ from sqlmodel import select
 from typer.testing import CliRunner
 
 from jobs import lifecycle, reconcile, replan
-from jobs.db import Run, Stage, WorkerRow, session_scope, utcnow
+from jobs.db import Run, Stage, WorkerCredential, WorkerRow, session_scope, utcnow
 from jobs.experiment_spec import parse_spec
 from jobs.submit import create_rows
 from read.attempts import attempt_lines, has_history, progress_note, run_story
@@ -301,3 +301,23 @@ def test_workers_page_says_which_worker_is_lost_and_since_when(farm_home: Path) 
     assert "is lost: crashed, asleep or off the network" in warning and "mac-a" not in warning
     rows = next(d for d in at.dataframe if "heartbeat_s" in d.value.columns).value
     assert rows.set_index("name").loc["mac-b", "status"] == "lost"
+
+
+def test_workers_page_says_a_revoked_mac_was_shut_out_not_lost(farm_home: Path) -> None:
+    with session_scope() as session:
+        for name in ("mac-a", "mac-b", "mac-c"):
+            session.add(WorkerRow(name=name, host=f"{name}.lan", memory_gb=16, status="busy",
+                                  last_heartbeat=utcnow() - timedelta(minutes=10)))  # fmt: skip
+        session.add(WorkerCredential(name="mac-a", redis_user="farm-worker-mac-a",
+                                     redis_password_sha256="0" * 64))  # fmt: skip
+        session.add(WorkerCredential(name="mac-b", redis_user="farm-worker-mac-b",
+                                     redis_password_sha256="0" * 64,
+                                     revoked_at=utcnow()))  # fmt: skip
+    at = open_page("views/workers.py")
+    (warning,) = [shown(w.value) for w in at.warning]
+    assert "mac-b was shut out (farm workers revoke)" in warning.replace("`", "")
+    lost_part = warning.split(" mac-b was shut out")[0]
+    assert "mac-a" in lost_part and "mac-c" in lost_part and "mac-b" not in lost_part
+    rows = next(d for d in at.dataframe if "heartbeat_s" in d.value.columns).value
+    assert rows.set_index("name")["access"].to_dict() == {
+        "mac-a": "join token", "mac-b": "revoked", "mac-c": "URLs"}  # fmt: skip

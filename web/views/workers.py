@@ -62,6 +62,11 @@ def workers_panel() -> None:
                 "started_at": st.column_config.DatetimeColumn(
                     "up since", format="YYYY-MM-DD HH:mm"
                 ),
+                "access": st.column_config.TextColumn(
+                    "access",
+                    help="join token: a credential of its own (`farm up --lan`); revoked: "
+                    "shut out by `farm workers revoke`; URLs: REDIS_URL and DATABASE_URL by hand",
+                ),
                 "run_id": None,
             },
         )
