@@ -17,7 +17,6 @@ from redis import Redis
 
 from jobs import db
 from tests.support.processes import Workers
-from tests.support.schedule import DurationRecorder, order_for_workers
 
 # Each pytest-xdist worker (gw0, gw1, …) flushes a Redis database of its own:
 # 13, 12, 11, … so parallel tests never see each other's jobs.
@@ -139,19 +138,3 @@ def _steady_network_for_browser_tests(request: pytest.FixtureRequest) -> Iterato
 
     with steady_root_network():
         yield
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--record-durations", metavar="PATH", default=None,
-                     help="write each test's seconds to PATH (tests/durations.json orders "
-                          "the parallel run: `tests.support.schedule`)")  # fmt: skip
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    path = config.getoption("--record-durations")
-    if path and not os.environ.get("PYTEST_XDIST_WORKER"):  # the controller sees every report
-        config.pluginmanager.register(DurationRecorder(Path(path)), "record-durations")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    order_for_workers(items)
