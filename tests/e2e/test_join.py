@@ -156,7 +156,7 @@ def _build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, steps: list) -> LanF
 def _stop(process: subprocess.Popen[bytes]) -> None:
     process.terminate()  # farm up stops its Redis and UI on SIGTERM
     try:
-        process.wait(timeout=30)
+        process.wait(timeout=10)
     except subprocess.TimeoutExpired:
         sh("kill", "-9", f"-{process.pid}", check=False)
 
