@@ -234,7 +234,10 @@ def measure_refusal(spec: Path) -> dict[str, Any]:
 
 
 def assert_cheap(figures: dict[str, Any]) -> None:
-    assert figures["seconds"] < 1.0, figures
+    # Bounded, not fast: an unbounded parser takes minutes and gigabytes on these
+    # inputs; the refusal's own speed is `farm bench`'s to measure. 3 s leaves
+    # room for a loaded 2-core machine running the suite in parallel.
+    assert figures["seconds"] < 3.0, figures
     assert figures["rss_growth_mb"] < 200 and figures["peak_mb"] < 200, figures
 
 
