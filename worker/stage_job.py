@@ -194,6 +194,14 @@ def record_end(
     return lifecycle.fail(session, stage_id, attempt, error, retry=end.returncode < 0 or in_gang)
 
 
+def gang_stalled(idle_s: float, trained_yet: bool, stall_s: float, form_s: float) -> bool:
+    """A rank's training has not moved for too long: a collective is wedged.
+    Before the attempt's first step its ranks may still be forming and loading
+    the model (up to FARM_GANG_FORM_S): that is no wedge, and a slow start taken
+    for one would be ended again at every try and never train."""
+    return idle_s > (stall_s if trained_yet else stall_s + form_s)
+
+
 def stage_log(stage_id: int) -> Path:
     return settings.farm_home() / "logs" / f"stage-{stage_id}.log"
 
@@ -241,7 +249,7 @@ class StageChild:
         has not moved for that long: a collective is wedged."""
         every = settings.heartbeat_every_s()
         last_beat = time.monotonic()
-        progress, moved_at = -1, time.monotonic()
+        progress, moved_at, trained_yet = -1, time.monotonic(), False
         while True:
             report = self._read_report(timeout=every)
             if report is not None:
@@ -259,6 +267,7 @@ class StageChild:
                     now_at = (stage.progress or 0) if stage is not None else 0
                 last_beat = time.monotonic()
                 if now_at != progress:
+                    trained_yet = progress != -1  # moved off the first reading
                     progress, moved_at = now_at, last_beat
             except Exception as exc:  # DB unreachable: keep working until we'd be lost
                 with logs.about_stage(stage_id, attempt):
@@ -270,7 +279,9 @@ class StageChild:
             if not alive:
                 self.kill()
                 return ChildEnd(None, "cancelled" if cancelled else "stale")
-            if stall_s is not None and last_beat - moved_at > stall_s:
+            if stall_s is not None and gang_stalled(
+                last_beat - moved_at, trained_yet, stall_s, settings.gang_form_s()
+            ):
                 self.kill()
                 return ChildEnd(None, "stalled")
 

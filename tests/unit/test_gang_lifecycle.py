@@ -235,3 +235,14 @@ def test_a_gang_spec_that_cannot_train_is_refused_at_its_line(train: str, messag
     with pytest.raises(InputError) as refused:
         parse_spec(text, source="gang.yaml", check_files=False)
     assert [str(p) for p in refused.value.problems] == [f"gang.yaml:5: {message}"]
+
+
+def test_a_slow_start_is_not_taken_for_a_wedged_collective() -> None:
+    from worker.stage_job import gang_stalled
+
+    # Once the gang has trained, no step for FARM_GANG_STALL_S is a wedge.
+    assert gang_stalled(6.0, trained_yet=True, stall_s=5.0, form_s=20.0)
+    assert not gang_stalled(4.0, trained_yet=True, stall_s=5.0, form_s=20.0)
+    # Before its first step it may still be forming and loading: more time.
+    assert not gang_stalled(6.0, trained_yet=False, stall_s=5.0, form_s=20.0)
+    assert gang_stalled(26.0, trained_yet=False, stall_s=5.0, form_s=20.0)
