@@ -110,3 +110,25 @@ def test_a_server_without_tls_is_named_as_the_reason_farm_up_lan_cannot_start(
         start_embedded_redis(tmp_path / "redis", tls=files, server=server)
     assert "built without TLS" in str(failed.value)
     assert "FARM_REDIS_SERVER" in str(failed.value)
+
+
+def test_farm_up_lan_on_a_port_already_taken_says_so_in_one_line(
+    postgres_farm_home: Path,
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.support import PROJECT_ROOT
+
+    # 6379 is the machine's own Redis (on 127.0.0.1, which --lan also binds).
+    done = subprocess.run(
+        [sys.executable, "-m", "tools.cli", "up", "--lan", "127.0.0.1", "--redis-port", "6379",
+         "--workers", "0"],
+        env={**os.environ, "REDIS_URL": ""}, capture_output=True, text=True, timeout=120,
+        cwd=PROJECT_ROOT,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("embedded Redis exited:"), done.stderr
+    assert "6379" in lines[0] and "Address already in use" in lines[0]

@@ -104,6 +104,17 @@ def test_farm_up_lan_on_sqlite_is_refused_before_anything_starts(
     assert not (tmp_path / "home").exists()  # no CA, no Redis, no database
 
 
+def test_farm_up_lan_on_a_host_name_is_refused_before_anything_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FARM_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DATABASE_URL", "postgresql://farm@127.0.0.1:5432/farm")
+    result = CliRunner().invoke(app, ["up", "--lan", "coordinator.local", "--workers", "0"])
+    assert result.exit_code == 2
+    assert "--lan 'coordinator.local' is not an IP address" in result.output
+    assert not (tmp_path / "home").exists()
+
+
 def test_farm_worker_join_refuses_a_damaged_token_and_keeps_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -32,11 +32,12 @@ class FarmApp(typer.Typer):
 
     def __call__(self, *args: object, **kwargs: object) -> object:
         from jobs.connection_errors import describe
+        from tools.local.services import EmbeddedRedisError
 
         try:
             return super().__call__(*args, **kwargs)
         except Exception as exc:
-            message = describe(exc)
+            message = str(exc) if isinstance(exc, EmbeddedRedisError) else describe(exc)
             if message is None:
                 raise
             err.print(message, markup=False, highlight=False, soft_wrap=True)

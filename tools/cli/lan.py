@@ -89,10 +89,21 @@ def prepare_lan(addresses: list[str], redis_port: int) -> Lan:
     """What `farm up --lan` needs before it starts anything: a database the Macs
     can share, and the coordinator's certificate for its addresses (and
     loopback, which its own workers and UI use)."""
+    import ipaddress
+
     from tools.local.lan import Lan, LanError, database_for_macs
     from tools.local.tls import coordinator_tls
 
     try:
+        for address in addresses:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise LanError(
+                    f"--lan {address!r} is not an IP address: Redis and the UI listen on "
+                    "this machine's addresses (e.g. --lan 192.168.1.10); a host name the "
+                    "Macs use can be added to the certificate with `farm tls --address`"
+                ) from None
         database_for_macs(settings.database_url())
     except LanError as exc:
         err.print(f"farm up --lan: {exc}", markup=False, soft_wrap=True)

