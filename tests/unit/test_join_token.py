@@ -112,6 +112,8 @@ def test_farm_up_lan_on_a_host_name_is_refused_before_anything_starts(
     result = CliRunner().invoke(app, ["up", "--lan", "coordinator.local", "--workers", "0"])
     assert result.exit_code == 2
     assert "--lan 'coordinator.local' is not an IP address" in result.output
+    named = CliRunner().invoke(app, ["up", "--lan", "192.168.1.10", "--join", "Mac Studio"])
+    assert named.exit_code == 2 and "worker name 'Mac Studio'" in named.output
     assert not (tmp_path / "home").exists()
 
 

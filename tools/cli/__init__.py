@@ -474,7 +474,7 @@ def up(
     from tools.local.demo import submit_demo
     from tools.local.stack import farm_stack
 
-    on_lan = lan.prepare_lan(lan_addresses, redis_port) if lan_addresses else None
+    on_lan = lan.prepare_lan(lan_addresses, redis_port, join or []) if lan_addresses else None
     if on_lan is not None:
         address = on_lan.addresses[0]
     lan.warn_if_exposed(address)

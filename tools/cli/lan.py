@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from jobs import settings
 
@@ -85,16 +86,20 @@ def warn_if_exposed(address: str) -> None:
         )
 
 
-def prepare_lan(addresses: list[str], redis_port: int) -> Lan:
-    """What `farm up --lan` needs before it starts anything: a database the Macs
-    can share, and the coordinator's certificate for its addresses (and
-    loopback, which its own workers and UI use)."""
+def prepare_lan(addresses: list[str], redis_port: int, names: list[str]) -> Lan:
+    """What `farm up --lan` needs before it starts anything: addresses and Mac
+    names it can use, a database the Macs can share, and the coordinator's
+    certificate for its addresses (and loopback, which its own workers and UI
+    use)."""
     import ipaddress
 
+    from jobs.join_token import TokenError, check_name
     from tools.local.lan import Lan, LanError, database_for_macs
     from tools.local.tls import coordinator_tls
 
     try:
+        for name in names:
+            check_name(name)
         for address in addresses:
             try:
                 ipaddress.ip_address(address)
@@ -105,7 +110,7 @@ def prepare_lan(addresses: list[str], redis_port: int) -> Lan:
                     "Macs use can be added to the certificate with `farm tls --address`"
                 ) from None
         database_for_macs(settings.database_url())
-    except LanError as exc:
+    except (LanError, TokenError) as exc:
         err.print(f"farm up --lan: {exc}", markup=False, soft_wrap=True)
         raise typer.Exit(2) from None
     names = list(dict.fromkeys([*addresses, "127.0.0.1"]))
@@ -139,7 +144,7 @@ def welcome_macs(redis_url: str, lan: Lan, names: list[str]) -> None:
     save_coordinator(coordinator, redis_url)
     problem = check_database_tls(coordinator, lan.tls.ca)
     if problem is not None:
-        err.print(f"[yellow]warning:[/] {problem}", soft_wrap=True)
+        err.print(f"[yellow]warning:[/] {escape(problem)}", soft_wrap=True)
     console.print(f"the Macs trust CA sha256 {lan.tls.fingerprint()}", markup=False, soft_wrap=True)
     joined = {row.name: row for row in credentials() if row.revoked_at is None}
     for name in names:
